@@ -1,0 +1,268 @@
+"""Validated configuration: one pydantic model per component, loaded from YAML, dotted overrides.
+
+Each component reads only its own section. Unknown keys and wrong types are errors that name the key
+(``ConfigError``). The resolved config is saved next to the outputs (``BuildConfig.dump_yaml``) and
+its hash goes into dataset.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# ---------------------------------------------------------------- decode / align
+
+
+class DecodeConfig(Section):
+    frame_width: int = Field(64, gt=0, description="video frames are resized/cropped to this width")
+    frame_height: int = Field(64, gt=0)
+    frames_per_chunk: int = Field(1, ge=0, description="video frames kept per 200 ms chunk (0 = no video)")
+    resize: Literal["crop", "pad", "stretch"] = "crop"
+    duration_tolerance_s: float = Field(2.0, ge=0, description="max disagreement between a session's sources")
+    min_duration_s: float = Field(0.2, ge=0)
+    max_duration_s: float = Field(4 * 3600, gt=0)
+    window_s: float = Field(60.0, gt=0, description="decode long inputs in windows of this length")
+    threads: int = Field(0, ge=0, description="decoder threads per stream (0 = FFmpeg's choice)")
+
+
+class QualityFilters(Section):
+    min_speech_ratio: float = Field(0.0, ge=0, le=1)
+    max_clipping_ratio: float = Field(1.0, ge=0, le=1)
+    min_snr_db: Optional[float] = None
+    duplicate_channels: Literal["mixed", "quarantine"] = "mixed"
+    duplicate_channel_similarity: float = Field(0.98, gt=0, le=1)
+
+
+class AlignConfig(Section):
+    vad: Literal["pyannote", "energy"] = "pyannote"
+    energy_threshold_db: float = -35.0
+    min_speech_ms: int = Field(120, ge=0)
+    min_silence_ms: int = Field(150, ge=0)
+    crosstalk_margin_db: float = Field(10.0, ge=0)
+    asr_model_dir: Optional[Path] = None
+    align_model_dir: Optional[Path] = None
+    diarization_dir: Optional[Path] = None
+    nltk_data_dir: Optional[Path] = None
+    asr_batch_size: int = Field(8, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    estimate_av_offset: bool = False
+    filters: QualityFilters = QualityFilters()
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+class AudioCodecConfig(Section):
+    bandwidth_kbps: float = 6.0
+    weights_dir: Optional[Path] = Field(None, description="folder holding encodec_24khz-d7cc33bc.th")
+    checkpoint: Optional[Path] = Field(None, description="an EnCodec-format checkpoint file")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    batch_windows: int = Field(8, gt=0)
+    window_s: float = Field(10.0, gt=0, description="audio is encoded in windows of this length")
+    context_s: float = Field(
+        1.0, ge=0, description="audio before each window fed to the causal codec and then dropped"
+    )
+    engine: Literal["fast", "stock"] = Field(
+        "fast", description="fast = microturn's folded encoder (same codes); stock = encodec's modules"
+    )
+    threads: int = Field(0, ge=0, description="torch threads (0 = leave as is)")
+
+    @field_validator("bandwidth_kbps")
+    @classmethod
+    def _known_bandwidth(cls, v: float) -> float:
+        if v not in (1.5, 3.0, 6.0, 12.0, 24.0):
+            raise ValueError("must be one of 1.5, 3, 6, 12, 24")
+        return v
+
+
+class FrameCodecConfig(Section):
+    image_size: int = Field(64, gt=0)
+    downsample: int = Field(8, gt=0)
+    levels: tuple[int, ...] = (8, 5, 5, 5)
+    hidden: int = Field(64, gt=0)
+    checkpoint: Optional[Path] = None
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_frames: int = Field(64, gt=0)
+
+    @field_validator("levels")
+    @classmethod
+    def _fsq_levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(level < 2 for level in v):
+            raise ValueError("FSQ levels must be a non-empty list of integers >= 2")
+        vocab = 1
+        for level in v:
+            vocab *= level
+        if vocab > 32767:
+            raise ValueError(f"prod(levels) = {vocab} does not fit int16 tokens (max 32767)")
+        return v
+
+    @field_validator("downsample")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("downsample must be a power of two")
+        return v
+
+    @model_validator(mode="after")
+    def _size_divisible(self) -> "FrameCodecConfig":
+        if self.image_size % self.downsample:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of downsample {self.downsample}")
+        return self
+
+
+class TextConfig(Section):
+    kind: Literal["bytes", "hf"] = "bytes"
+    tokenizer_json: Optional[Path] = None
+
+
+class TokenizerConfig(Section):
+    audio: AudioCodecConfig = AudioCodecConfig()
+    frames: FrameCodecConfig = FrameCodecConfig()
+    text: TextConfig = TextConfig()
+
+
+# ---------------------------------------------------------------- chunk / events / shard / job
+
+
+class ChunkConfig(Section):
+    window_chunks: int = Field(150, gt=0, description="chunks per sample (150 = 30 s)")
+    hop_chunks: int = Field(150, gt=0, description="chunks between window starts")
+    min_valid_chunks: int = Field(1, gt=0, description="a tail window shorter than this is merged, never dropped")
+
+
+class EventsConfig(Section):
+    backchannel_max_ms: int = Field(1000, gt=0, description="an utterance this short inside the other's turn")
+    min_overlap_ms: int = Field(80, ge=0)
+    min_gap_ms: int = Field(40, ge=0)
+    pause_max_ms: int = Field(3000, gt=0, description="longer same-speaker silences end the turn")
+    merge_silence_ms: int = Field(200, ge=0, description="silences shorter than this inside speech are ignored")
+
+
+class ShardConfig(Section):
+    target_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    max_samples: Optional[int] = Field(None, gt=0)
+    prefix: str = "shard"
+
+    @field_validator("prefix")
+    @classmethod
+    def _safe_prefix(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
+            raise ValueError("shard prefix may hold letters, digits, '-' and '_' only")
+        return v
+
+
+class JobConfig(Section):
+    num_cpus: Optional[int] = Field(None, gt=0, description="embedded Ray size (None = all cores)")
+    address: Optional[str] = None
+    session_timeout_s: float = Field(1800.0, gt=0)
+    max_in_flight: Optional[int] = Field(None, gt=0, description="sessions in flight (None = 2 x CPUs)")
+    max_retries: int = Field(2, ge=0, description="retries of a task whose worker process died")
+    object_store_mb: Optional[int] = Field(None, gt=0)
+    tokenizer_actors: int = Field(0, ge=0, description="0 = tokenize inside the session task")
+    gpus_per_tokenizer: float = Field(0.0, ge=0)
+
+
+class BuildConfig(Section):
+    decode: DecodeConfig = DecodeConfig()
+    align: AlignConfig = AlignConfig()
+    tokenizers: TokenizerConfig = TokenizerConfig()
+    chunk: ChunkConfig = ChunkConfig()
+    events: EventsConfig = EventsConfig()
+    shard: ShardConfig = ShardConfig()
+    job: JobConfig = JobConfig()
+
+    def to_plain(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        """sha256 of the resolved config, key-sorted JSON (job settings excluded: they never change data)."""
+        plain = self.to_plain()
+        plain.pop("job", None)
+        blob = json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.to_plain(), sort_keys=True)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid config ({origin}):\n  " + "\n  ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML scalar/list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from None
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: Optional[Path | str] = None, overrides: Sequence[str] = ()) -> BuildConfig:
+    """Read a YAML config (or defaults), apply dotted overrides, validate."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        data = loaded
+    data = apply_overrides(data, overrides)
+    if overrides:
+        origin += " + overrides"
+    try:
+        return BuildConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None

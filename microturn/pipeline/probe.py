@@ -1,0 +1,245 @@
+"""Probe: open an input with PyAV, describe its streams, and reject it early with a specific reason.
+
+``probe_media`` looks at one file (header plus the first decodable frame of its first audio and
+video streams, so that an undecodable codec or a corrupt bitstream is caught here and not half way
+through a decode). ``probe_session`` probes every source of a session and checks that their
+durations agree.
+
+Reason codes (``StageError("probe", reason, ...)``): ``not_found``, ``empty_file``, ``unreadable``,
+``not_media``, ``no_media_streams``, ``no_audio_stream``, ``no_video_stream``, ``zero_duration``,
+``too_short``, ``too_long``, ``undecodable``, ``duration_mismatch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+from microturn.records import MediaInfo, StageError, StreamInfo
+from microturn.storage import filesystem, is_remote, local_path
+
+if TYPE_CHECKING:
+    from microturn.config import DecodeConfig
+    from microturn.manifest import SessionSpec
+
+AV_TIME_BASE = 1_000_000  # FFmpeg's container-level time base (microseconds)
+
+
+@contextlib.contextmanager
+def open_container(uri: str, stage: str = "probe") -> Iterator[Any]:
+    """``av.open`` for a URI, turning every way a file can fail to open into a ``StageError``."""
+    import av
+
+    fh = None
+    try:
+        if is_remote(uri):
+            fs, path = filesystem(uri)
+            try:
+                if not fs.exists(path):
+                    raise StageError(stage, "not_found", "input does not exist", source=uri)  # type: ignore[arg-type]
+                if fs.size(path) == 0:
+                    raise StageError(stage, "empty_file", "input is a zero-byte file", source=uri)  # type: ignore[arg-type]
+                fh = fs.open(path, "rb")
+            except StageError:
+                raise
+            except Exception as exc:  # network / permission problems of the object store
+                raise StageError(stage, "unreadable", f"cannot open: {exc}", source=uri) from exc  # type: ignore[arg-type]
+            target: Any = fh
+        else:
+            path_l = local_path(uri)
+            if not path_l.exists():
+                raise StageError(stage, "not_found", "input does not exist", source=uri)  # type: ignore[arg-type]
+            if path_l.is_dir():
+                raise StageError(stage, "unreadable", "input is a directory", source=uri)  # type: ignore[arg-type]
+            if path_l.stat().st_size == 0:
+                raise StageError(stage, "empty_file", "input is a zero-byte file", source=uri)  # type: ignore[arg-type]
+            target = str(path_l)
+        try:
+            container = av.open(target, metadata_errors="ignore")
+        except PermissionError as exc:
+            raise StageError(stage, "unreadable", f"permission denied: {exc}", source=uri) from exc  # type: ignore[arg-type]
+        except (av.error.InvalidDataError, av.error.FFmpegError, ValueError) as exc:
+            raise StageError(
+                stage, "not_media", f"not a media file FFmpeg can read ({exc.__class__.__name__}: {exc})", source=uri  # type: ignore[arg-type]
+            ) from exc
+        except OSError as exc:
+            raise StageError(stage, "unreadable", f"cannot read: {exc}", source=uri) from exc  # type: ignore[arg-type]
+        try:
+            yield container
+        finally:
+            container.close()
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _seconds(value: Optional[int], time_base: Optional[Fraction]) -> Optional[float]:
+    if value is None or time_base is None:
+        return None
+    return float(Fraction(value) * Fraction(time_base))
+
+
+def _stream_info(stream: Any) -> StreamInfo:
+    kind = stream.type if stream.type in ("audio", "video", "subtitle", "data") else "other"
+    ctx = stream.codec_context
+    codec = ctx.name if ctx is not None else "unknown"
+    info: dict[str, Any] = dict(
+        index=stream.index,
+        kind=kind,
+        codec=codec,
+        start_s=_seconds(stream.start_time, stream.time_base),
+        duration_s=_seconds(stream.duration, stream.time_base),
+    )
+    if kind == "audio" and ctx is not None:
+        info["sample_rate"] = int(ctx.sample_rate) if ctx.sample_rate else None
+        info["channels"] = int(ctx.channels) if ctx.channels else None
+    if kind == "video" and ctx is not None:
+        info["width"] = int(ctx.width) if ctx.width else None
+        info["height"] = int(ctx.height) if ctx.height else None
+        rate = stream.average_rate or stream.guessed_rate
+        info["average_fps"] = float(rate) if rate else None
+    return StreamInfo(**info)
+
+
+def _first_frame_decodes(container: Any, stream: Any, max_packets: int = 400) -> bool:
+    """True when the stream yields at least one frame within its first packets.
+
+    Corrupt bitstreams raise inside the decoder; some decoders swallow errors and just never
+    produce a frame, hence the packet budget.
+    """
+    import av
+
+    try:
+        container.seek(0)
+    except (av.error.FFmpegError, ValueError, OSError):
+        pass
+    try:
+        for n, packet in enumerate(container.demux(stream)):
+            for _frame in packet.decode():
+                return True
+            if n >= max_packets:
+                return False
+        for _frame in stream.codec_context.decode(None):  # flush: short files buffer every frame
+            return True
+    except (av.error.FFmpegError, ValueError, OSError):
+        return False
+    return False
+
+
+def probe_media(uri: str, *, check_decode: bool = True) -> MediaInfo:
+    """Describe one input. Raises ``StageError("probe", reason, message, source=uri)``."""
+    with open_container(uri, "probe") as container:
+        streams = tuple(_stream_info(s) for s in container.streams)
+        duration_s = container.duration / AV_TIME_BASE if container.duration else None
+        info = MediaInfo(uri=uri, format_name=container.format.name, duration_s=duration_s, streams=streams)
+        media = [s for s in streams if s.kind in ("audio", "video")]
+        if not media:
+            raise StageError("probe", "no_media_streams", "the file holds no audio or video stream", source=uri)
+        for s in container.streams:
+            if s.type in ("audio", "video") and s.codec_context is None:
+                raise StageError("probe", "undecodable", f"no decoder for stream {s.index}", source=uri)
+        if media_duration_s(info) == 0.0:
+            raise StageError("probe", "zero_duration", "the file's media streams have zero duration", source=uri)
+        if check_decode:
+            for kind in ("audio", "video"):
+                candidates = [s for s in container.streams if s.type == kind]
+                if not candidates:
+                    continue
+                if not _first_frame_decodes(container, candidates[0]):
+                    if _declared_empty(container, candidates[0]):
+                        raise StageError("probe", "zero_duration", f"the {kind} stream holds no data", source=uri)
+                    raise StageError(
+                        "probe",
+                        "undecodable",
+                        f"{kind} stream {candidates[0].index} ({candidates[0].codec_context.name}) "
+                        "yields no decodable frame",
+                        source=uri,
+                    )
+        return info
+
+
+def _declared_empty(container: Any, stream: Any) -> bool:
+    """A stream that demuxes no packet at all is empty, not corrupt (a WAV header with no data)."""
+    import av
+
+    try:
+        container.seek(0)
+        for packet in container.demux(stream):
+            if packet.size:
+                return False
+    except (av.error.FFmpegError, ValueError, OSError):
+        return False
+    return True
+
+
+def media_duration_s(info: MediaInfo, kind: Optional[str] = None) -> Optional[float]:
+    """Best duration estimate: the longest stream of ``kind`` (or any media stream), else the container's."""
+    durations = [
+        s.duration_s
+        for s in info.streams
+        if s.duration_s is not None and (s.kind == kind if kind else s.kind in ("audio", "video"))
+    ]
+    if durations:
+        return max(durations)
+    return info.duration_s
+
+
+def probe_session(spec: "SessionSpec", cfg: "DecodeConfig") -> dict[str, MediaInfo]:
+    """Probe every media source of a session (once per URI) and check they belong together.
+
+    Checks: audio sources have an audio stream (and the requested channel), the video has a video
+    stream, lengths are within ``[min_duration_s, max_duration_s]`` and agree within
+    ``duration_tolerance_s``.
+    """
+    infos: dict[str, MediaInfo] = {}
+    for uri in dict.fromkeys([a.uri for a in spec.audio] + ([spec.video.uri] if spec.video else [])):
+        infos[uri] = probe_media(uri)
+
+    lengths: dict[str, float] = {}
+    for a in spec.audio:
+        info = infos[a.uri]
+        stream = info.first("audio")
+        if stream is None:
+            raise StageError("probe", "no_audio_stream", "audio source has no audio stream", source=a.uri)
+        if stream.channels is not None and a.channel >= stream.channels:
+            raise StageError(
+                "probe",
+                "wrong_channel_count",
+                f"manifest asks for channel {a.channel} but the file has {stream.channels} channel(s)",
+                source=a.uri,
+            )
+        d = media_duration_s(info, "audio")
+        if d is not None:
+            lengths[a.uri] = d
+    if spec.video is not None:
+        info = infos[spec.video.uri]
+        if info.first("video") is None:
+            raise StageError("probe", "no_video_stream", "video source has no video stream", source=spec.video.uri)
+        if not spec.audio and info.first("audio") is None:
+            raise StageError(
+                "probe",
+                "no_audio_stream",
+                "the session has no audio source and its video carries no audio",
+                source=spec.video.uri,
+            )
+        d = media_duration_s(info, "video" if spec.audio else None)
+        if d is not None:
+            lengths[spec.video.uri] = d
+
+    for uri, d in lengths.items():
+        if d < cfg.min_duration_s:
+            raise StageError("probe", "too_short", f"{d:.3f} s is shorter than {cfg.min_duration_s} s", source=uri)
+        if d > cfg.max_duration_s:
+            raise StageError("probe", "too_long", f"{d:.1f} s is longer than {cfg.max_duration_s} s", source=uri)
+    if len(lengths) > 1:
+        lo, hi = min(lengths.values()), max(lengths.values())
+        if hi - lo > cfg.duration_tolerance_s:
+            detail = ", ".join(f"{u.rsplit('/', 1)[-1]}={d:.2f}s" for u, d in lengths.items())
+            raise StageError(
+                "probe",
+                "duration_mismatch",
+                f"source durations differ by {hi - lo:.2f} s (> {cfg.duration_tolerance_s} s): {detail}",
+                source=spec.session_id,
+            )
+    return infos

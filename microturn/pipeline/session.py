@@ -1,0 +1,94 @@
+"""One session through every stage: decode -> align -> tokenize -> events -> chunk.
+
+This is the unit of work the Ray job schedules (microturn/jobs/build.py), and it runs the same
+without Ray (tests, benchmarks, debugging). Bookkeeping shared by all stages — timing, media seconds,
+the stage that failed — lives here once instead of in every stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+from microturn.clock import GRID
+from microturn.config import BuildConfig
+from microturn.manifest import SessionSpec
+from microturn.records import Sample, StageError
+
+if TYPE_CHECKING:
+    from microturn.tokenizers import TokenizerSet
+
+
+@dataclass
+class SessionResult:
+    session_id: str
+    samples: list[Sample]
+    media_s: float  # session length (24 kHz samples / rate)
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    stats: dict[str, Any] = field(default_factory=dict)  # event statistics, quality, flags
+
+    def summary(self) -> dict[str, Any]:
+        """Small JSON-able record of the result (what the job keeps per finished session)."""
+        return {
+            "session_id": self.session_id,
+            "samples": len(self.samples),
+            "media_s": self.media_s,
+            "stage_s": {k: round(v, 4) for k, v in self.stage_s.items()},
+            "stats": self.stats,
+        }
+
+
+class _StageClock:
+    """Times each stage and names the stage an unexpected exception escaped from."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.current = "decode"
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.current = name
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def process_session(spec: SessionSpec, cfg: BuildConfig, toks: "TokenizerSet") -> SessionResult:
+    """Run every stage on one session. Data problems raise ``StageError`` (-> quarantine);
+    an unexpected exception is re-raised as ``StageError(stage, "internal:<Type>")`` so that the
+    failing stage is always named."""
+    from microturn.pipeline.align import align_session
+    from microturn.pipeline.chunk import make_samples
+    from microturn.pipeline.decode import decode_session
+    from microturn.pipeline.events import detect_events, session_event_stats
+    from microturn.pipeline.tokenize import tokenize_session
+
+    clock = _StageClock()
+    try:
+        with clock.stage("decode"):
+            decoded = decode_session(spec, cfg.decode)
+        with clock.stage("align"):
+            aligned = align_session(decoded, spec, cfg.align)
+        with clock.stage("tokenize"):
+            tokenized = tokenize_session(aligned, toks)
+        with clock.stage("chunk"):
+            events = detect_events(aligned.activity, cfg.events)
+            samples = make_samples(tokenized, events, cfg.chunk)
+            event_stats = session_event_stats(aligned.activity, events, cfg.events)
+    except StageError:
+        raise
+    except Exception as exc:  # a bug or an unforeseen input: keep the job alive, name the stage
+        raise StageError(clock.current, f"internal:{type(exc).__name__}", str(exc) or repr(exc)) from exc
+    media_s = float(GRID.samples_to_seconds(decoded.num_samples))
+    stats = {
+        "events": event_stats,
+        "quality": aligned.quality,
+        "flags": list(aligned.flags),
+        "warnings": list(decoded.warnings),
+        "streams": len(decoded.streams),
+    }
+    return SessionResult(spec.session_id, samples, media_s, clock.seconds, stats)
