@@ -6,10 +6,12 @@ Exit codes: 0 success, 1 invalid data (validation found problems, a build failed
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -118,19 +120,24 @@ def _print_build_summary(s) -> None:
 
 @app.command()
 def validate(
-    path: str = typer.Argument(..., help="corpus folder (path or URI)"),
+    path: str = typer.Argument(..., help="corpus folder (path or URI), or one shard .tar"),
     deep: bool = typer.Option(False, "--deep", help="decode every sample"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable report"),
 ) -> None:
     """Check a corpus: checksums, manifest, index; --deep decodes every sample. Exit 0 only when clean."""
-    import json
-
     from microturn import storage
-    from microturn.validate import validate_dataset
+    from microturn.validate import validate_dataset, validate_shard
 
     if not storage.exists(path):
         _fail(f"no such corpus: {path}")
-    report = validate_dataset(path, deep=deep)
+    one_shard = path.endswith(".tar")
+    if not one_shard and not storage.exists(storage.join(path, "dataset.json")) and not storage.exists(
+        storage.join(path, "shards")
+    ):
+        _fail(f"{path} is not a corpus folder (no dataset.json, no shards/)")
+    what = "decoding every sample" if deep or one_shard else "checking checksums, manifest and index"
+    with err_console.status(f"{what}..."):
+        report = validate_shard(path) if one_shard else validate_dataset(path, deep=deep)
     if json_out:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
@@ -139,16 +146,218 @@ def validate(
 
 
 def _print_validation(report, path: str) -> None:
+    for w in getattr(report, "warnings", []):
+        err_console.print(f"[yellow]warning[/] {w.code} {w.where}: {w.message}")
+    checked = getattr(report, "checked", {})
+    counts = ", ".join(f"{v} {k}" for k, v in checked.items()) if checked else ""
     if report.ok:
-        console.print(f"[bold green]valid[/]: {path}")
+        console.print(f"[bold green]valid[/]: {path}" + (f" (checked {counts})" if counts else ""))
         return
     table = Table(title=f"{len(report.problems)} problem(s) in {path}")
     table.add_column("code", style="bold red")
-    table.add_column("where")
-    table.add_column("message")
+    table.add_column("where", overflow="fold")
+    table.add_column("message", overflow="fold")
     for p in report.problems:
         table.add_row(p.code, p.where, p.message)
     console.print(table)
+    err_console.print(f"[bold red]invalid[/]: {len(report.problems)} problem(s), codes: {', '.join(sorted(report.codes()))}")
+
+
+# ---------------------------------------------------------------- looking at corpora
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """User mistakes (missing path, unknown key, unreadable shard) -> one line on stderr, exit 2."""
+    from microturn.report import UserError
+
+    try:
+        yield
+    except UserError as exc:
+        _fail(str(exc))
+
+
+def _print_json(obj: object) -> None:
+    from microturn.format import jsonable
+
+    print(json.dumps(jsonable(obj), indent=2, sort_keys=True))
+
+
+@app.command()
+def inspect(
+    path: str = typer.Argument(..., help="corpus folder, shard .tar, or list of shard URLs (file or {a..b} pattern)"),
+    samples: bool = typer.Option(False, "--samples", help="one row per sample even for a corpus"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="recompute shard checksums"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """A table of shards (samples, bytes, hours, checksum) or of the samples in a shard."""
+    from microturn.report.corpus import open_target
+    from microturn.report.inspect import inspect_report, print_inspect
+
+    with _user_errors():
+        target = open_target(path)
+        report = inspect_report(target, samples=samples, verify=verify, show_progress=not json_out)
+    if json_out:
+        _print_json(report)
+    else:
+        print_inspect(report, console)
+    shards = report.get("shards") or []
+    if any(r["checksum"] in ("MISMATCH", "MISSING") for r in shards):
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def show(
+    path: str = typer.Argument(..., help="corpus folder, shard .tar, or list of shard URLs"),
+    key: str = typer.Argument(..., help="sample key, e.g. session-000000"),
+    width: int = typer.Option(50, "--width", min=10, help="chunks per timeline row (50 = 10 s)"),
+    json_out: bool = typer.Option(False, "--json", help="the sample's meta, words and events as JSON"),
+) -> None:
+    """One sample in the terminal: timeline per speaker, words, events, tokens, fingerprints, provenance."""
+    from microturn.report.corpus import find_sample, open_target
+    from microturn.report.show import show_sample
+
+    with _user_errors():
+        view = find_sample(open_target(path), key)
+    if json_out:
+        _print_json({"key": view.key, "summary": view.summary(), "meta": view.meta, "words": view.words,
+                     "events": view.events})
+        return
+    show_sample(view, console, width_chunks=width)
+
+
+@app.command()
+def render(
+    path: str = typer.Argument(..., help="corpus folder, shard .tar, or list of shard URLs"),
+    key: str = typer.Argument(..., help="sample key"),
+    out: Path = typer.Option(..., "--out", help="folder for <key>.png and <key>.wav"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads for decoding (0 = default)"),
+) -> None:
+    """A PNG of the sample (activity, words, events, video thumbnails, audio codes) and a stereo WAV."""
+    from microturn.report.corpus import find_sample, open_target
+    from microturn.report.render import load_codecs, render_sample
+
+    with _user_errors():
+        target = open_target(path)
+        view = find_sample(target, key)
+    with err_console.status("decoding audio codes and video tokens..."):
+        toks = load_codecs(target.dataset_uri)
+        result = render_sample(view, toks, out, torch_threads=threads)
+    for w in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    console.print(f"picture: [bold]{result.png}[/] ({result.width_px}x{result.height_px})")
+    console.print(f"audio:   [bold]{result.wav}[/] ({result.wav_seconds:.2f} s, {result.wav_channels} channel(s), 24 kHz)")
+
+
+@app.command()
+def stats(
+    path: str = typer.Argument(..., help="corpus folder, shard .tar, or list of shard URLs"),
+    html: Optional[Path] = typer.Option(None, "--html", help="write an HTML report with embedded plots"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Corpus statistics: hours, sessions, speakers, speech/overlap, gaps, pauses, turns, events, tokens."""
+    from microturn.report.corpus import open_target
+    from microturn.report.stats import corpus_stats, html_report, print_stats, public
+
+    with _user_errors():
+        figures = corpus_stats(open_target(path), show_progress=not json_out)
+    if html is not None:
+        from microturn.storage import write_bytes_atomic
+
+        write_bytes_atomic(str(html), html_report(figures).encode("utf-8"))
+    if json_out:
+        _print_json(public(figures))
+        return
+    print_stats(figures, console)
+    if html is not None:
+        console.print(f"HTML report: [bold]{html}[/]")
+
+
+@app.command()
+def manifest(
+    folder: Path = typer.Argument(..., help="folder of media files (see the naming rule in --help)"),
+    out: Path = typer.Option(..., "-o", "--out", help="manifest to write (.jsonl)"),
+    mixed: bool = typer.Option(False, "--mixed", help="a lone stereo file is one mixed track, not two speakers"),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="look in sub-folders too"),
+    language: Optional[str] = typer.Option(None, "--language", help="language code for every session"),
+) -> None:
+    """Build a session manifest from a folder of media.
+
+    Naming rule: <session>.mp4 (video) with <session>.<speaker>.wav or <session>_<speaker>.flac (one file
+    per speaker); a lone <session>.wav is two speakers when stereo (channel 0 = A, 1 = B; --mixed keeps
+    it as one mixed track) and a mixed track when mono; <session>.json/.stm/.rttm/.ctm/.TextGrid is its
+    transcript. A video without audio files uses its own audio track.
+    """
+    from microturn.report.folder_manifest import build_folder_manifest, write_folder_manifest
+
+    with _user_errors():
+        with err_console.status("probing media..."):
+            result = build_folder_manifest(folder, out, mixed=mixed, recursive=recursive, language=language)
+        if not result.rows:
+            _fail(f"no sessions found in {folder} (see `microturn manifest --help` for the naming rule)")
+        write_folder_manifest(result, out)
+    table = Table(title=f"{len(result.rows)} session(s) -> {out}")
+    for col in ("session", "video", "audio (speaker:channel)", "transcript"):
+        table.add_column(col)
+    for r in result.rows:
+        audio = ", ".join(f"{a['speaker'] or 'mixed'}:{a['channel']}" for a in r["audio"]) or "(video's track)"
+        table.add_row(r["session_id"], "yes" if "video" in r else "-", audio, r.get("transcript", {}).get("format", "-"))
+    console.print(table)
+    for path, why in result.skipped:
+        err_console.print(f"[yellow]skipped[/] {path}: {why}")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", help="training YAML (e.g. configs/train_tiny.yaml)"),
+    data: str = typer.Option(..., "--data", help="a built corpus folder (dataset.json, shards/)"),
+    out: Path = typer.Option(..., "--out", help="run folder (resumed when it holds checkpoints)"),
+    set_: List[str] = typer.Option([], "--set", help="dotted override, e.g. run.max_steps=10"),
+    verbose: bool = typer.Option(False, "--verbose"),
+) -> None:
+    """Train the interaction model on a built corpus (resumes from RUN_DIR's last checkpoint)."""
+    from microturn import storage
+    from microturn.config import ConfigError
+    from microturn.train.config import load_train_config
+    from microturn.train.loop import train as train_loop
+
+    _setup_logging(verbose)
+    if not storage.exists(storage.join(data, "dataset.json")):
+        _fail(f"{data} is not a built corpus (no dataset.json)")
+    try:
+        cfg = load_train_config(config, list(set_))
+    except ConfigError as exc:
+        _fail(str(exc))
+    summary = train_loop(cfg, data, out)
+    console.print_json(json.dumps(summary, sort_keys=True, default=str))
+
+
+@app.command("train-frame-codec")
+def train_frame_codec_cmd(
+    input: str = typer.Option(..., "--input", help="a sessions manifest (.jsonl/.parquet) or a video file"),
+    out: Path = typer.Option(..., "--out", help="checkpoint to write (set tokenizers.frames.checkpoint to it)"),
+    steps: int = typer.Option(2000, "--steps", min=1),
+    config: Optional[Path] = typer.Option(None, "--config", help="build YAML whose tokenizers.frames section to use"),
+    set_: List[str] = typer.Option([], "--set", help="dotted override of the build config, e.g. tokenizers.frames.image_size=64"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Train the FSQ frame codec on video frames and write a checkpoint."""
+    from microturn import storage
+    from microturn.records import StageError
+    from microturn.tokenizers.frame_train import train_frame_codec
+
+    if not storage.exists(input):
+        _fail(f"no such manifest or video: {input}")
+    # `--set k=v` may name the frames section directly (image_size=64) or the full dotted path.
+    overrides = [o if o.startswith("tokenizers.") else f"tokenizers.frames.{o}" for o in set_]
+    cfg = _load_config(config, overrides)
+    try:
+        summary = train_frame_codec(input, cfg.tokenizers.frames, out, steps=steps, device=device,
+                                    log=lambda line: err_console.print(line))
+    except StageError as exc:
+        _fail(f"{exc.reason}: {exc.message}", EXIT_INVALID)
+    console.print(f"checkpoint: [bold]{summary['checkpoint']}[/] ({summary['frames']} frames, {summary['steps']} steps, "
+                  f"PSNR {summary['final_psnr_db']:.2f} dB)")
 
 
 def main() -> None:  # pragma: no cover - console entry point

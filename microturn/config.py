@@ -30,7 +30,9 @@ class Section(BaseModel):
 class DecodeConfig(Section):
     frame_width: int = Field(64, gt=0, description="video frames are resized/cropped to this width")
     frame_height: int = Field(64, gt=0)
-    frames_per_chunk: int = Field(1, ge=0, description="video frames kept per 200 ms chunk (0 = no video)")
+    frames_per_chunk: int = Field(
+        1, ge=0, le=1, description="video frames kept per 200 ms chunk (0 = no video; frame_chunks must increase)"
+    )
     resize: Literal["crop", "pad", "stretch"] = "crop"
     duration_tolerance_s: float = Field(2.0, ge=0, description="max disagreement between a session's sources")
     min_duration_s: float = Field(0.2, ge=0)
@@ -60,6 +62,9 @@ class AlignConfig(Section):
     asr_batch_size: int = Field(8, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     estimate_av_offset: bool = False
+    av_offset_max_ms: float = Field(500.0, gt=0, description="search range of the A/V offset estimate")
+    apply_av_offset: bool = Field(True, description="re-pick video frames when the estimate is confident")
+    av_offset_min_confidence: float = Field(0.3, ge=0, le=1)
     filters: QualityFilters = QualityFilters()
 
 
@@ -151,7 +156,8 @@ class EventsConfig(Section):
     backchannel_max_ms: int = Field(1000, gt=0, description="an utterance this short inside the other's turn")
     min_overlap_ms: int = Field(80, ge=0)
     min_gap_ms: int = Field(40, ge=0)
-    pause_max_ms: int = Field(3000, gt=0, description="longer same-speaker silences end the turn")
+    pause_max_ms: int = Field(1000, gt=0, description="longer same-speaker silences end the turn; a "
+                              "backchannel must sit in a silence of the holder no longer than this")
     merge_silence_ms: int = Field(200, ge=0, description="silences shorter than this inside speech are ignored")
 
 

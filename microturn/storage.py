@@ -1,4 +1,4 @@
-"""Inputs and outputs by URI: local paths, ``file://`` and object stores (``s3://``) through fsspec.
+"""Inputs and outputs by URI: local paths, ``file://`` and object stores (``s3://``) through pyarrow.fs.
 
 Writes are atomic: data goes to a temporary name beside the target, is flushed (fsync on local
 disks) and renamed, so nothing half-written is ever visible under a final name.
@@ -21,37 +21,48 @@ def local_path(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
 
 
-def filesystem(uri: str, **options):
-    """(fsspec filesystem, path inside it) for a URI. ``s3://`` honours AWS_ENDPOINT_URL."""
-    import fsspec
+def filesystem(uri: str):
+    """(pyarrow filesystem, path inside it) for a URI.
+
+    ``s3://bucket/key`` uses pyarrow's S3 client; ``AWS_ENDPOINT_URL`` points it at any S3-compatible
+    server (MinIO, moto, Ceph), ``AWS_DEFAULT_REGION`` sets the region; credentials come from the usual
+    AWS variables.
+    """
+    import pyarrow.fs as pafs
 
     if not is_remote(uri):
-        return fsspec.filesystem("file"), str(local_path(uri))
+        return pafs.LocalFileSystem(), str(local_path(uri))
     protocol, _, rest = uri.partition("://")
     if protocol == "s3":
-        endpoint = options.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        options = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
         if endpoint:
-            options.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
-    return fsspec.filesystem(protocol, **options), rest
+            scheme, _, host = endpoint.partition("://")
+            options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        return pafs.S3FileSystem(**options), rest
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path
 
 
 @contextlib.contextmanager
 def open_input(uri: str) -> Iterator[IO[bytes]]:
-    """Open a URI for binary reading."""
+    """Open a URI for binary reading (seekable: PyAV and pyarrow can read from it directly)."""
     if not is_remote(uri):
         with open(local_path(uri), "rb") as fh:
             yield fh
         return
     fs, path = filesystem(uri)
-    with fs.open(path, "rb") as fh:
+    with fs.open_input_file(path) as fh:
         yield fh
 
 
 def exists(uri: str) -> bool:
     if not is_remote(uri):
         return local_path(uri).exists()
+    import pyarrow.fs as pafs
+
     fs, path = filesystem(uri)
-    return fs.exists(path)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def join(base: str, *parts: str) -> str:
@@ -76,11 +87,11 @@ def listdir(uri: str) -> list[str]:
     if not is_remote(uri):
         p = local_path(uri)
         return sorted(x.name for x in p.iterdir()) if p.is_dir() else []
+    import pyarrow.fs as pafs
+
     fs, path = filesystem(uri)
-    try:
-        return sorted(Path(x).name for x in fs.ls(path, detail=False))
-    except FileNotFoundError:
-        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos)
 
 
 def remove(uri: str) -> None:
@@ -89,8 +100,21 @@ def remove(uri: str) -> None:
             local_path(uri).unlink()
         return
     fs, path = filesystem(uri)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm(path)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        fs.delete_file(path)
+
+
+def fetch_local(uri: str, cache_dir: Path) -> Path:
+    """A local path for a URI: itself when local, else a copy downloaded into ``cache_dir``."""
+    if not is_remote(uri):
+        return local_path(uri)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / (uuid.uuid5(uuid.NAMESPACE_URL, uri).hex[:16] + "-" + Path(uri).name)
+    if not target.exists():
+        with atomic_writer(str(target)) as out, open_input(uri) as src:
+            while block := src.read(1 << 22):
+                out.write(block)
+    return target
 
 
 @contextlib.contextmanager
@@ -98,12 +122,20 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     """Write to a temporary name, then commit under ``uri`` only if the block succeeds.
 
     Local: tmp file in the same folder, fsync, ``os.replace``, fsync of the folder. Object stores: the
-    upload itself is atomic (a multipart upload is invisible until it completes).
+    bytes are staged in a local temp file and uploaded only after the block succeeded (an upload is
+    invisible until it completes), so a failure never leaves a partial object.
     """
     if is_remote(uri):
+        import tempfile
+
         fs, path = filesystem(uri)
-        with fs.open(path, "wb") as fh:
-            yield fh
+        with tempfile.TemporaryFile() as staged:
+            yield staged
+            staged.flush()
+            staged.seek(0)
+            with fs.open_output_stream(path) as out:
+                while block := staged.read(1 << 22):
+                    out.write(block)
         return
     target = local_path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)

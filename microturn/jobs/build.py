@@ -66,17 +66,15 @@ class BuildSummary:
 # ---------------------------------------------------------------- the worker side
 
 
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def _tokenizers_for(cfg: BuildConfig):
-    """One tokenizer set per worker process and config: models load once, not once per session."""
-    from microturn.tokenizers import load_tokenizers
-
-    key = cfg.tokenizers.model_dump_json()
-    if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = load_tokenizers(cfg.tokenizers)
-    return _TOKENIZERS[key]
+def describe_tokenizers(toks: Any) -> dict[str, dict[str, Any]]:
+    """Fingerprints and vocabularies, as dataset.json records them (the validator checks token ranges)."""
+    return {
+        "audio": {"fingerprint": toks.audio.fingerprint, "vocab_size": toks.audio.vocab_size,
+                  "codebooks": toks.audio.num_codebooks},
+        "frames": {"fingerprint": toks.frames.fingerprint, "vocab_size": toks.frames.vocab_size,
+                   "grid": list(toks.frames.grid)},
+        "text": {"fingerprint": toks.text.fingerprint, "vocab_size": toks.text.vocab_size},
+    }
 
 
 def part_uri(work_uri: str, session_id: str, suffix: str) -> str:
@@ -92,6 +90,7 @@ def run_one_session(spec_json: str, cfg_json: str, work_uri: str, torch_threads:
     from microturn.pipeline.session import process_session
     from microturn.pipeline.shard import write_part
     from microturn.records import StageError
+    from microturn.tokenizers import load_tokenizers
 
     if torch_threads > 0:
         import torch
@@ -100,20 +99,32 @@ def run_one_session(spec_json: str, cfg_json: str, work_uri: str, torch_threads:
     spec = SessionSpec.model_validate_json(spec_json)
     cfg = BuildConfig.model_validate_json(cfg_json)
     try:
-        toks = _tokenizers_for(cfg)
+        toks = load_tokenizers(cfg.tokenizers)  # cached per worker process: models load once
         result = process_session(spec, cfg, toks)
     except StageError as err:
         rejection = Rejection(spec.session_id, err.source or ";".join(spec.source_uris()), err.stage, err.reason, err.message)
         return _write_reject(work_uri, rejection)
+    _fault_injection_point(spec.session_id)
     write_part(part_uri(work_uri, spec.session_id, ".tar"), result.samples)
     summary = result.summary()
     summary["status"] = "ok"
-    summary["fingerprints"] = toks.fingerprints()
-    summary["index_rows"] = [s.index_row for s in result.samples]
+    summary["tokenizers"] = describe_tokenizers(toks)
     storage.write_bytes_atomic(
         part_uri(work_uri, spec.session_id, ".json"), json.dumps(summary, sort_keys=True).encode()
     )
     return summary
+
+
+def _fault_injection_point(session_id: str) -> None:
+    """Crash-test hook: ``MICROTURN_CRASH_ONCE=<session_id>:<marker file>`` kills this worker process
+    (as an OOM kill or a lost node would) the first time that session reaches this point. Used by the
+    tests that prove a killed worker changes nothing in the output."""
+    spec = os.environ.get("MICROTURN_CRASH_ONCE", "")
+    sid, _, marker = spec.partition(":")
+    if sid == session_id and marker and not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
+        os._exit(137)
 
 
 def _write_reject(work_uri: str, r: Rejection) -> dict[str, Any]:
@@ -147,7 +158,9 @@ def _init_ray(cfg: BuildConfig, address: Optional[str]) -> bool:
     if ray.is_initialized():
         return False
     address = address or cfg.job.address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    env_vars = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env_vars.update({k: v for k, v in os.environ.items() if k.startswith(("MICROTURN_", "AWS_"))})
+    env = {"env_vars": env_vars}
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True, configure_logging=False)
         return True
@@ -224,14 +237,7 @@ def run_build(
     """Build (or resume building) the corpus for ``manifest_uri`` under ``out_uri``."""
     import ray
 
-    from microturn.pipeline.shard import (
-        ShardSink,
-        committed_shards,
-        read_part,
-        write_dataset_json,
-        write_index,
-        write_quarantine,
-    )
+    from microturn.pipeline.shard import ShardSink, finalize_dataset, read_part
 
     t0 = time.perf_counter()
     sessions, row_problems = load_manifest(manifest_uri)
@@ -257,9 +263,8 @@ def run_build(
     log.info("%d sessions (%d done earlier, %d to run), %d bad manifest rows", len(sessions), resumed, len(todo), len(rejections))
 
     # Shards already committed by an earlier run hold a prefix of the ok sessions, in order.
-    done_shards = committed_shards(out_uri)
-    in_committed = {sid for info in done_shards for sid in info.sessions}
-    sink = ShardSink(out_uri, cfg.shard, start_index=len(done_shards))
+    sink = ShardSink.resume(out_uri, cfg.shard)
+    in_committed = sink.sessions_committed
     order = [s.session_id for s in sessions]
     cursor = 0
 
@@ -271,12 +276,7 @@ def run_build(
             cursor += 1
             if outcomes[sid]["status"] != "ok" or sid in in_committed:
                 continue
-            samples = read_part(part_uri(work_uri, sid, ".tar"))
-            rows = outcomes[sid].get("index_rows") or []
-            for sample, row in zip(samples, rows):
-                if not sample.index_row:
-                    sample.index_row.update(row)
-            sink.add_session(samples)
+            sink.add_session(read_part(part_uri(work_uri, sid, ".tar")))
 
     started_ray = False
     bar = _Progress(len(todo), progress)
@@ -319,30 +319,30 @@ def run_build(
                         bar.advance(0.0)
                 drain()
         drain()
-        new_shards = sink.close()
+    except BaseException:
+        sink.abort()  # the open shard stays invisible; committed ones are kept for the next run
+        raise
     finally:
         bar.close()
         if started_ray:
             ray.shutdown()
 
-    shards = done_shards + new_shards
     ok = [sid for sid in order if outcomes.get(sid, {}).get("status") == "ok"]
-    shard_of = {sid: info.name for info in shards for sid in info.sessions}
-    index_rows = []
-    for sid in ok:
-        for row in outcomes[sid].get("index_rows") or []:
-            index_rows.append({**row, "shard": shard_of.get(sid)})
     for sid in order:
         if outcomes.get(sid, {}).get("status") == "rejected":
             rejections.append(Rejection(**outcomes[sid]["rejection"]))
-    write_index(out_uri, index_rows)
-    write_quarantine(out_uri, rejections)
-
-    fingerprints = _agreed_fingerprints([outcomes[s] for s in ok])
     stage_s: dict[str, float] = {}
     for sid in ok:
         for k, v in outcomes[sid].get("stage_s", {}).items():
             stage_s[k] = stage_s.get(k, 0.0) + v
+    doc = finalize_dataset(
+        out_uri,
+        sink,
+        config_hash=cfg.config_hash(),
+        tokenizers=_agreed_tokenizers([outcomes[s] for s in ok]),
+        rejections=rejections,
+        sessions_in=len(sessions) + len(row_problems),
+    )
     summary = BuildSummary(
         out_uri=out_uri,
         sessions_in=len(sessions) + len(row_problems),
@@ -350,26 +350,13 @@ def run_build(
         quarantined=len(rejections),
         media_s_in=sum(float(outcomes[s].get("media_s", 0.0)) for s in order if s in outcomes),
         media_s_out=sum(float(outcomes[s]["media_s"]) for s in ok),
-        samples=len(index_rows),
-        shards=len(shards),
-        shard_bytes=sum(i.bytes for i in shards),
+        samples=doc["totals"]["samples"],
+        shards=doc["totals"]["shards"],
+        shard_bytes=doc["totals"]["bytes"],
         wall_s=time.perf_counter() - t0,
         resumed_sessions=resumed,
         rejects_by_reason=_count_reasons(rejections),
         stage_s={k: round(v, 3) for k, v in sorted(stage_s.items())},
-    )
-    write_dataset_json(
-        out_uri,
-        cfg=cfg,
-        shards=shards,
-        fingerprints=fingerprints,
-        totals={
-            "sessions_in": summary.sessions_in,
-            "sessions_in_shards": summary.sessions_ok,
-            "quarantined": summary.quarantined,
-            "samples": summary.samples,
-            "media_hours": round(summary.media_s_out / 3600, 6),
-        },
     )
     storage.write_bytes_atomic(
         storage.join(out_uri, "stats.json"), json.dumps(summary.to_json(), indent=2, sort_keys=True).encode()
@@ -384,9 +371,9 @@ def _count_reasons(rejections: list[Rejection]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _agreed_fingerprints(outcomes: list[dict[str, Any]]) -> dict[str, str]:
+def _agreed_tokenizers(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     """All sessions must have been tokenized by the same tokenizers (same fingerprints)."""
-    seen = {json.dumps(o.get("fingerprints", {}), sort_keys=True) for o in outcomes}
+    seen = {json.dumps(o.get("tokenizers", {}), sort_keys=True) for o in outcomes}
     if len(seen) > 1:
         raise RuntimeError(f"sessions were tokenized with different tokenizers: {sorted(seen)}")
     return json.loads(seen.pop()) if seen else {}

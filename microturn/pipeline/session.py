@@ -57,6 +57,58 @@ class _StageClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def _local_sources(spec: SessionSpec) -> Iterator[SessionSpec]:
+    """The session with object-store sources fetched into a temporary folder (deleted afterwards).
+
+    Decoders seek a lot; a local copy is faster and sturdier than seeking over HTTP. Local sources pass
+    through untouched."""
+    from microturn import storage
+
+    if not any(storage.is_remote(u) for u in spec.source_uris()):
+        yield spec
+        return
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix=f"microturn-{spec.session_id}-") as tmp:
+        try:
+            local = {u: str(storage.fetch_local(u, Path(tmp))) for u in spec.source_uris()}
+        except (OSError, FileNotFoundError) as exc:
+            raise StageError("probe", "unreadable", f"cannot fetch source: {exc}") from exc
+        data = spec.model_dump()
+        if data.get("video"):
+            data["video"]["uri"] = local[data["video"]["uri"]]
+        for a in data["audio"]:
+            a["uri"] = local[a["uri"]]
+        if data.get("transcript"):
+            data["transcript"]["uri"] = local[data["transcript"]["uri"]]
+        data["meta"] = {**data.get("meta", {}), "remote_sources": spec.source_uris()}
+        yield SessionSpec.model_validate(data)
+
+
+def _with_original_uris(decoded: Any, local: SessionSpec, original: SessionSpec) -> Any:
+    """Provenance names the URIs of the manifest, not the temporary local copies."""
+    if local is original:
+        return decoded
+    from dataclasses import replace
+
+    mapping = dict(zip(local.source_uris(), original.source_uris()))
+
+    def swap(x: Any) -> Any:
+        if isinstance(x, str):
+            return mapping.get(x, x)
+        if isinstance(x, dict):
+            return {k: swap(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(swap(v) for v in x)
+        return x
+
+    streams = tuple(replace(s, source_uri=swap(s.source_uri)) for s in decoded.streams)
+    video = replace(decoded.video, source_uri=swap(decoded.video.source_uri)) if decoded.video else None
+    return replace(decoded, streams=streams, video=video, sources=swap(decoded.sources))
+
+
 def process_session(spec: SessionSpec, cfg: BuildConfig, toks: "TokenizerSet") -> SessionResult:
     """Run every stage on one session. Data problems raise ``StageError`` (-> quarantine);
     an unexpected exception is re-raised as ``StageError(stage, "internal:<Type>")`` so that the
@@ -69,10 +121,13 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, toks: "TokenizerSet") -
 
     clock = _StageClock()
     try:
-        with clock.stage("decode"):
-            decoded = decode_session(spec, cfg.decode)
-        with clock.stage("align"):
-            aligned = align_session(decoded, spec, cfg.align)
+        with contextlib.ExitStack() as stack:
+            with clock.stage("fetch"):
+                local_spec = stack.enter_context(_local_sources(spec))
+            with clock.stage("decode"):
+                decoded = _with_original_uris(decode_session(local_spec, cfg.decode), local_spec, spec)
+            with clock.stage("align"):
+                aligned = align_session(decoded, local_spec, cfg.align)
         with clock.stage("tokenize"):
             tokenized = tokenize_session(aligned, toks)
         with clock.stage("chunk"):

@@ -1,0 +1,95 @@
+"""Quality measures per session and stream, the duplicate-channel check, and the filters.
+
+Everything returned is plain JSON (floats, ints, None) because it travels into meta.json and stats.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from microturn.align.vad import frame_energy_db
+from microturn.clock import CODEC_RATE, GRID
+from microturn.records import StageError
+
+CLIP_LEVEL = 0.999  # |x| at or above this counts as clipped (float audio, full scale 1.0)
+
+
+def channel_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """|Pearson correlation| of two waveforms (0 when either is silent)."""
+    n = min(a.shape[0], b.shape[0])
+    x = a[:n].astype(np.float64) - float(np.mean(a[:n]))
+    y = b[:n].astype(np.float64) - float(np.mean(b[:n]))
+    den = float(np.sqrt(np.dot(x, x) * np.dot(y, y)))
+    return abs(float(np.dot(x, y)) / den) if den > 0 else 0.0
+
+
+def rms_db(x: np.ndarray) -> float:
+    return float(10 * np.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-12)) if x.size else -120.0
+
+
+def are_duplicates(a: np.ndarray, b: np.ndarray, threshold: float, level_db: float = 6.0) -> tuple[bool, float]:
+    """Two channels carry the same signal: highly correlated *and* at similar levels (a leakage
+    channel correlates with the talker's channel when only one person speaks, but sits far lower)."""
+    sim = channel_similarity(a, b)
+    return sim >= threshold and abs(rms_db(a) - rms_db(b)) <= level_db, sim
+
+
+def stream_quality(wave_24k: np.ndarray, activity: np.ndarray, valid_frames: int) -> dict[str, Optional[float]]:
+    act = activity[:valid_frames].astype(bool)
+    db = frame_energy_db(wave_24k, activity.shape[0])[:valid_frames]
+    power = 10 ** (db / 10)
+    snr: Optional[float] = None
+    if act.any() and (~act).any():
+        snr = float(10 * np.log10(power[act].mean() / max(power[~act].mean(), 1e-12)))
+    return {
+        "speech_ratio": float(act.mean()) if act.size else 0.0,
+        "clipping_ratio": float(np.mean(np.abs(wave_24k) >= CLIP_LEVEL)) if wave_24k.size else 0.0,
+        "snr_db": None if snr is None else round(snr, 2),
+        "level_db": round(rms_db(wave_24k), 2),
+    }
+
+
+def session_quality(
+    waves_24k: list[np.ndarray], activity: np.ndarray, num_samples: int, speakers: list[str]
+) -> dict[str, Any]:
+    valid = GRID.valid_frames(num_samples)
+    per_stream = [stream_quality(w, a, valid) for w, a in zip(waves_24k, activity)]
+    any_speech = activity[:, :valid].any(axis=0) if activity.size else np.zeros(0, dtype=bool)
+    overlap = (activity[:, :valid].sum(axis=0) >= 2) if activity.size else np.zeros(0, dtype=bool)
+    sims = [
+        channel_similarity(waves_24k[i], waves_24k[j]) for i in range(len(waves_24k)) for j in range(i + 1, len(waves_24k))
+    ]
+    snrs = [q["snr_db"] for q in per_stream if q["snr_db"] is not None]
+    return {
+        "duration_s": round(num_samples / CODEC_RATE, 3),
+        "speech_ratio": float(any_speech.mean()) if any_speech.size else 0.0,
+        "overlap_ratio": float(overlap.mean()) if overlap.size else 0.0,
+        "clipping_ratio": max((q["clipping_ratio"] or 0.0) for q in per_stream) if per_stream else 0.0,
+        "snr_db": min(snrs) if snrs else None,
+        "channel_similarity": round(max(sims), 4) if sims else None,
+        "streams": {spk: q for spk, q in zip(speakers, per_stream)},
+    }
+
+
+def apply_filters(quality: dict[str, Any], filters: Any, session_id: str) -> None:
+    """Raise ``StageError("align", "filtered:<rule>")`` for the first filter the session fails."""
+    if quality["speech_ratio"] < filters.min_speech_ratio:
+        raise StageError(
+            "align",
+            "filtered:speech_ratio",
+            f"speech ratio {quality['speech_ratio']:.3f} < {filters.min_speech_ratio}",
+            source=session_id,
+        )
+    if quality["clipping_ratio"] > filters.max_clipping_ratio:
+        raise StageError(
+            "align",
+            "filtered:clipping_ratio",
+            f"clipping ratio {quality['clipping_ratio']:.4f} > {filters.max_clipping_ratio}",
+            source=session_id,
+        )
+    if filters.min_snr_db is not None and quality["snr_db"] is not None and quality["snr_db"] < filters.min_snr_db:
+        raise StageError(
+            "align", "filtered:snr", f"SNR {quality['snr_db']:.1f} dB < {filters.min_snr_db} dB", source=session_id
+        )

@@ -1,0 +1,178 @@
+"""Speech activity on the codec frame grid (75 frames/s).
+
+Two detectors share one post-processing step (hysteresis + minimum speech / silence lengths):
+- ``pyannote``: the segmentation model bundled in the whisperX wheel, run offline on in-memory
+  16 kHz waveforms (speech probability = max over its speaker outputs, as pyannote's VAD pipeline).
+- ``energy``: frame RMS against a per-stream adaptive threshold; the fallback when the model cannot
+  load, and the signal the cross-talk rule compares.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from microturn.clock import ASR_RATE, CODEC_RATE, GRID, HOP
+
+log = logging.getLogger(__name__)
+
+ONSET = 0.5  # whisperX's pyannote VAD defaults
+OFFSET = 0.363
+_EPS = 1e-10
+
+
+class VadUnavailable(RuntimeError):
+    """The pyannote model could not be loaded (missing wheel asset, incompatible versions)."""
+
+
+def frame_energy_db(wave_24k: np.ndarray, num_frames: int) -> np.ndarray:
+    """float32 [num_frames]: RMS level in dBFS of each 320-sample codec frame (zero-padded)."""
+    padded = np.zeros(num_frames * HOP, dtype=np.float32)
+    n = min(wave_24k.shape[0], padded.shape[0])
+    padded[:n] = wave_24k[:n]
+    power = np.mean(np.square(padded.reshape(num_frames, HOP), dtype=np.float64), axis=1)
+    return (10.0 * np.log10(power + _EPS)).astype(np.float32)
+
+
+def smooth(x: np.ndarray, frames: int) -> np.ndarray:
+    """Centred moving average over ``frames`` frames (same length)."""
+    if frames <= 1 or x.size == 0:
+        return x.astype(np.float32)
+    kernel = np.ones(frames, dtype=np.float64) / frames
+    return np.convolve(x.astype(np.float64), kernel, mode="same").astype(np.float32)
+
+
+def energy_probability(wave_24k: np.ndarray, num_frames: int, threshold_db: float) -> np.ndarray:
+    """A speech 'probability' in [0, 1] per frame from frame energy.
+
+    The threshold adapts to the stream: halfway (in dB) between its noise floor (10th percentile) and
+    its speech level (95th percentile), never below ``threshold_db`` under the speech level, and never
+    below -70 dBFS (digital silence is not speech however quiet the stream).
+    """
+    db = smooth(frame_energy_db(wave_24k, num_frames), 5)  # ~67 ms: syllable gaps are not silence
+    real = db[: GRID.valid_frames(wave_24k.shape[0])] if wave_24k.shape[0] else db
+    if real.size == 0:
+        return np.zeros(num_frames, dtype=np.float32)
+    floor, loud = np.percentile(real, 10), np.percentile(real, 95)
+    thr = max((floor + loud) / 2.0, loud + threshold_db, -70.0)
+    if loud - floor < 6.0:  # no dynamics: all speech or all noise; decide by absolute level
+        thr = max(thr, -45.0) if loud < -45.0 else floor - 1.0
+    # logistic around the threshold, 3 dB wide: a soft score the same hysteresis can binarise
+    return (1.0 / (1.0 + np.exp(-(db - thr) / 3.0))).astype(np.float32)
+
+
+def energy_gate(wave_24k: np.ndarray, num_frames: int, above_floor_db: float = 8.0) -> np.ndarray:
+    """bool [num_frames]: frames clearly above the stream's noise floor (10th percentile level).
+
+    pyannote hears speech in faint cross-talk and room tone too; a model-detected frame that is
+    no louder than the floor is not this stream's speaker."""
+    db = smooth(frame_energy_db(wave_24k, num_frames), 15)
+    real = db[: GRID.valid_frames(wave_24k.shape[0])]
+    if real.size == 0:
+        return np.zeros(num_frames, dtype=bool)
+    return db > max(float(np.percentile(real, 10)) + above_floor_db, -70.0)
+
+
+@functools.lru_cache(maxsize=2)
+def _pyannote_inference(model_path: str, device: str) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchcodec complains about missing system FFmpeg: unused
+        import torch
+        from pyannote.audio import Model
+        from pyannote.audio.core.inference import Inference
+
+        model = Model.from_pretrained(model_path)
+        if model is None:
+            raise VadUnavailable(f"pyannote could not load {model_path}")
+        model.eval()
+        duration = float(model.specifications.duration)
+        # speech = max over the model's speaker outputs, aggregated over overlapping windows
+        return Inference(
+            model,
+            duration=duration,
+            step=duration / 5,
+            pre_aggregation_hook=lambda scores: np.max(scores, axis=-1, keepdims=True),
+            batch_size=8,
+            device=torch.device(device),
+        )
+
+
+def bundled_vad_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("whisperx")
+    if spec is None or spec.origin is None:
+        raise VadUnavailable("whisperx is not installed")
+    return Path(spec.origin).parent / "assets" / "pytorch_model.bin"
+
+
+def load_pyannote(device: str = "cpu", model_path: Optional[Path] = None) -> Any:
+    """The cached pyannote inference object; raises ``VadUnavailable`` with the reason."""
+    path = Path(model_path) if model_path else bundled_vad_path()
+    if not path.is_file():
+        raise VadUnavailable(f"pyannote VAD model not found at {path}")
+    try:
+        return _pyannote_inference(str(path), device)
+    except VadUnavailable:
+        raise
+    except Exception as exc:  # version skew inside pyannote/lightning: fall back, loudly
+        raise VadUnavailable(f"cannot load pyannote VAD from {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def pyannote_probability(inference: Any, wave_16k: np.ndarray, num_frames: int) -> np.ndarray:
+    """Speech probability per codec frame from the pyannote model (interpolated at frame centres)."""
+    import torch
+
+    if wave_16k.shape[0] < ASR_RATE // 10:
+        return np.zeros(num_frames, dtype=np.float32)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = inference({"waveform": torch.from_numpy(np.ascontiguousarray(wave_16k))[None], "sample_rate": ASR_RATE})
+    scores = np.asarray(out.data, dtype=np.float32).reshape(-1)
+    window = out.sliding_window
+    times = window.start + window.step * np.arange(scores.shape[0]) + window.duration / 2
+    centres = (np.arange(num_frames) + 0.5) * (HOP / CODEC_RATE)
+    return np.interp(centres, times, scores, left=0.0, right=0.0).astype(np.float32)
+
+
+def binarize(
+    prob: np.ndarray, onset: float = ONSET, offset: float = OFFSET, min_speech_ms: int = 0, min_silence_ms: int = 0
+) -> np.ndarray:
+    """uint8 activity from a probability: hysteresis, then fill short silences, drop short speech."""
+    active = np.zeros(prob.shape[0], dtype=np.uint8)
+    on = False
+    for i, p in enumerate(prob):  # hysteresis is sequential; frames are few (75/s)
+        on = p > offset if on else p > onset
+        active[i] = on
+    return clean_runs(active, min_speech_ms, min_silence_ms)
+
+
+def runs(active: np.ndarray) -> list[tuple[int, int, int]]:
+    """(value, start, end) runs of a 0/1 array."""
+    if active.size == 0:
+        return []
+    change = np.flatnonzero(np.diff(active.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], change, [active.size]])
+    return [(int(active[s]), int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+def clean_runs(active: np.ndarray, min_speech_ms: int, min_silence_ms: int) -> np.ndarray:
+    """Fill silences shorter than ``min_silence_ms`` inside speech, then drop speech shorter than
+    ``min_speech_ms`` (the order keeps words split by a stop consonant together)."""
+    out = active.astype(np.uint8).copy()
+    min_sil = GRID.seconds_to_frames(f"{min_silence_ms}/1000", "ceil")
+    min_sp = GRID.seconds_to_frames(f"{min_speech_ms}/1000", "ceil")
+    for value, s, e in runs(out):
+        if value == 0 and s > 0 and e < out.size and e - s < min_sil:
+            out[s:e] = 1
+    for value, s, e in runs(out):
+        if value == 1 and e - s < min_sp:
+            out[s:e] = 0
+    return out

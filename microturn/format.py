@@ -1,0 +1,451 @@
+"""The one module that owns the sample format (docs/format.md): member names, dtypes and shapes,
+encoding and decoding of a sample, the tar layout, and our reader.
+
+A sample is a set of tar members ``<key>.<suffix>``; WebDataset splits a member name at the first dot
+of its basename, so keys never hold dots. Arrays are ``.npy`` written without pickles and JSON is UTF-8
+with sorted keys, so any WebDataset reader with the standard decoders (numpy, json) reads a sample
+without importing microturn.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import IO, Any, Iterator, Literal, Mapping, Optional, Sequence
+
+import numpy as np
+
+FORMAT_NAME = "microturn"
+FORMAT_VERSION = 1
+KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+DATASET_JSON = "dataset.json"
+INDEX_PARQUET = "index.parquet"
+QUARANTINE_PARQUET = "quarantine.parquet"
+SHARDS_DIR = "shards"
+
+
+class FormatError(ValueError):
+    """A sample, shard or dataset does not follow the format; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str, *, where: str = ""):
+        super().__init__(f"{code}: {message}" + (f" ({where})" if where else ""))
+        self.code = code
+        self.message = message
+        self.where = where
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    suffix: str
+    kind: Literal["json", "npy"]
+    dtype: Optional[str]  # numpy dtype name for arrays
+    dims: tuple[str, ...]  # symbolic shape, checked against the grid
+    meaning: str
+
+
+# Member order inside the tar is this order: fixed, so tar bytes are reproducible.
+MEMBERS: dict[str, MemberSpec] = {
+    m.suffix: m
+    for m in (
+        MemberSpec("meta.json", "json", None, (), "session, window offsets, sources, fingerprints, stats"),
+        MemberSpec("codes.npy", "npy", "int16", ("S", "K", "F"), "audio codec codes per speaker stream"),
+        MemberSpec("activity.npy", "npy", "uint8", ("S", "F"), "speech activity per stream, 0/1"),
+        MemberSpec("text.npy", "npy", "int32", ("S", "F"), "text tokens per stream on the frame grid"),
+        MemberSpec("words.json", "json", None, (), "words with window-relative frames"),
+        MemberSpec("frames.npy", "npy", "int16", ("N", "H", "W"), "frame-codec tokens of video frames"),
+        MemberSpec("frame_chunks.npy", "npy", "int32", ("N",), "window-relative chunk of each frame"),
+        MemberSpec("events.json", "json", None, (), "turn-taking events with window-relative frames"),
+    )
+}
+MEMBER_ORDER: tuple[str, ...] = tuple(MEMBERS)
+EVENT_KINDS = ("turn", "gap", "pause", "overlap", "backchannel", "interruption")
+META_REQUIRED = (
+    "format_version",
+    "session_id",
+    "window_index",
+    "start_frame",
+    "start_sample",
+    "num_frames",
+    "valid_frames",
+    "speakers",
+    "fingerprints",
+    "stats",
+)
+
+
+# ---------------------------------------------------------------- member encoding
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes, *, where: str = "") -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError/EOFError/OSError for broken headers
+        raise FormatError("bad_npy", f"cannot read .npy: {exc}", where=where) from None
+
+
+def encode_json(obj: Any) -> bytes:
+    """Canonical JSON: sorted keys, compact, UTF-8, no NaN (so equal objects give equal bytes)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values from numpy scalars/arrays, tuples and paths; NaN and infinities become None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def decode_json(data: bytes, *, where: str = "") -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError("bad_json", f"cannot read JSON: {exc}", where=where) from None
+
+
+def sample_key(session_id: str, window_index: int) -> str:
+    key = f"{session_id}-{window_index:06d}"
+    if not KEY_RE.match(key):
+        raise FormatError("bad_key", f"session id {session_id!r} gives key {key!r} (letters, digits, _ and - only)")
+    return key
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``"dir/abc-000001.meta.json"`` -> ``("dir/abc-000001", "meta.json")`` (WebDataset's rule)."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, suffix = base.partition(".")
+    if not dot:
+        return name, ""
+    return (f"{folder}/{stem}" if folder else stem), suffix
+
+
+def ordered_members(members: Mapping[str, bytes]) -> list[tuple[str, bytes]]:
+    """Members in tar order: the format's members first (fixed order), then any others sorted."""
+    known = [(s, members[s]) for s in MEMBER_ORDER if s in members]
+    extra = sorted((s, b) for s, b in members.items() if s not in MEMBERS)
+    return known + extra
+
+
+# ---------------------------------------------------------------- samples
+
+
+@dataclass(frozen=True)
+class DecodedSample:
+    key: str
+    meta: dict[str, Any]
+    codes: np.ndarray  # int16 [S, K, F]
+    activity: np.ndarray  # uint8 [S, F]
+    text: np.ndarray  # int32 [S, F]
+    words: list[dict[str, Any]]
+    frames: np.ndarray  # int16 [N, H, W]
+    frame_chunks: np.ndarray  # int32 [N]
+    events: list[dict[str, Any]]
+
+    @property
+    def num_streams(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.codes.shape[-1])
+
+
+def encode_sample(
+    *,
+    meta: Mapping[str, Any],
+    codes: np.ndarray,
+    activity: np.ndarray,
+    text: np.ndarray,
+    words: Sequence[Mapping[str, Any]],
+    frames: np.ndarray,
+    frame_chunks: np.ndarray,
+    events: Sequence[Mapping[str, Any]],
+) -> dict[str, bytes]:
+    """Encode one sample's members. Arrays must already have the format's dtypes (no silent casts:
+    a wrong dtype here is a bug upstream); shapes are checked against each other."""
+    arrays = {"codes.npy": codes, "activity.npy": activity, "text.npy": text, "frames.npy": frames,
+              "frame_chunks.npy": frame_chunks}
+    for suffix, arr in arrays.items():
+        want = MEMBERS[suffix].dtype
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(want):
+            got = getattr(arr, "dtype", type(arr).__name__)
+            raise FormatError("bad_dtype", f"{suffix} must be {want}, got {got}")
+    meta = jsonable(dict(meta))
+    meta.setdefault("format_version", FORMAT_VERSION)
+    problems = shape_problems(meta, codes, activity, text, frames, frame_chunks)
+    if problems:
+        raise FormatError(problems[0][0], "; ".join(m for _, m in problems))
+    out = {"meta.json": encode_json(meta)}
+    for suffix in MEMBER_ORDER:
+        if suffix in arrays:
+            out[suffix] = encode_npy(arrays[suffix])
+        elif suffix == "words.json":
+            out[suffix] = encode_json(jsonable(list(words)))
+        elif suffix == "events.json":
+            out[suffix] = encode_json(jsonable(list(events)))
+    return {s: out[s] for s in MEMBER_ORDER}
+
+
+def shape_problems(
+    meta: Mapping[str, Any],
+    codes: np.ndarray,
+    activity: np.ndarray,
+    text: np.ndarray,
+    frames: np.ndarray,
+    frame_chunks: np.ndarray,
+    *,
+    frames_per_chunk: int = 15,
+) -> list[tuple[str, str]]:
+    """(code, message) for every array whose dtype or shape disagrees with the grid the meta implies."""
+    out: list[tuple[str, str]] = []
+    arrays = {"codes.npy": codes, "activity.npy": activity, "text.npy": text, "frames.npy": frames,
+              "frame_chunks.npy": frame_chunks}
+    for suffix, arr in arrays.items():
+        spec = MEMBERS[suffix]
+        if arr.dtype != np.dtype(spec.dtype):
+            out.append(("bad_dtype", f"{suffix} has dtype {arr.dtype}, expected {spec.dtype}"))
+        if arr.ndim != len(spec.dims):
+            out.append(("bad_shape", f"{suffix} has shape {tuple(arr.shape)}, expected {len(spec.dims)} dims "
+                                     f"[{', '.join(spec.dims)}]"))
+    if out:
+        return out
+    F = meta.get("num_frames")
+    speakers = meta.get("speakers")
+    S = len(speakers) if isinstance(speakers, list) else codes.shape[0]
+    want = {
+        "codes.npy": (S, codes.shape[1], F),
+        "activity.npy": (S, F),
+        "text.npy": (S, F),
+        "frame_chunks.npy": (frames.shape[0],),
+    }
+    for suffix, shape in want.items():
+        got = tuple(arrays[suffix].shape)
+        if got != shape:
+            out.append(("bad_shape", f"{suffix} has shape {got}, the grid implies {shape} "
+                                     f"(streams={S}, num_frames={F})"))
+    if isinstance(F, int) and F % frames_per_chunk:
+        out.append(("bad_grid", f"num_frames {F} is not a whole number of {frames_per_chunk}-frame chunks"))
+    valid = meta.get("valid_frames")
+    if isinstance(F, int) and isinstance(valid, int) and not 0 < valid <= F:
+        out.append(("bad_grid", f"valid_frames {valid} outside (0, {F}]"))
+    return out
+
+
+def decode_sample(members: Mapping[str, bytes], key: str = "") -> DecodedSample:
+    """Decode a sample's members (suffix -> bytes). Raises ``FormatError`` on a missing member, an
+    unreadable member, or a dtype/shape that disagrees with the grid."""
+    missing = [s for s in MEMBER_ORDER if s not in members]
+    if missing:
+        raise FormatError("missing_member", f"missing {', '.join(missing)}", where=key)
+    where = key
+    meta = decode_json(members["meta.json"], where=f"{where}.meta.json")
+    if not isinstance(meta, dict):
+        raise FormatError("bad_meta", "meta.json is not an object", where=key)
+    absent = [k for k in META_REQUIRED if k not in meta]
+    if absent:
+        raise FormatError("bad_meta", f"meta.json lacks {', '.join(absent)}", where=key)
+    arrays = {s: decode_npy(members[s], where=f"{where}.{s}") for s in MEMBER_ORDER if s.endswith(".npy")}
+    words = decode_json(members["words.json"], where=f"{where}.words.json")
+    events = decode_json(members["events.json"], where=f"{where}.events.json")
+    problems = shape_problems(meta, arrays["codes.npy"], arrays["activity.npy"], arrays["text.npy"],
+                              arrays["frames.npy"], arrays["frame_chunks.npy"])
+    if problems:
+        raise FormatError(problems[0][0], "; ".join(m for _, m in problems), where=key)
+    return DecodedSample(
+        key=key,
+        meta=meta,
+        codes=arrays["codes.npy"],
+        activity=arrays["activity.npy"],
+        text=arrays["text.npy"],
+        words=words,
+        frames=arrays["frames.npy"],
+        frame_chunks=arrays["frame_chunks.npy"],
+        events=events,
+    )
+
+
+# ---------------------------------------------------------------- index rows
+
+# The columns of index.parquet, in order, with their Arrow types (names carry units).
+INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("key", "string"),
+    ("shard", "string"),
+    ("session_id", "string"),
+    ("window_index", "int32"),
+    ("start_frame", "int64"),
+    ("start_s", "float64"),
+    ("num_frames", "int32"),
+    ("valid_frames", "int32"),
+    ("duration_s", "float64"),
+    ("session_duration_s", "float64"),
+    ("num_streams", "int16"),
+    ("num_video_frames", "int32"),
+    ("speech_ratio", "float32"),
+    ("overlap_ratio", "float32"),
+    ("word_count", "int32"),
+    ("turns", "int32"),
+    ("gaps", "int32"),
+    ("pauses", "int32"),
+    ("overlaps", "int32"),
+    ("backchannels", "int32"),
+    ("interruptions", "int32"),
+    ("bytes", "int64"),
+)
+QUARANTINE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("session_id", "string"),
+    ("source", "string"),
+    ("stage", "string"),
+    ("reason", "string"),
+    ("message", "string"),
+)
+
+
+def index_row_from_meta(key: str, meta: Mapping[str, Any], nbytes: int) -> dict[str, Any]:
+    """The index.parquet row of a sample (without ``shard``), derived from its meta.json only, so
+    that an index can be rebuilt (and checked) from the shards."""
+    stats = meta["stats"]
+    events = stats.get("event_counts", {})
+    row = {
+        "key": key,
+        "session_id": meta["session_id"],
+        "window_index": int(meta["window_index"]),
+        "start_frame": int(meta["start_frame"]),
+        "start_s": float(stats["start_s"]),
+        "num_frames": int(meta["num_frames"]),
+        "valid_frames": int(meta["valid_frames"]),
+        "duration_s": float(stats["duration_s"]),
+        "session_duration_s": float(stats["session_duration_s"]),
+        "num_streams": len(meta["speakers"]),
+        "num_video_frames": int(stats["num_video_frames"]),
+        "speech_ratio": float(stats["speech_ratio"]),
+        "overlap_ratio": float(stats["overlap_ratio"]),
+        "word_count": int(stats["word_count"]),
+        "bytes": int(nbytes),
+    }
+    for kind, column in zip(EVENT_KINDS, ("turns", "gaps", "pauses", "overlaps", "backchannels", "interruptions")):
+        row[column] = int(events.get(kind, 0))
+    return row
+
+
+def arrow_schema(columns: Sequence[tuple[str, str]]):
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, typ)()) for name, typ in columns])
+
+
+# ---------------------------------------------------------------- reading
+
+
+def iter_tar(fileobj: IO[bytes], *, where: str = "") -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group a tar stream's members into samples ``(key, {suffix: bytes})`` in file order.
+
+    A damaged or truncated tar raises ``FormatError("bad_tar")``; a sample whose members are not
+    contiguous raises ``FormatError("split_sample")`` (a shard must never scatter a sample).
+    """
+    seen: set[str] = set()
+    key: Optional[str] = None
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                k, suffix = split_member_name(info.name)
+                fh = tar.extractfile(info)
+                data = fh.read() if fh is not None else b""
+                if len(data) != info.size:
+                    raise FormatError("bad_tar", f"member {info.name} is truncated", where=where)
+                if k != key:
+                    if key is not None:
+                        yield key, members
+                    if k in seen:
+                        raise FormatError("split_sample", f"members of {k} are not contiguous", where=where)
+                    seen.add(k)
+                    key, members = k, {}
+                if suffix in members:
+                    raise FormatError("duplicate_member", f"{k}.{suffix} appears twice", where=where)
+                members[suffix] = data
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise FormatError("bad_tar", f"unreadable tar: {exc}", where=where) from None
+    if key is not None:
+        yield key, members
+
+
+def iter_samples(shard_uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Samples of one shard, in order, as ``(key, {suffix: bytes})``."""
+    from microturn.storage import open_input
+
+    with open_input(shard_uri) as fh:
+        yield from iter_tar(fh, where=shard_uri)
+
+
+def read_dataset_json(dataset_uri: str) -> dict[str, Any]:
+    from microturn.storage import join, read_bytes
+
+    uri = join(dataset_uri, DATASET_JSON)
+    try:
+        data = read_bytes(uri)
+    except FileNotFoundError:
+        raise FormatError("missing_dataset_json", f"{uri} does not exist") from None
+    doc = decode_json(data, where=uri)
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise FormatError("bad_dataset_json", f"{uri} is not a {FORMAT_NAME} dataset.json")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise FormatError("format_version", f"{uri} has format_version {doc.get('format_version')!r}, "
+                                            f"this reader reads {FORMAT_VERSION}")
+    return doc
+
+
+def fingerprints_of(doc: Mapping[str, Any]) -> dict[str, str]:
+    """Tokenizer fingerprints ({"audio": ..., "frames": ..., "text": ...}) from a dataset.json."""
+    return {name: str(t.get("fingerprint")) for name, t in sorted(doc.get("tokenizers", {}).items())}
+
+
+def iter_dataset(
+    dataset_uris: str | Sequence[str], *, allow_mixed: bool = False, decode: bool = False
+) -> Iterator[tuple[str, Any]]:
+    """Samples of one or more built datasets, shard by shard in the order dataset.json lists them.
+
+    Datasets (and samples) tokenized with different tokenizer fingerprints hold incompatible tokens:
+    mixing them raises ``FormatError("mixed_fingerprints")`` unless ``allow_mixed=True``. Yields
+    ``(key, members)``, or ``(key, DecodedSample)`` with ``decode=True``.
+    """
+    from microturn.storage import join
+
+    uris = [dataset_uris] if isinstance(dataset_uris, str) else list(dataset_uris)
+    docs = [read_dataset_json(u) for u in uris]
+    expected = fingerprints_of(docs[0]) if docs else {}
+    for uri, doc in zip(uris, docs):
+        if not allow_mixed and fingerprints_of(doc) != expected:
+            raise FormatError("mixed_fingerprints", f"{uri} has tokenizer fingerprints {fingerprints_of(doc)}, "
+                                                    f"{uris[0]} has {expected} (allow_mixed=True to read anyway)")
+    for uri, doc in zip(uris, docs):
+        for shard in doc.get("shards", []):
+            for key, members in iter_samples(join(uri, SHARDS_DIR, shard["name"])):
+                if not allow_mixed:
+                    meta = decode_json(members.get("meta.json", b"{}"), where=key)
+                    fp = {k: str(v) for k, v in sorted(meta.get("fingerprints", {}).items())}
+                    if fp != expected:
+                        raise FormatError("mixed_fingerprints", f"sample fingerprints {fp} differ from the "
+                                                                f"dataset's {expected}", where=key)
+                yield (key, decode_sample(members, key)) if decode else (key, members)

@@ -1,0 +1,331 @@
+"""Align: one timeline per session — speech activity per stream, words with times, quality, A/V sync.
+
+Steps (each a small function below):
+1. duplicate channels: two "speakers" that are one signal become one mixed stream (or quarantine);
+2. activity: pyannote VAD (the model in the whisperX wheel) per stream on the codec frame grid, the
+   energy detector when the model cannot load (flag ``vad:energy_fallback``);
+3. mixed tracks: diarized from a local pyannote pipeline when configured (one stream per speaker,
+   the mixture gated by that speaker's turns), else kept whole and flagged ``undiarized_mixed``;
+4. cross-talk: for one-speaker-per-channel audio, leakage of the other speakers is removed;
+5. words: sidecar transcript (own times, or whisperX-aligned when an alignment model is set), or
+   whisperX ASR when a Whisper model is set;
+6. quality measures and filters (``filtered:<rule>``);
+7. optional residual A/V offset estimate (re-picks the video frames when confident).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from fractions import Fraction
+from typing import Optional, Sequence
+
+import numpy as np
+
+from microturn.align import quality as q
+from microturn.align.crosstalk import suppress_crosstalk
+from microturn.align.transcripts import Segment, channel_base, read_transcript, speaker_to_stream, to_words
+from microturn.align.vad import ONSET, OFFSET, VadUnavailable, binarize, energy_probability
+from microturn.clock import ASR_RATE, CODEC_RATE, GRID, to_fraction
+from microturn.config import AlignConfig, QualityFilters
+from microturn.manifest import SessionSpec
+from microturn.records import AlignedSession, AudioStream, DecodedSession, StageError, Word
+
+log = logging.getLogger(__name__)
+
+MIXED = "mixed"
+_UTTERANCE_GAP_S = Fraction(1, 2)  # word-level transcripts are regrouped into utterances for alignment
+
+
+def num_frames_of(decoded: DecodedSession) -> int:
+    """Activity length: whole chunks of codec frames."""
+    return GRID.chunk_to_frame(GRID.num_chunks(decoded.num_samples))
+
+
+# ---------------------------------------------------------------- 1. duplicate channels
+
+
+def route_duplicate_channels(decoded: DecodedSession, filters: QualityFilters) -> tuple[DecodedSession, list[str]]:
+    """Channels of one file that carry the same signal are one (mixed) voice, not two speakers."""
+    streams = decoded.streams
+    by_file: dict[str, list[int]] = {}
+    for i, s in enumerate(streams):
+        if s.speaker != MIXED:
+            by_file.setdefault(s.source_uri, []).append(i)
+    for uri, idx in by_file.items():
+        if len(idx) < 2:
+            continue
+        dup, sim = all_duplicates([streams[i] for i in idx], filters.duplicate_channel_similarity)
+        if not dup:
+            continue
+        if filters.duplicate_channels == "quarantine":
+            raise StageError(
+                "align",
+                "filtered:duplicate_channels",
+                f"channels {[streams[i].channel for i in idx]} carry the same signal (similarity {sim:.3f})",
+                source=uri,
+            )
+        merged = AudioStream(
+            speaker=MIXED,
+            source_uri=uri,
+            channel=-1,
+            wave_24k=np.mean([streams[i].wave_24k for i in idx], axis=0).astype(np.float32),
+            wave_16k=np.mean([streams[i].wave_16k for i in idx], axis=0).astype(np.float32),
+            offset_sample=streams[idx[0]].offset_sample,
+        )
+        kept = [s for i, s in enumerate(streams) if i not in idx]
+        if kept:  # a duplicate pair beside other speakers cannot become "the" mixed track
+            merged = dataclasses.replace(merged, speaker=streams[idx[0]].speaker)
+        new = tuple(kept[: idx[0]] + [merged] + kept[idx[0] :])
+        log.warning("session %s: channels of %s are duplicates (%.3f): one stream", decoded.session_id, uri, sim)
+        decoded = dataclasses.replace(decoded, streams=new, warnings=decoded.warnings + (f"duplicate_channels:{sim:.3f}",))
+        return decoded, ["duplicate_channels:mixed"]
+    return decoded, []
+
+
+def all_duplicates(streams: Sequence[AudioStream], threshold: float) -> tuple[bool, float]:
+    sims = []
+    for j in range(1, len(streams)):
+        dup, sim = q.are_duplicates(streams[0].wave_16k, streams[j].wave_16k, threshold)
+        if not dup:
+            return False, sim
+        sims.append(sim)
+    return True, min(sims)
+
+
+# ---------------------------------------------------------------- 2. activity
+
+
+def detect_activity(decoded: DecodedSession, cfg: AlignConfig, flags: list[str]) -> np.ndarray:
+    """uint8 [streams, frames] raw VAD decisions (before cross-talk suppression)."""
+    frames = num_frames_of(decoded)
+    probs: list[np.ndarray] = []
+    inference = None
+    if cfg.vad == "pyannote":
+        from microturn.align.vad import load_pyannote
+        from microturn.align.whisperx_words import resolve_device
+
+        try:
+            inference = load_pyannote(resolve_device(cfg.device))
+        except VadUnavailable as exc:
+            log.warning("pyannote VAD unavailable, using the energy detector: %s", exc)
+            flags.append("vad:energy_fallback")
+    else:
+        flags.append("vad:energy")
+    for s in decoded.streams:
+        if inference is not None:
+            from microturn.align.vad import pyannote_probability
+
+            from microturn.align.vad import energy_gate
+
+            probs.append(pyannote_probability(inference, s.wave_16k, frames) * energy_gate(s.wave_24k, frames))
+        else:
+            probs.append(energy_probability(s.wave_24k, frames, cfg.energy_threshold_db))
+    if inference is not None:
+        flags.append("vad:pyannote")
+    act = [binarize(p, ONSET, OFFSET, cfg.min_speech_ms, cfg.min_silence_ms) for p in probs]
+    return np.stack(act) if act else np.zeros((0, frames), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- 3. diarization of a mixed track
+
+
+def diarize_mixed(
+    decoded: DecodedSession, activity: np.ndarray, cfg: AlignConfig, flags: list[str]
+) -> tuple[DecodedSession, np.ndarray]:
+    if len(decoded.streams) != 1 or decoded.streams[0].speaker != MIXED:
+        return decoded, activity
+    if cfg.diarization_dir is None:
+        flags.append("undiarized_mixed")
+        return decoded, activity
+    from microturn.align.whisperx_words import diarize, resolve_device
+
+    mixed = decoded.streams[0]
+    turns = diarize(mixed.wave_16k, cfg.diarization_dir, resolve_device(cfg.device))
+    labels = sorted({t[0] for t in turns})
+    if not labels:
+        flags.append("undiarized_mixed")
+        return decoded, activity
+    frames = activity.shape[1]
+    acts = np.zeros((len(labels), frames), dtype=np.uint8)
+    for label, start, end in turns:
+        a = GRID.seconds_to_frames(start, "floor")
+        b = GRID.seconds_to_frames(end, "ceil")
+        acts[labels.index(label), max(a, 0) : min(b, frames)] = 1
+    acts &= activity[0][None, :]  # diarization turns inside detected speech only
+    streams = []
+    ramp = np.ones(GRID.hop, dtype=np.float32) / GRID.hop  # 13 ms fades at turn edges (no clicks)
+    for k, label in enumerate(labels):
+        mask24 = np.repeat(acts[k].astype(np.float32), GRID.hop)[: decoded.num_samples]
+        mask24 = np.convolve(mask24, ramp, mode="same").astype(np.float32)
+        mask16 = _mask_16k(mask24, mixed.wave_16k.shape[0])
+        streams.append(
+            dataclasses.replace(
+                mixed, speaker=_safe_label(label), wave_24k=mixed.wave_24k * mask24, wave_16k=mixed.wave_16k * mask16
+            )
+        )
+    flags.append("diarized_mixed")
+    return dataclasses.replace(decoded, streams=tuple(streams)), acts
+
+
+def _mask_16k(mask24: np.ndarray, n16: int) -> np.ndarray:
+    idx = np.minimum((np.arange(n16) * CODEC_RATE) // ASR_RATE, mask24.shape[0] - 1)
+    return mask24[idx]
+
+
+def _safe_label(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label) or "spk"
+
+
+# ---------------------------------------------------------------- 5. words
+
+
+def _segments_to_utterances(segs: Sequence[Segment]) -> list[tuple[str, Fraction, Fraction]]:
+    """Consecutive word segments (one stream) joined into utterances split at pauses."""
+    out: list[list] = []
+    for s in segs:
+        if out and s.level == "word" and out[-1][3] == "word" and s.start_s - out[-1][2] <= _UTTERANCE_GAP_S:
+            out[-1][0] += " " + s.text
+            out[-1][2] = max(out[-1][2], s.end_s)
+        else:
+            out.append([s.text, s.start_s, s.end_s, s.level])
+    return [(t, a, b) for t, a, b, _ in out]
+
+
+def _aligned_words(
+    stream_index: int,
+    wave_16k: np.ndarray,
+    utterances: Sequence[tuple[str, Fraction, Fraction]],
+    cfg: AlignConfig,
+    language: str,
+    origin: Fraction,
+) -> list[Word]:
+    """whisperX forced alignment of one stream's utterances (times relative to the session clock)."""
+    from microturn.align.whisperx_words import align_segments, resolve_device
+
+    if cfg.align_model_dir is None:
+        raise StageError("align", "model_missing", "no alignment model directory configured")
+    segs = [(t, float(a - origin), float(b - origin)) for t, a, b in utterances]
+    aligned = align_segments(wave_16k, segs, cfg.align_model_dir, language, resolve_device(cfg.device), cfg.nltk_data_dir)
+    words: list[Word] = []
+    last_end = 0
+    for text, start, end, score in aligned:
+        if start is None or end is None:  # unalignable token (digits, symbols): place it after the last word
+            s = e = last_end
+            timing = "interpolated"
+        else:
+            s = max(GRID.seconds_to_samples(start), last_end if words else 0)
+            e = max(s, GRID.seconds_to_samples(end))
+            timing = "aligned"
+        words.append(Word(text, s, e, stream_index, timing, None if score is None else float(score)))
+        last_end = e
+    return words
+
+
+def find_words(decoded: DecodedSession, spec: SessionSpec, cfg: AlignConfig, flags: list[str]) -> list[Word]:
+    origin = to_fraction(decoded.sources.get("origin", decoded.sources.get("origin_s", 0)))
+    speakers = [s.speaker for s in decoded.streams]
+    channels = [s.channel for s in decoded.streams]
+    language = decoded.language or spec.language or "en"
+    words: list[Word] = []
+    if spec.transcript is not None:
+        segs = read_transcript(spec.transcript.uri, spec.transcript.format)
+        base = channel_base(segs)
+        streams_of = [speaker_to_stream(s.speaker, speakers, channels, base) for s in segs]
+        unknown = sorted({str(s.speaker) for s, k in zip(segs, streams_of) if k is None})
+        if unknown:
+            flags.append("words:unmatched_speakers")
+            log.warning("session %s: transcript speakers %s match no stream", decoded.session_id, unknown)
+        if cfg.align_model_dir is not None:
+            for k, stream in enumerate(decoded.streams):
+                mine = [s for s, j in zip(segs, streams_of) if j == k]
+                if mine:
+                    words += _aligned_words(k, stream.wave_16k, _segments_to_utterances(mine), cfg, language, origin)
+            flags.append("words:aligned")
+        else:
+            words = to_words(segs, streams_of, -origin)
+            flags.append("words:interpolated" if any(w.timing == "interpolated" for w in words) else "words:source")
+    elif cfg.asr_model_dir is not None:
+        from microturn.align.whisperx_words import resolve_device, transcribe
+
+        for k, stream in enumerate(decoded.streams):
+            segs_asr, lang = transcribe(stream.wave_16k, cfg.asr_model_dir, resolve_device(cfg.device), spec.language, cfg.asr_batch_size)
+            utts = [(t, to_fraction(a) + origin, to_fraction(b) + origin) for t, a, b in segs_asr]
+            if cfg.align_model_dir is not None:
+                words += _aligned_words(k, stream.wave_16k, utts, cfg, lang, origin)
+            else:
+                asr_segs = [Segment(None, t, a, b, "utterance") for t, a, b in utts]
+                words += [dataclasses.replace(w, timing="asr") for w in to_words(asr_segs, [k] * len(asr_segs), -origin)]
+        flags.append("words:asr_aligned" if cfg.align_model_dir is not None else "words:asr")
+    else:
+        flags.append("words:none")
+    limit = decoded.num_samples
+    clipped = [
+        dataclasses.replace(w, start_sample=min(max(w.start_sample, 0), limit), end_sample=min(max(w.end_sample, 0), limit))
+        for w in words
+    ]
+    return sorted(clipped, key=lambda w: (w.start_sample, w.stream))
+
+
+# ---------------------------------------------------------------- 7. A/V offset
+
+
+def estimate_and_apply_av_offset(
+    decoded: DecodedSession, cfg: AlignConfig, flags: list[str]
+) -> tuple[DecodedSession, int, Optional[float]]:
+    if decoded.video is None or not decoded.sources.get("video"):
+        return decoded, 0, None
+    from microturn.align.av_offset import estimate_av_offset, video_trace
+
+    info = decoded.sources["video"]
+    trace = video_trace(info["uri"], decoded.video.offset_sample, to_fraction(info["start_s"] or 0))
+    est = estimate_av_offset([s.wave_24k for s in decoded.streams], trace, cfg.av_offset_max_ms)
+    if est is None:
+        flags.append("av_offset:unknown")
+        return decoded, 0, None
+    flags.append("av_offset:estimated")
+    if cfg.apply_av_offset and est.confidence >= cfg.av_offset_min_confidence and abs(est.offset_sample) >= GRID.hop:
+        from microturn.pipeline.decode import redecode_video
+
+        video = redecode_video(decoded, Fraction(est.offset_sample, CODEC_RATE))
+        decoded = dataclasses.replace(decoded, video=video)
+        flags.append("av_offset:applied")
+    return decoded, est.offset_sample, est.confidence
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def align_session(decoded: DecodedSession, spec: SessionSpec, cfg: AlignConfig) -> AlignedSession:
+    """Put activity, words and quality of a decoded session on its clock. Raises ``StageError``."""
+    flags: list[str] = []
+    decoded, dup_flags = route_duplicate_channels(decoded, cfg.filters)
+    flags += dup_flags
+    activity = detect_activity(decoded, cfg, flags)
+    decoded, activity = diarize_mixed(decoded, activity, cfg, flags)
+    per_channel = len(decoded.streams) >= 2 and all(s.speaker != MIXED for s in decoded.streams)
+    if per_channel and "diarized_mixed" not in flags:
+        activity = suppress_crosstalk(
+            activity, [s.wave_24k for s in decoded.streams], cfg.crosstalk_margin_db, cfg.min_speech_ms, cfg.min_silence_ms
+        )
+        flags.append("crosstalk_suppressed")
+    words = find_words(decoded, spec, cfg, flags)
+    quality = q.session_quality([s.wave_24k for s in decoded.streams], activity, decoded.num_samples, [s.speaker for s in decoded.streams])
+    q.apply_filters(quality, cfg.filters, decoded.session_id)
+    av_offset, av_conf = 0, None
+    if cfg.estimate_av_offset:
+        decoded, av_offset, av_conf = estimate_and_apply_av_offset(decoded, cfg, flags)
+        quality["av_offset_ms"] = round(av_offset * 1000 / CODEC_RATE, 2)
+        quality["av_offset_confidence"] = av_conf
+    return AlignedSession(
+        decoded=decoded,
+        activity=activity.astype(np.uint8),
+        words=tuple(words),
+        av_offset_sample=av_offset,
+        av_offset_confidence=av_conf,
+        quality=quality,
+        flags=tuple(flags),
+    )
+
+
+__all__ = ["align_session", "num_frames_of", "route_duplicate_channels"]

@@ -1,0 +1,208 @@
+"""`microturn show`: one sample in the terminal.
+
+A timeline with one column per 200 ms chunk (rows of 10 s): per speaker, how much of each chunk they
+speak, their words placed at their start chunk, and the turn-taking events; then token summaries per
+stream, the tokenizer fingerprints and the provenance (source files, channels, offsets).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from microturn.clock import CODEC_RATE, GRID
+from microturn.report.sample import SampleView
+
+LEVELS = " ▁▃▅▇█"  # fraction of the chunk spoken, 0 .. 1
+EVENT_MARKS = {  # one character per event kind, drawn over the chunks it covers
+    "overlap": "O",
+    "interruption": "I",
+    "backchannel": "b",
+    "gap": "-",
+    "pause": ".",
+    "turn": "=",
+}
+# Which event wins a chunk when several cover it (the rare ones first).
+EVENT_PRIORITY = ("interruption", "backchannel", "overlap", "gap", "pause", "turn")
+PADDING = "░"
+
+
+def activity_line(fractions: np.ndarray, valid_chunks: int) -> str:
+    """One character per chunk: the share of the chunk spoken (padding chunks are shaded)."""
+    out = []
+    for c, f in enumerate(fractions):
+        if c >= valid_chunks:
+            out.append(PADDING)
+        else:
+            out.append(LEVELS[min(len(LEVELS) - 1, int(math.ceil(float(f) * (len(LEVELS) - 1))))])
+    return "".join(out)
+
+
+def words_line(words: list[dict[str, Any]], stream: int, num_chunks: int) -> str:
+    """Words of one stream written from their start chunk on; a word that would overwrite the previous
+    one starts one column after it (order is kept, positions drift at most until the next pause)."""
+    line = [" "] * num_chunks
+    cursor = 0
+    for w in sorted((w for w in words if int(w.get("stream", -1)) == stream), key=lambda w: int(w["start_frame"])):
+        start = max(GRID.frame_to_chunk(int(w["start_frame"])), cursor)
+        text = str(w.get("text", ""))
+        for i, ch in enumerate(text):
+            if start + i < num_chunks:
+                line[start + i] = ch
+        cursor = start + len(text) + 1
+    return "".join(line)
+
+
+def events_line(events: list[dict[str, Any]], num_chunks: int, stream: Any) -> str:
+    """Event marks for one stream (``stream`` int) or for events between speakers (``stream`` None)."""
+    best = [len(EVENT_PRIORITY)] * num_chunks
+    line = [" "] * num_chunks
+    for e in events:
+        if e.get("stream") != stream:
+            continue
+        kind = str(e.get("kind"))
+        rank = EVENT_PRIORITY.index(kind) if kind in EVENT_PRIORITY else len(EVENT_PRIORITY)
+        c0 = GRID.frame_to_chunk(int(e["start_frame"]))
+        c1 = max(c0 + 1, GRID.frame_to_chunk(int(e["end_frame"]) + GRID.frames_per_chunk - 1))
+        for c in range(c0, min(c1, num_chunks)):
+            if rank < best[c]:
+                best[c] = rank
+                line[c] = EVENT_MARKS.get(kind, "?")
+    return "".join(line)
+
+
+def ruler(c0: int, c1: int, window_start_s: float) -> str:
+    """Seconds marks every second (5 chunks); session time, not window time."""
+    per_s = int(1 / GRID.chunk_seconds)
+    line = [" "] * (c1 - c0)
+    for c in range(c0, c1):
+        if c % per_s == 0:
+            label = f"|{window_start_s + c / per_s:g}s"
+            for i, ch in enumerate(label):
+                if c - c0 + i < len(line):
+                    line[c - c0 + i] = ch
+    return "".join(line)
+
+
+def codebook_entropy_bits(codes_KF: np.ndarray) -> list[float]:
+    """Empirical entropy of each codebook's codes (bits; log2(1024) = 10 is the most a codebook can use)."""
+    out = []
+    for row in codes_KF:
+        _, counts = np.unique(row, return_counts=True)
+        p = counts / counts.sum()
+        out.append(float(-(p * np.log2(p)).sum()) if counts.size else 0.0)
+    return out
+
+
+def show_sample(view: SampleView, console, *, width_chunks: int = 50) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    console.print(_header(view))
+    chunk_act = view.chunk_activity()
+    n = view.num_chunks
+    speakers = view.speakers
+    name_w = max(len(s) for s in speakers + ["events"]) + 1
+    body = Text()
+    for c0 in range(0, n, width_chunks):
+        c1 = min(n, c0 + width_chunks)
+        body.append(" " * (name_w + 6) + ruler(c0, c1, view.start_s) + "\n", style="dim")
+        for s, spk in enumerate(speakers):
+            body.append(f"{spk:<{name_w}} talk ", style="bold")
+            body.append(activity_line(chunk_act[s], view.valid_chunks)[c0:c1] + "\n", style=_colour(s))
+            body.append(f"{'':<{name_w}} word ", style="dim")
+            body.append(words_line(view.words, s, n)[c0:c1] + "\n")
+            marks = events_line(view.events, n, s)[c0:c1]
+            if marks.strip():
+                body.append(f"{'':<{name_w}} evnt ", style="dim")
+                body.append(marks + "\n", style="magenta")
+        shared = events_line(view.events, n, None)[c0:c1]
+        if shared.strip():
+            body.append(f"{'both':<{name_w}} evnt ", style="dim")
+            body.append(shared + "\n", style="magenta")
+        if c1 < n:
+            body.append("\n")
+    body.rstrip()
+    console.print(Panel(body, title="timeline (one column = 200 ms)"))
+    legend = "  ".join(f"{m} {k}" for k, m in EVENT_MARKS.items())
+    console.print(f"[dim]talk: {LEVELS[1]}..{LEVELS[-1]} share of the chunk spoken, {PADDING} padding; events: {legend}[/]")
+
+    tokens = Table(title="tokens per stream")
+    for col in ("stream", "speaker", "codes K x F", "distinct/codebook", "entropy bits", "text tokens", "words"):
+        tokens.add_column(col)
+    pad = _pad_id(view.text)
+    for s, spk in enumerate(speakers):
+        codes = view.codes[s, :, : view.valid_frames]
+        distinct = [int(np.unique(row).size) for row in codes]
+        ent = codebook_entropy_bits(codes)
+        text_ids = view.text[s, : view.valid_frames]
+        tokens.add_row(
+            str(s), spk, f"{view.codes.shape[1]} x {view.codes.shape[2]}",
+            f"{min(distinct, default=0)}..{max(distinct, default=0)}",
+            f"{min(ent, default=0):.1f}..{max(ent, default=0):.1f}",
+            f"{int((text_ids != pad).sum())} non-PAD", str(sum(1 for w in view.words if w.get("stream") == s)),
+        )
+    console.print(tokens)
+    if view.frames.shape[0]:
+        covered = sorted(set(int(c) for c in view.frame_chunks))
+        console.print(
+            f"[bold]video[/]: {view.frames.shape[0]} frame(s) of {view.frames.shape[1]}x{view.frames.shape[2]} tokens, "
+            f"{np.unique(view.frames).size} distinct tokens, chunks {covered[0]}..{covered[-1]}"
+        )
+    else:
+        console.print("[bold]video[/]: no frames in this window")
+
+    fp = Table(title="fingerprints", show_header=False)
+    for k, v in sorted((view.meta.get("fingerprints") or {}).items()):
+        fp.add_row(k, str(v), style="yellow" if "untrained" in str(v) else None)
+    console.print(fp)
+    console.print(_provenance(view))
+
+
+def _header(view: SampleView):
+    from rich.panel import Panel
+
+    m = view.meta
+    lines = [
+        f"session [bold]{view.session_id}[/]  window {view.window_index}  "
+        f"start {view.start_s:.2f} s (sample {m.get('start_sample', '?')})  "
+        f"duration {view.duration_s:.2f} s of {float(GRID.frames_to_seconds(view.num_frames)):.1f}",
+        f"speakers {', '.join(view.speakers)}  speech {view.speech_ratio():.2f}  overlap {view.overlap_ratio():.2f}  "
+        f"words {len(view.words)}  language {m.get('language') or '-'}",
+    ]
+    if m.get("flags"):
+        lines.append(f"flags {', '.join(map(str, m['flags']))}")
+    return Panel("\n".join(lines), title=view.key)
+
+
+def _provenance(view: SampleView):
+    from rich.table import Table
+
+    src = view.meta.get("sources") or {}
+    table = Table(title="provenance")
+    for col in ("stream", "speaker", "source", "channel", "offset (samples)"):
+        table.add_column(col, overflow="fold")
+    for i, a in enumerate(src.get("audio") or []):
+        off = int(a.get("offset_sample", 0))
+        table.add_row(str(i), str(a.get("speaker")), str(a.get("uri")), str(a.get("channel", "")),
+                      f"{off / CODEC_RATE:+.3f} s ({off})")
+    video = src.get("video")
+    if video:
+        off = int(video.get("offset_sample", 0))
+        table.add_row("video", "", str(video.get("uri")), "", f"{off / CODEC_RATE:+.3f} s ({off})")
+    return table
+
+
+def _colour(stream: int) -> str:
+    return ("cyan", "green", "yellow", "blue")[stream % 4]
+
+
+def _pad_id(text_SF: np.ndarray) -> int:
+    """PAD is the id that fills the frames between words: the most frequent id of the text stream."""
+    if text_SF.size == 0:
+        return -1
+    ids, counts = np.unique(text_SF, return_counts=True)
+    return int(ids[np.argmax(counts)])

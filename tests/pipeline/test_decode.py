@@ -1,0 +1,145 @@
+"""Decode: every source lands on one integer clock; video frames are picked by presentation time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import burst, shared, write_video, write_wav
+from microturn.clock import GRID
+from microturn.config import DecodeConfig
+from microturn.manifest import SessionSpec
+from microturn.pipeline.decode import decode_session
+
+
+def _spec(**row) -> SessionSpec:
+    return SessionSpec.model_validate({"session_id": "s", **row})
+
+
+def _onset(wave: np.ndarray, level: float = 0.05) -> int:
+    return int(np.flatnonzero(np.abs(wave) > level)[0])
+
+
+def test_manifest_offsets_place_sources_exactly(tmp_path: Path) -> None:
+    a = write_wav(tmp_path / "a.wav", burst(16000, 3.0, [(1.0, 1.5)]), 16000)
+    b = write_wav(tmp_path / "b.wav", burst(48000, 3.0, [(1.0, 1.5)], freq=330), 48000)
+    spec = _spec(audio=[{"uri": str(a), "speaker": "A"}, {"uri": str(b), "speaker": "B", "offset_s": 0.25}])
+    out = decode_session(spec, DecodeConfig())
+    wa, wb = out.streams[0].wave_24k, out.streams[1].wave_24k
+    assert out.num_samples == 24000 * 3 + 6000  # B ends 0.25 s later
+    assert wa.shape == wb.shape == (out.num_samples,)
+    assert out.streams[0].wave_16k.shape == (-(-out.num_samples * 2 // 3),)
+    assert out.streams[1].offset_sample == 6000
+    assert abs(_onset(wa) - 24000) <= 24  # 1 ms: resampler filter ramp only
+    assert abs(_onset(wb) - (24000 + 6000)) <= 24
+    assert abs(_onset(out.streams[1].wave_16k) - 20000) <= 16
+
+
+def test_negative_offset_moves_the_origin(tmp_path: Path) -> None:
+    a = write_wav(tmp_path / "a.wav", burst(16000, 2.0, [(1.0, 1.2)]), 16000)
+    b = write_wav(tmp_path / "b.wav", burst(16000, 2.0, [(1.0, 1.2)]), 16000)
+    out = decode_session(
+        _spec(audio=[{"uri": str(a), "speaker": "A"}, {"uri": str(b), "speaker": "B", "offset_s": -0.5}]), DecodeConfig()
+    )
+    assert [s.offset_sample for s in out.streams] == [12000, 0]
+    assert abs(_onset(out.streams[0].wave_24k) - _onset(out.streams[1].wave_24k) - 12000) <= 24
+
+
+def test_stereo_one_speaker_per_channel(tmp_path: Path) -> None:
+    left = burst(16000, 2.0, [(0.2, 0.6)])
+    right = burst(16000, 2.0, [(1.0, 1.4)])
+    wav = write_wav(tmp_path / "st.wav", np.stack([left, right]), 16000)
+    spec = _spec(audio=[{"uri": str(wav), "channel": 0, "speaker": "L"}, {"uri": str(wav), "channel": 1, "speaker": "R"}])
+    out = decode_session(spec, DecodeConfig())
+    assert [s.speaker for s in out.streams] == ["L", "R"]
+    assert abs(_onset(out.streams[0].wave_24k) - 4800) <= 24
+    assert abs(_onset(out.streams[1].wave_24k) - 24000) <= 24
+
+
+def test_mixed_track_downmixes_stereo(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "st.wav", np.stack([burst(16000, 1.0, [(0.1, 0.3)]), burst(16000, 1.0, [(0.5, 0.7)])]), 16000)
+    out = decode_session(_spec(audio=[{"uri": str(wav)}]), DecodeConfig())
+    (mixed,) = out.streams
+    assert mixed.speaker == "mixed" and mixed.channel == -1
+    assert np.abs(mixed.wave_24k[3600:6000]).max() > 0.1 and np.abs(mixed.wave_24k[12000:16800]).max() > 0.1
+
+
+def test_video_frames_picked_by_presentation_time(tmp_path: Path) -> None:
+    # variable frame rate: frame i shows brightness 10*i at these times (ms)
+    pts_ms = [0, 100, 150, 420, 450, 500, 900, 1000, 1100, 1500]
+    mp4 = write_video(tmp_path / "vfr.mp4", len(pts_ms), pts=pts_ms, audio=burst(16000, 1.6, [(0.2, 0.8)]))
+    out = decode_session(_spec(video={"uri": str(mp4)}), DecodeConfig(frame_width=32, frame_height=24))
+    v = out.video
+    assert v is not None and v.frames_rgb.shape[1:] == (24, 32, 3) and v.frames_rgb.dtype == np.uint8
+    assert v.frame_chunks.dtype == np.int32 and np.all(np.diff(v.frame_chunks) > 0)
+    expected = {c: max(i for i, t in enumerate(pts_ms) if t <= 200 * c) for c in range(8)}
+    got = {int(c): int(round(float(f.mean()) / 10)) for c, f in zip(v.frame_chunks, v.frames_rgb)}
+    assert got == expected
+
+
+def test_video_start_later_than_audio(tmp_path: Path) -> None:
+    pts_ms = [300 + 100 * i for i in range(20)]  # video stream starts 300 ms after the audio
+    mp4 = write_video(tmp_path / "late.mp4", 20, pts=pts_ms, audio=burst(16000, 2.4, [(0.5, 1.0)]))
+    out = decode_session(_spec(video={"uri": str(mp4)}), DecodeConfig())
+    assert out.video is not None
+    assert out.video.offset_sample == 7200
+    # chunk 0 (0 ms) is 300 ms before the first frame: no frame; chunk 1 (200 ms) is within half a
+    # chunk of it: the nearest frame; from then on the frame whose interval covers the chunk start
+    assert out.video.frame_chunks[:4].tolist() == [1, 2, 3, 4]
+    brightness = [round(float(f.mean()) / 10) for f in out.video.frames_rgb[:4]]
+    assert brightness == [0, 1, 3, 5]
+
+
+def test_real_variable_frame_rate_phone_video() -> None:
+    fire = str(shared("video", "fire2.mp4"))
+    out = decode_session(_spec(video={"uri": fire}), DecodeConfig())
+    v = out.video
+    assert v is not None
+    assert v.frame_chunks[0] == 0 and np.all(np.diff(v.frame_chunks) == 1)
+    # the video (2.38 s) ends a little before the audio: no frame for chunks after its last frame
+    assert v.frame_chunks[-1] == 11 and GRID.num_chunks(out.num_samples) == 13
+    assert v.frames_rgb.std() > 5  # real picture content, not padding
+
+
+def test_container_start_time_differences_are_honoured() -> None:
+    webm = str(shared("video", "no_duration.webm"))  # audio starts 15 ms after video
+    out = decode_session(_spec(video={"uri": webm}), DecodeConfig())
+    assert out.streams[0].offset_sample == 360
+    assert out.video is not None and out.video.offset_sample == 0
+
+
+@pytest.mark.slow
+def test_ten_minute_session_decodes_with_bounded_memory(tmp_path: Path) -> None:
+    minutes = 10
+    rate = 16000
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        x = (0.05 * rng.standard_normal(minutes * 60 * rate)).astype(np.float32)
+        write_wav(tmp_path / f"{name}.wav", x, rate)
+    write_video(tmp_path / "v.mp4", minutes * 60 * 2, fps=2, size=(160, 120))
+    spec = _spec(
+        audio=[{"uri": str(tmp_path / "a.wav"), "speaker": "A"}, {"uri": str(tmp_path / "b.wav"), "speaker": "B"}],
+        video={"uri": str(tmp_path / "v.mp4")},
+    )
+    script = (
+        "import json, resource, sys\n"
+        "from microturn.manifest import SessionSpec\n"
+        "from microturn.config import DecodeConfig\n"
+        "from microturn.pipeline.decode import decode_session\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "out = decode_session(SessionSpec.model_validate_json(sys.argv[1]), DecodeConfig())\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "kept = sum(s.wave_24k.nbytes + s.wave_16k.nbytes for s in out.streams) + out.video.frames_rgb.nbytes\n"
+        "print(json.dumps({'base_kb': base, 'peak_kb': peak, 'kept_bytes': kept, 'n': out.num_samples}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, spec.model_dump_json()], capture_output=True, text=True, check=True)
+    stats = json.loads(res.stdout.strip().splitlines()[-1])
+    assert stats["n"] == minutes * 60 * 24000
+    growth = (stats["peak_kb"] - stats["base_kb"]) * 1024
+    # the result itself (~200 MB) plus one file's decode buffers, never the whole file at full size twice
+    assert growth < 2.5 * stats["kept_bytes"] + 150 * 2**20, stats

@@ -1,0 +1,191 @@
+"""The validator finds every kind of damage, names it specifically, and reports all problems at once."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from microturn.config import ChunkConfig, EventsConfig, ShardConfig
+from microturn.format import decode_sample, encode_sample
+from microturn.pipeline.chunk import make_samples, random_tokenized_session
+from microturn.pipeline.events import detect_events
+from microturn.pipeline.shard import ShardSink, finalize_dataset
+from microturn.records import Rejection, Sample
+from microturn.validate import DatasetInvalid, validate_dataset, validate_shard
+
+TOKENIZERS = {
+    "audio": {"fingerprint": "untrained:0", "vocab_size": 1024, "codebooks": 8},
+    "frames": {"fingerprint": "untrained:0", "vocab_size": 1000},
+    "text": {"fingerprint": "bytes:v1", "vocab_size": 260},
+}
+CHUNK = ChunkConfig(window_chunks=20, hop_chunks=20)
+
+
+def session(i: int) -> list[Sample]:
+    tok = random_tokenized_session(f"s{i}", 24000 * 9 + 500 * i, seed=i)
+    return make_samples(tok, detect_events(tok.aligned.activity, EventsConfig()), CHUNK)
+
+
+def rebuild(sample: Sample, **arrays) -> Sample:
+    """The same sample re-encoded with some arrays replaced (bypassing encode_sample's checks
+    where the replacement is deliberately wrong)."""
+    members = dict(sample.members)
+    for name, arr in arrays.items():
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        members[f"{name}.npy"] = buf.getvalue()
+    return Sample(sample.key, members, {**sample.index_row, "bytes": sum(map(len, members.values()))})
+
+
+def build(out: Path, sessions: list[list[Sample]], rejections=()) -> dict:
+    sink = ShardSink(str(out), ShardConfig(target_bytes=1))  # one session per shard
+    for samples in sessions:
+        sink.add_session(samples)
+    return finalize_dataset(str(out), sink, config_hash="h" * 64, tokenizers=TOKENIZERS,
+                            rejections=list(rejections), sessions_in=len(sessions) + len(rejections))
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("good")
+    build(out, [session(i) for i in range(3)], [Rejection("bad", "/in/bad.mp4", "probe", "no_audio_stream", "x")])
+    return out
+
+
+@pytest.fixture
+def copy(good, tmp_path) -> Path:
+    shutil.copytree(good, tmp_path / "ds")
+    return tmp_path / "ds"
+
+
+def problems(report) -> list[tuple[str, str]]:
+    return [(p.code, p.where) for p in report.problems]
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_a_good_dataset_passes(good, deep):
+    report = validate_dataset(str(good), deep=deep)
+    assert report.ok, report.problems
+    assert report.checked["shards"] == 3 and report.checked["index_rows"] == 9
+    assert report.checked["samples"] == (9 if deep else 0)
+    report.raise_for_problems()
+    assert json.loads(json.dumps(report.to_json()))["ok"] is True
+
+
+def test_a_truncated_shard(copy):
+    p = copy / "shards" / "shard-000001.tar"
+    p.write_bytes(p.read_bytes()[:5000])
+    report = validate_dataset(str(copy))
+    assert ("size_mismatch", "shard-000001.tar") in problems(report)
+    assert any("truncated" in p.message for p in report.problems)
+    deep = validate_dataset(str(copy), deep=True)
+    assert ("bad_tar", "shard-000001.tar") in problems(deep)
+
+
+def test_one_flipped_byte(copy):
+    p = copy / "shards" / "shard-000000.tar"
+    data = bytearray(p.read_bytes())
+    data[3000] ^= 0x01  # inside codes.npy's payload: still a valid tar, still decodable
+    p.write_bytes(bytes(data))
+    report = validate_dataset(str(copy))
+    assert problems(report) == [("checksum_mismatch", "shard-000000.tar")]
+
+
+def test_a_missing_shard(copy):
+    (copy / "shards" / "shard-000002.tar").unlink()
+    report = validate_dataset(str(copy), deep=True)
+    assert ("missing_shard", "shard-000002.tar") in problems(report)
+    assert "does not exist" in report.problems[0].message
+    with pytest.raises(DatasetInvalid, match="missing_shard"):
+        report.raise_for_problems()
+
+
+def test_a_sample_with_a_wrong_shape(tmp_path):
+    sessions = [session(0), session(1)]
+    s = sessions[1][1]
+    sessions[1][1] = rebuild(s, activity=np.zeros((2, 299), np.uint8))
+    build(tmp_path, sessions)
+    assert validate_dataset(str(tmp_path)).ok  # checksums are right: only a deep look sees it
+    report = validate_dataset(str(tmp_path), deep=True)
+    bad = [p for p in report.problems if p.code == "bad_shape"]
+    assert [p.where for p in bad] == [f"shard-000001.tar:{s.key}"]
+    assert "activity.npy has shape (2, 299), the grid implies (2, 300)" in bad[0].message
+
+
+def test_an_out_of_range_token(tmp_path):
+    sessions = [session(0)]
+    s = sessions[0][0]
+    codes = decode_sample(s.members).codes.copy()
+    codes[1, 3, 17] = 1024  # the audio vocabulary is 0..1023
+    sessions[0][0] = rebuild(s, codes=codes)
+    build(tmp_path, sessions)
+    report = validate_dataset(str(tmp_path), deep=True)
+    assert problems(report) == [("token_range", f"shard-000000.tar:{s.key}")]
+    assert "codes.npy holds tokens in [0, 1024] (first bad at [1, 3, 17]), audio vocab_size is 1024" in \
+        report.problems[0].message
+
+
+def test_an_index_row_without_a_sample(copy):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(copy / "index.parquet")
+    rows = table.to_pylist()
+    rows.append({**rows[0], "key": "s0-000099"})
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), copy / "index.parquet")
+    fast = validate_dataset(str(copy))
+    assert {"index_checksum", "index_count", "index_shard_count"} <= {c for c, _ in problems(fast)}
+    deep = validate_dataset(str(copy), deep=True)
+    assert ("index_row_without_sample", "index.parquet") in problems(deep)
+    msg = next(p.message for p in deep.problems if p.code == "index_row_without_sample")
+    assert msg == "index row s0-000099 points to shard-000000.tar, which holds no such sample"
+
+
+def test_all_problems_are_reported_not_just_the_first(copy):
+    (copy / "shards" / "shard-000002.tar").unlink()
+    p = copy / "shards" / "shard-000000.tar"
+    p.write_bytes(p.read_bytes()[:-10240])
+    doc = json.loads((copy / "dataset.json").read_text())
+    doc["totals"]["sessions_in"] += 1
+    (copy / "dataset.json").write_text(json.dumps(doc))
+    report = validate_dataset(str(copy), deep=True)
+    codes = {c for c, _ in problems(report)}
+    assert {"missing_shard", "size_mismatch", "checksum_mismatch", "sessions_accounting"} <= codes
+
+
+def test_sessions_in_must_equal_sessions_in_shards_plus_quarantined(copy):
+    doc = json.loads((copy / "dataset.json").read_text())
+    doc["totals"]["sessions_in"] = 7
+    (copy / "dataset.json").write_text(json.dumps(doc))
+    report = validate_dataset(str(copy))
+    assert problems(report) == [("sessions_accounting", "dataset.json")]
+    assert "3 session(s) unaccounted for" in report.problems[0].message
+
+
+def test_samples_with_another_tokenizer_fingerprint(tmp_path):
+    sessions = [session(0)]
+    s = sessions[0][0]
+    d = decode_sample(s.members)
+    members = encode_sample(meta={**d.meta, "fingerprints": {**d.meta["fingerprints"], "audio": "encodec:x"}},
+                            codes=d.codes, activity=d.activity, text=d.text, words=d.words, frames=d.frames,
+                            frame_chunks=d.frame_chunks, events=d.events)
+    sessions[0][0] = Sample(s.key, members, {**s.index_row, "bytes": sum(map(len, members.values()))})
+    build(tmp_path, sessions)
+    report = validate_dataset(str(tmp_path), deep=True)
+    assert problems(report) == [("fingerprint_mismatch", f"shard-000000.tar:{s.key}")]
+
+
+def test_missing_dataset_json_and_unlisted_files(copy):
+    (copy / "shards" / "shard-000009.tar").write_bytes(b"")
+    assert ("unlisted_shard", "shard-000009.tar") in problems(validate_dataset(str(copy)))
+    (copy / "dataset.json").unlink()
+    assert problems(validate_dataset(str(copy))) == [("missing_dataset_json", "dataset.json")]
+
+
+def test_a_single_shard_can_be_checked_alone(good):
+    assert validate_shard(str(good / "shards" / "shard-000000.tar")).ok

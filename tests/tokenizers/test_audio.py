@@ -1,0 +1,211 @@
+"""The audio tokenizer: EnCodec 24 kHz codes on the microturn frame grid."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from microturn.clock import CHUNK_SAMPLES, FRAMES_PER_CHUNK, HOP
+from microturn.config import AudioCodecConfig
+from microturn.records import StageError
+from microturn.tokenizers.calibration import speech_like
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_MEDIA = REPO / ".." / "shared" / "media"
+
+
+def entropy_bits(values: np.ndarray) -> float:
+    _, counts = np.unique(values, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def two_streams(chunks: int, seed: int = 11) -> np.ndarray:
+    n = chunks * CHUNK_SAMPLES
+    return np.stack([speech_like(n / 24000, seed), speech_like(n / 24000, seed + 1)])
+
+
+def test_codes_follow_the_grid(audio_tok):
+    codes = audio_tok.encode(two_streams(chunks=7))
+    assert codes.dtype == np.int16
+    assert codes.shape == (2, 8, 7 * FRAMES_PER_CHUNK)  # 6 kbps -> 8 codebooks, 15 frames per chunk
+    assert codes.min() >= 0 and codes.max() < audio_tok.vocab_size == 1024
+    assert audio_tok.num_codebooks == 8
+
+
+def test_bandwidth_sets_the_number_of_codebooks(small_windows):
+    from microturn.tokenizers.audio import load_audio_tokenizer
+
+    tok = load_audio_tokenizer(AudioCodecConfig(bandwidth_kbps=1.5, **small_windows))
+    codes = tok.encode(two_streams(chunks=2))
+    assert codes.shape == (2, 2, 30)
+    assert tok.fingerprint == "encodec24k/1.5kbps/K2/V1024/untrained:0"
+
+
+def test_fingerprint_names_codec_config_and_weights(audio_tok):
+    assert audio_tok.fingerprint == "encodec24k/6kbps/K8/V1024/untrained:0"
+    assert re.fullmatch(r"encodec24k/[0-9.]+kbps/K\d+/V1024/(untrained:\d+|sha256:[0-9a-f]{16})", audio_tok.fingerprint)
+
+
+@pytest.mark.parametrize(
+    "wave, reason",
+    [
+        (np.zeros((1, CHUNK_SAMPLES + 1), np.float32), "bad_audio_length"),
+        (np.full((1, CHUNK_SAMPLES), np.nan, np.float32), "non_finite_audio"),
+        (np.zeros((1, 2, CHUNK_SAMPLES), np.float32), "bad_audio_shape"),
+    ],
+)
+def test_bad_audio_is_a_typed_error(audio_tok, wave, reason):
+    with pytest.raises(StageError) as err:
+        audio_tok.encode(wave)
+    assert err.value.stage == "tokenize" and err.value.reason == reason
+
+
+def test_same_input_same_codes(audio_tok):
+    wave = two_streams(chunks=6)
+    assert np.array_equal(audio_tok.encode(wave), audio_tok.encode(wave.copy()))
+
+
+def test_codes_are_the_same_in_another_process(audio_tok, small_windows):
+    """A fresh interpreter with one thread builds the same untrained codec and the same codes."""
+    wave = two_streams(chunks=6, seed=21)
+    ours = hashlib.sha256(audio_tok.encode(wave).tobytes()).hexdigest()
+    script = f"""
+import hashlib, numpy as np, torch
+from microturn.clock import CHUNK_SAMPLES
+from microturn.config import AudioCodecConfig
+from microturn.tokenizers.audio import load_audio_tokenizer
+from microturn.tokenizers.calibration import speech_like
+cfg = AudioCodecConfig(**{dict(small_windows, threads=1)!r})
+tok = load_audio_tokenizer(cfg)
+n = 6 * CHUNK_SAMPLES
+wave = np.stack([speech_like(n / 24000, 21), speech_like(n / 24000, 22)])
+print(hashlib.sha256(tok.encode(wave).tobytes()).hexdigest())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == ours
+
+
+def test_batching_equals_one_by_one(audio_tok, small_windows):
+    from microturn.tokenizers.audio import load_audio_tokenizer
+
+    wave = two_streams(chunks=13)  # 3 windows of 5 chunks per stream, the last one short
+    batched = audio_tok.encode(wave)
+    one_by_one = load_audio_tokenizer(AudioCodecConfig(**dict(small_windows, batch_windows=1)))
+    assert np.array_equal(batched, one_by_one.encode(wave))
+    per_stream = np.concatenate([audio_tok.encode(wave[s : s + 1]) for s in range(2)])
+    assert np.array_equal(batched, per_stream)
+
+
+def test_padding_changes_only_the_padded_tail(audio_tok):
+    """The 24 kHz model is causal: zeros appended after a window leave its codes unchanged."""
+    x = speech_like(1.0, seed=5)[None, None]  # [1, 1, 24000]
+    alone = audio_tok.encode_batch(x)
+    padded = audio_tok.encode_batch(np.concatenate([x, np.zeros((1, 1, 9600), np.float32)], axis=-1))
+    assert padded.shape[-1] == alone.shape[-1] + 9600 // HOP
+    assert np.array_equal(padded[..., : alone.shape[-1]], alone)
+    # and inside one batch next to a longer window
+    longer = speech_like(1.4, seed=6)[None, None]
+    mixed = np.zeros((2, 1, longer.shape[-1]), np.float32)
+    mixed[0, 0, : x.shape[-1]] = x[0, 0]
+    mixed[1] = longer[0]
+    assert np.array_equal(audio_tok.encode_batch(mixed)[0:1, :, : alone.shape[-1]], alone)
+
+
+def test_windows_with_context_track_whole_file_encoding(audio_tok, small_windows):
+    """Windows fed with left context give nearly the codes of one pass over the whole stream."""
+    from microturn.tokenizers.audio import load_audio_tokenizer
+
+    wave = speech_like(3.0, seed=9)[None]
+    whole = load_audio_tokenizer(AudioCodecConfig(**dict(small_windows, window_s=60.0))).encode(wave)
+    windowed = audio_tok.encode(wave)
+    first_window = 75  # frames of the first 1 s window: no context needed, identical
+    assert np.array_equal(windowed[..., :first_window], whole[..., :first_window])
+    agreement = float((windowed == whole)[0, 0].mean())  # first codebook
+    assert agreement > 0.9, agreement
+
+
+def test_fast_engine_gives_the_stock_codes(audio_tok, small_windows):
+    from microturn.tokenizers.audio import load_audio_tokenizer
+
+    stock = load_audio_tokenizer(AudioCodecConfig(**dict(small_windows, engine="stock")))
+    wave = two_streams(chunks=8, seed=31)
+    assert np.array_equal(audio_tok.encode(wave), stock.encode(wave))
+
+
+def test_untrained_codes_spread_over_each_codebook(audio_tok):
+    """Speech-like audio (not the calibration signal's seed) uses many codes in every codebook."""
+    codes = audio_tok.encode(speech_like(9.6, seed=1234)[None])
+    bits = [entropy_bits(codes[0, k]) for k in range(codes.shape[1])]
+    assert min(bits) > 4.0, bits
+
+
+def _decode_speech_24k(path: Path, seconds: float) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=24000)
+        parts = [f.to_ndarray().reshape(-1) for fr in container.decode(audio=0) for f in resampler.resample(fr)]
+    wave = np.concatenate(parts).astype(np.float32)
+    n = int(seconds * 24000) // CHUNK_SAMPLES * CHUNK_SAMPLES
+    return wave[:n]
+
+
+def test_untrained_codes_spread_on_real_speech(audio_tok):
+    path = SHARED_MEDIA / "speech" / "jfk.flac"
+    if not path.is_file():
+        pytest.skip("shared media not available")
+    codes = audio_tok.encode(_decode_speech_24k(path, 9.6)[None])
+    bits = [entropy_bits(codes[0, k]) for k in range(codes.shape[1])]
+    assert min(bits) > 4.0, bits
+
+
+def test_decode_returns_the_encoded_length(audio_tok):
+    wave = two_streams(chunks=6)
+    codes = audio_tok.encode(wave)
+    audio = audio_tok.decode(codes)
+    assert audio.dtype == np.float32 and audio.shape == wave.shape
+    assert np.isfinite(audio).all() and audio.std() > 0
+
+
+def test_checkpoint_round_trips_through_encodec_format(tmp_path, audio_tok, small_windows):
+    from encodec import EncodecModel
+
+    from microturn.tokenizers.audio import load_audio_tokenizer, save_encodec_checkpoint, seeded_encodec
+
+    path = save_encodec_checkpoint(seeded_encodec(0, 8), tmp_path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert path.name == f"encodec_24khz-{sha[:8]}.th"
+    # EnCodec's own loader (the one behind `repository=`) accepts the file: same sha-prefix rule
+    state = EncodecModel._get_pretrained(path.name, tmp_path)
+    assert "quantizer.vq.layers.0._codebook.embed" in state
+
+    loaded = load_audio_tokenizer(AudioCodecConfig(weights_dir=tmp_path, **small_windows))
+    assert loaded.fingerprint == f"encodec24k/6kbps/K8/V1024/sha256:{sha[:16]}"
+    wave = two_streams(chunks=6, seed=41)
+    assert np.array_equal(loaded.encode(wave), audio_tok.encode(wave))
+    by_file = load_audio_tokenizer(AudioCodecConfig(checkpoint=path, **small_windows))
+    assert by_file.fingerprint == loaded.fingerprint
+
+
+def test_a_checkpoint_whose_name_lies_about_its_sha_is_refused(tmp_path, small_windows):
+    from microturn.tokenizers.audio import load_audio_tokenizer, save_encodec_checkpoint, seeded_encodec
+
+    good = save_encodec_checkpoint(seeded_encodec(0, 2), tmp_path / "good")
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    shutil.copy(good, bad_dir / "encodec_24khz-00000000.th")
+    with pytest.raises(StageError) as err:
+        load_audio_tokenizer(AudioCodecConfig(weights_dir=bad_dir, **small_windows))
+    assert err.value.reason == "codec_checksum"
+    with pytest.raises(StageError) as err:
+        load_audio_tokenizer(AudioCodecConfig(weights_dir=tmp_path / "missing", **small_windows))
+    assert err.value.reason == "codec_missing"

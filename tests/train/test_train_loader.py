@@ -1,0 +1,251 @@
+"""The training loader: reads the corpus format safely, picks roles, crops, and resumes exactly."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from microturn.train.loader import (
+    Position,
+    TrainDataError,
+    TrainLoader,
+    build_example,
+    iter_raw_samples,
+    read_corpus,
+    shards_for,
+    split_train_eval,
+)
+from microturn.train.loop import example_spec, resolve_config
+
+from train_corpus_util import FINGERPRINTS, make_sample, write_corpus
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def resolved(tiny_cfg, train_corpus):
+    corpus = read_corpus(str(train_corpus))
+    cfg = resolve_config(tiny_cfg, corpus)
+    return cfg, corpus, example_spec(cfg)
+
+
+def _loader(cfg, corpus, spec, **kw) -> TrainLoader:
+    train, _ = split_train_eval(corpus, cfg)
+    return TrainLoader(train, spec, cfg, expected_fp=cfg.fingerprints.model_dump(), **kw)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def test_corpus_description_comes_from_dataset_json(train_corpus):
+    corpus = read_corpus(str(train_corpus))
+    assert [u.rsplit("/", 1)[-1] for u in corpus.shard_uris] == [f"shard-{i:06d}.tar" for i in range(3)]
+    assert corpus.fingerprints == FINGERPRINTS
+    assert corpus.vocab == {"audio": 1024, "frames": 1000, "text": 260}
+
+
+def test_config_is_resolved_against_the_corpus(resolved):
+    cfg, _, spec = resolved
+    assert (cfg.model.audio_vocab, cfg.model.text_vocab, cfg.model.frame_vocab) == (1024, 260, 1000)
+    assert cfg.model.frame_tokens == 16  # 4 x 4 frame tokens in the fixture
+    assert cfg.fingerprints.model_dump() == FINGERPRINTS
+    assert spec.frames == cfg.data.window_chunks * 15
+
+
+def test_a_model_configured_for_other_tokenizers_refuses_the_corpus(tiny_cfg, train_corpus):
+    cfg = tiny_cfg.replace(fingerprints={"audio": "encodec_24khz/12kbps/some-other"})
+    with pytest.raises(TrainDataError, match="fingerprint_mismatch"):
+        resolve_config(cfg, read_corpus(str(train_corpus)))
+
+
+def test_a_shard_from_another_tokenizer_is_refused_while_reading(tiny_cfg, tmp_path):
+    root = write_corpus(tmp_path / "c", [2])
+    foreign = dict(FINGERPRINTS, text="hf/V32004/sha256:abcd")
+    write_corpus(tmp_path / "other", [2], fingerprints=foreign)
+    (tmp_path / "other" / "shards" / "shard-000000.tar").rename(root / "shards" / "shard-000001.tar")
+    (root / "dataset.json").unlink()  # list shards from the folder: the foreign one is among them
+    corpus = read_corpus(str(root))
+    cfg = resolve_config(tiny_cfg.replace(data={"shuffle_buffer": 0}, model={"frame_vocab": 1000}), corpus)
+    loader = TrainLoader(corpus.shard_uris, example_spec(cfg), cfg, expected_fp=cfg.fingerprints.model_dump())
+    with pytest.raises(TrainDataError, match="fingerprint_mismatch"):
+        for _ in range(20):
+            next(loader)
+
+
+# ---------------------------------------------------------------- never unpickle
+
+
+def test_pickled_arrays_are_refused_not_loaded(resolved, tmp_path):
+    cfg, _, spec = resolved
+    raw = make_sample(np.random.default_rng(0), "s", 0)
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    raw["codes.npy"] = buf.getvalue()
+    with pytest.raises(TrainDataError, match="bad_npy"):
+        build_example(raw, 0, spec, seed=0, epoch=0, expected_fp={})
+
+
+def test_pickle_members_are_never_read(tmp_path):
+    import webdataset as wds
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    sample = make_sample(np.random.default_rng(0), "s", 0)
+    sample["extra.pyd"] = pickle.dumps(Boom())
+    with wds.TarWriter(str(tmp_path / "x.tar")) as sink:
+        sink.write(sample)
+    (got,) = list(iter_raw_samples(str(tmp_path / "x.tar")))
+    assert "extra.pyd" not in got and "codes.npy" in got
+
+
+# ---------------------------------------------------------------- examples
+
+
+def test_roles_swap_the_streams(resolved):
+    cfg, _, spec = resolved
+    raw = make_sample(np.random.default_rng(1), "s", 0)
+    a = build_example(raw, 0, spec, seed=0, epoch=0, expected_fp={})
+    b = build_example(raw, 1, spec, seed=0, epoch=1, expected_fp={})
+    codes = np.load(io.BytesIO(raw["codes.npy"]))
+    # the crop offset differs between the two; compare each with the source at its own offset
+    for ex, model_stream in ((a, 0), (b, 1)):
+        user_stream = 1 - model_stream
+        f = _find_offset(codes[model_stream, : spec.codebooks], ex["model_codes"])
+        assert np.array_equal(ex["user_codes"], codes[user_stream, : spec.codebooks, f : f + spec.frames])
+
+
+def _find_offset(source_KF: np.ndarray, window_KF: np.ndarray) -> int:
+    for f in range(0, source_KF.shape[1] - window_KF.shape[1] + 1, 15):
+        if np.array_equal(source_KF[:, f : f + window_KF.shape[1]], window_KF):
+            return f
+    raise AssertionError("window not found at any chunk offset")
+
+
+def test_crops_are_chunk_aligned_inside_real_audio_and_padding_is_masked(resolved):
+    cfg, _, spec = resolved
+    rng = np.random.default_rng(2)
+    raw = make_sample(rng, "s", 0, chunks=8, valid_frames=100)  # 6.67 chunks of real audio
+    codes = np.load(io.BytesIO(raw["codes.npy"]))
+    starts = set()
+    for epoch in range(40):
+        ex = build_example(raw, 0, spec, seed=0, epoch=epoch, expected_fp={})
+        if ex["valid"].all():
+            starts.add(_find_offset(codes[0, : spec.codebooks], ex["model_codes"]) // 15)
+        else:
+            # a window reaching past the real audio: its tail is the absent token, masked from the loss
+            n = int(ex["valid"].sum())
+            assert (ex["model_codes"][:, n:] == spec.audio_vocab).all()
+            assert (ex["model_text"][n:] == spec.text_vocab).all()
+            assert ex["valid"][:n].all()
+    assert len(starts) > 1  # offsets vary with the epoch
+    assert max(starts) <= 7 - spec.window_chunks
+
+
+def test_short_windows_are_padded(resolved):
+    cfg, _, spec = resolved
+    raw = make_sample(np.random.default_rng(3), "s", 0, chunks=2)  # 30 frames < 60
+    ex = build_example(raw, 0, spec, seed=0, epoch=0, expected_fp={})
+    assert ex["model_codes"].shape == (spec.codebooks, spec.frames)
+    assert ex["valid"].sum() == 30 and not ex["valid"][30:].any()
+    assert (ex["frames"][2:] == spec.frame_vocab).all()  # no frame for padded chunks
+
+
+def test_video_frames_land_on_their_chunk(resolved):
+    cfg, _, spec = resolved
+    raw = make_sample(np.random.default_rng(4), "s", 0, chunks=spec.window_chunks)
+    frames = np.load(io.BytesIO(raw["frames.npy"]))
+    ex = build_example(raw, 0, spec, seed=0, epoch=0, expected_fp={})
+    assert np.array_equal(ex["frames"], frames.reshape(len(frames), -1).astype(np.int32))
+
+
+# ---------------------------------------------------------------- order, ranks, resume
+
+
+def test_every_rank_and_worker_gets_shards_even_when_there_are_fewer_shards_than_readers():
+    shards = ("a", "b", "c")
+    lists = [
+        shards_for(shards, seed=0, epoch=0, rank=r, world=2, worker=w, num_workers=2) for r in range(2) for w in range(2)
+    ]
+    assert all(lists)
+    assert sorted(s for lst in lists for s in lst) == sorted(shards * 2)  # each read once per repetition
+
+
+def test_shard_order_depends_on_seed_and_epoch_only():
+    shards = tuple(f"s{i}" for i in range(10))
+    a = shards_for(shards, seed=1, epoch=3, rank=0, world=1, worker=0, num_workers=1)
+    assert a == shards_for(shards, seed=1, epoch=3, rank=0, world=1, worker=0, num_workers=1)
+    assert a != shards_for(shards, seed=1, epoch=4, rank=0, world=1, worker=0, num_workers=1)
+    assert sorted(a) == sorted(shards)
+
+
+def test_same_seed_same_batches(resolved):
+    cfg, corpus, spec = resolved
+    a, b = _loader(cfg, corpus, spec), _loader(cfg, corpus, spec)
+    for _ in range(5):
+        assert _same(next(a), next(b))
+    c = _loader(cfg.replace(run={"seed": 1}), corpus, spec)
+    assert not all(_same(next(a), next(c)) for _ in range(3))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_restored_loader_continues_with_the_same_next_batches(resolved, workers):
+    cfg, corpus, spec = resolved
+    cfg = cfg.replace(data={"num_workers": workers, "prefetch_factor": 2})
+    reference = _loader(cfg, corpus, spec)
+    batches = [next(reference) for _ in range(9)]  # > one epoch of the train shards (9 windows x 2 roles / 4)
+    first = _loader(cfg, corpus, spec)
+    for _ in range(5):
+        next(first)
+    state = json.loads(json.dumps(first.state_dict()))  # survives JSON (it goes into checkpoints)
+    first.close()
+    resumed = _loader(cfg, corpus, spec, state=state)
+    for expected in batches[5:]:
+        assert _same(next(resumed), expected)
+
+
+def test_state_from_another_layout_is_refused(resolved):
+    cfg, corpus, spec = resolved
+    loader = _loader(cfg, corpus, spec)
+    next(loader)
+    state = loader.state_dict() | {"num_workers": 3}
+    with pytest.raises(TrainDataError, match="resume_layout_changed"):
+        _loader(cfg, corpus, spec, state=state)
+
+
+def test_position_is_small_and_explicit(resolved):
+    cfg, corpus, spec = resolved
+    loader = _loader(cfg, corpus, spec)
+    for _ in range(3):
+        next(loader)
+    state = loader.state_dict()
+    assert state["batches_seen"] == 3
+    assert Position(*state["positions"]["0"]).epoch >= 0
+    assert len(json.dumps(state)) < 300
+
+
+def test_roles_both_yields_each_window_twice_with_the_streams_swapped(tiny_cfg, train_corpus):
+    # windows of the full sample length (8 chunks): no cropping, so the two roles line up frame by frame
+    corpus = read_corpus(str(train_corpus))
+    cfg = resolve_config(tiny_cfg.replace(data={"shuffle_buffer": 0, "batch_size": 2, "window_chunks": 8}), corpus)
+    batch = next(_loader(cfg, corpus, example_spec(cfg)))
+    assert torch.equal(batch["model_codes"][0], batch["user_codes"][1])
+    assert torch.equal(batch["user_codes"][0], batch["model_codes"][1])
+    assert torch.equal(batch["model_text"][0], batch["user_text"][1])
+    assert not torch.equal(batch["model_codes"][0], batch["model_codes"][1])
+
+
+def test_missing_shards_folder_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(TrainDataError, match="no_shards"):
+        read_corpus(str(tmp_path))
