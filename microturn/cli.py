@@ -329,7 +329,7 @@ def train(
     except ConfigError as exc:
         _fail(str(exc))
     summary = train_loop(cfg, data, out)
-    console.print_json(json.dumps(summary, sort_keys=True, default=str))
+    print(json.dumps(summary, sort_keys=True, default=str))
 
 
 @app.command("train-frame-codec")

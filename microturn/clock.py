@@ -8,6 +8,7 @@ exact rationals, with the rounding named at every call. Nothing accumulates floa
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal, Union
@@ -32,9 +33,10 @@ def to_fraction(value: Seconds) -> Fraction:
         return value
     if isinstance(value, bool):
         raise TypeError("a time cannot be a bool")
-    if isinstance(value, int):
-        return Fraction(value)
-    if isinstance(value, float):
+    if isinstance(value, numbers.Integral):  # int, numpy integers
+        return Fraction(int(value))
+    if isinstance(value, numbers.Real):  # float, numpy floats
+        value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"time must be finite, got {value!r}")
         return Fraction(repr(value))

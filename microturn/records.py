@@ -137,8 +137,10 @@ class Event:
     kind: Literal["turn", "gap", "pause", "overlap", "backchannel", "interruption"]
     start_frame: int
     end_frame: int  # exclusive
-    stream: Optional[int] = None  # the speaker it belongs to (None for gaps/overlaps between two)
-    other: Optional[int] = None  # the other speaker involved, when there is one
+    # The speaker it belongs to: for a gap the next speaker, for an overlap the one who joined.
+    stream: Optional[int] = None
+    # The other speaker involved: for a gap the previous speaker, for an overlap the one already talking.
+    other: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from microturn.format import (
     index_row_from_meta,
     iter_samples,
     iter_tar,
-    split_member_name,
 )
 
 FRAMES_PER_CHUNK = 15
@@ -454,5 +453,4 @@ def validate_shard(uri: str) -> ValidationReport:
     return v.report
 
 
-__all__ = ["Problem", "ValidationReport", "DatasetInvalid", "validate_dataset", "validate_shard",
-           "split_member_name"]
+__all__ = ["Problem", "ValidationReport", "DatasetInvalid", "validate_dataset", "validate_shard"]

@@ -79,3 +79,6 @@ def test_times_must_be_finite_numbers():
     with pytest.raises(TypeError):
         to_fraction(True)
     assert to_fraction(0.1) == Fraction(1, 10)
+    np = pytest.importorskip("numpy")
+    assert to_fraction(np.float64(0.3)) == Fraction(3, 10)
+    assert to_fraction(np.int64(7)) == 7

@@ -214,8 +214,9 @@ def _aligned_words(
             s = e = last_end
             timing = "interpolated"
         else:
-            s = max(GRID.seconds_to_samples(start), last_end if words else 0)
-            e = max(s, GRID.seconds_to_samples(end))
+            # float(): whisperX returns numpy floats, whose repr is not a decimal literal
+            s = max(GRID.seconds_to_samples(float(start)), last_end if words else 0)
+            e = max(s, GRID.seconds_to_samples(float(end)))
             timing = "aligned"
         words.append(Word(text, s, e, stream_index, timing, None if score is None else float(score)))
         last_end = e

@@ -8,7 +8,7 @@ frames are real. Nothing is dropped: windows run until the session's valid frame
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 

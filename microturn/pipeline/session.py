@@ -132,7 +132,7 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, toks: "TokenizerSet") -
             tokenized = tokenize_session(aligned, toks)
         with clock.stage("chunk"):
             events = detect_events(aligned.activity, cfg.events)
-            samples = make_samples(tokenized, events, cfg.chunk)
+            samples = make_samples(tokenized, events, cfg.chunk, text_pad_id=toks.text.pad_id)
             event_stats = session_event_stats(aligned.activity, events, cfg.events)
     except StageError:
         raise

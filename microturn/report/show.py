@@ -40,19 +40,33 @@ def activity_line(fractions: np.ndarray, valid_chunks: int) -> str:
     return "".join(out)
 
 
-def words_line(words: list[dict[str, Any]], stream: int, num_chunks: int) -> str:
-    """Words of one stream written from their start chunk on; a word that would overwrite the previous
-    one starts one column after it (order is kept, positions drift at most until the next pause)."""
-    line = [" "] * num_chunks
-    cursor = 0
+def words_lines(words: list[dict[str, Any]], stream: int, c0: int, c1: int, max_lines: int = 6) -> list[str]:
+    """The words of one stream that start in chunks [c0, c1), each written from its start chunk.
+
+    Words are wider than the 200 ms they take, so they go on as many lines as needed (a word takes the
+    first line where its columns are free), shifted left only when they would run past the row's end.
+    Words that find no line within ``max_lines`` are left out (the JSON output has them all).
+    """
+    width = c1 - c0
+    lines: list[list[str]] = []
     for w in sorted((w for w in words if int(w.get("stream", -1)) == stream), key=lambda w: int(w["start_frame"])):
-        start = max(GRID.frame_to_chunk(int(w["start_frame"])), cursor)
+        chunk = GRID.frame_to_chunk(int(w["start_frame"]))
+        if not c0 <= chunk < c1:
+            continue
         text = str(w.get("text", ""))
-        for i, ch in enumerate(text):
-            if start + i < num_chunks:
-                line[start + i] = ch
-        cursor = start + len(text) + 1
-    return "".join(line)
+        if len(text) > width:
+            text = text[: width - 1] + "…"
+        col = min(chunk - c0, width - len(text))
+        for line in lines:
+            if all(ch == " " for ch in line[max(col - 1, 0) : col + len(text) + 1]):
+                break
+        else:
+            if len(lines) == max_lines:
+                continue
+            line = [" "] * width
+            lines.append(line)
+        line[col : col + len(text)] = list(text)
+    return ["".join(line) for line in lines]
 
 
 def events_line(events: list[dict[str, Any]], num_chunks: int, stream: Any) -> str:
@@ -113,8 +127,9 @@ def show_sample(view: SampleView, console, *, width_chunks: int = 50) -> None:
         for s, spk in enumerate(speakers):
             body.append(f"{spk:<{name_w}} talk ", style="bold")
             body.append(activity_line(chunk_act[s], view.valid_chunks)[c0:c1] + "\n", style=_colour(s))
-            body.append(f"{'':<{name_w}} word ", style="dim")
-            body.append(words_line(view.words, s, n)[c0:c1] + "\n")
+            for line in words_lines(view.words, s, c0, c1):
+                body.append(f"{'':<{name_w}} word ", style="dim")
+                body.append(line + "\n")
             marks = events_line(view.events, n, s)[c0:c1]
             if marks.strip():
                 body.append(f"{'':<{name_w}} evnt ", style="dim")

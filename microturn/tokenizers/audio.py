@@ -22,6 +22,7 @@ import functools
 import hashlib
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 STOCK_CHECKPOINT = "encodec_24khz-d7cc33bc.th"
 CHECKPOINT_RE = re.compile(r"^encodec_24khz-([0-9a-f]{8,64})\.th$")
 CODEBOOK_SIZE = 1024
-CALIBRATION_S = 24.0  # seconds of calibration signal: 1800 frames, enough for 128-dim statistics
+CALIBRATION_S = 16.0  # seconds of calibration signal: 1200 frames, enough for 128-dim statistics
 KDE_BANDWIDTH = 0.1  # jitter of seeded codebook entries, in units of the residual covariance
 BANDWIDTH_CODEBOOKS = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
 
@@ -78,7 +79,8 @@ def _bare_model(seed: int) -> Any:
     import torch
     from encodec import EncodecModel
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # encodec uses the old weight_norm API
         torch.manual_seed(seed)
         model = EncodecModel.encodec_model_24khz(pretrained=False)
     return model.eval()
@@ -150,8 +152,17 @@ def _seeded_state(seed: int, layers: int) -> dict[str, Any]:
     """State dict of the untrained codec (cached: building it costs about a second)."""
     from microturn.tokenizers.calibration import speech_like
 
+    import torch
+
     model = _bare_model(seed)
-    _init_codebooks(model, speech_like(CALIBRATION_S, seed=seed), layers, seed)
+    # One thread: kernels split their sums differently per thread count, and the untrained weights
+    # must be the same in every worker whatever its thread setting.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _init_codebooks(model, speech_like(CALIBRATION_S, seed=seed), layers, seed)
+    finally:
+        torch.set_num_threads(threads)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_killed_worker_is_retried_and_changes_nothing(built_2cpu, small_corpus_m
 def _cli_build(manifest, out, extra=()):
     cmd = [sys.executable, "-m", "microturn.cli", "build", "--input", str(manifest), "--out", str(out),
            "--config", str(REPO / "configs" / "demo.yaml"), "--quiet", "--num-cpus", "2",
-           "--set", "chunk.window_chunks=10", "--set", "chunk.hop_chunks=10", "--set", "shard.target_bytes=150000",
+           "--set", "chunk.window_chunks=10", "--set", "chunk.hop_chunks=10", "--set", "shard.target_bytes=60000",
            "--set", "job.session_timeout_s=300", *extra]
     return cmd
 
@@ -102,10 +103,13 @@ def test_killed_driver_resumes_to_identical_output(built_2cpu, small_corpus_medi
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-run
     proc.wait()
-    # Nothing half-written is visible under a final name.
-    for tar in (out / "shards").glob("*.tar") if (out / "shards").exists() else []:
-        marker = tar.with_suffix(".json")
-        assert marker.exists(), f"{tar.name} visible without its commit marker"
+    # Nothing half-written is visible under a final name: every visible tar reads to its end.
+    for tar in sorted((out / "shards").glob("*.tar")) if (out / "shards").exists() else []:
+        with tarfile.open(tar) as tf:
+            assert tf.getmembers(), f"{tar.name} is empty"
+    for part in sorted((out / "_work" / "sessions").glob("*.tar")):
+        with tarfile.open(part) as tf:
+            assert tf.getmembers(), f"{part.name} is empty"
     subprocess.run(_cli_build(small_corpus_media, out), cwd=REPO, check=True, capture_output=True, timeout=600)
     assert tree_bytes(out) == tree_bytes(out_ref)
     stats = json.loads((out / "stats.json").read_text())

@@ -4,10 +4,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
-    """Every committed file of a corpus (not the resume state, not the timing stats) by relative path."""
+    """Every data file of a corpus by relative path: shards and their markers, index, quarantine and
+    dataset.json. Left out: the resume state (_work/), stats.json (wall times) and config.yaml (it records
+    job settings such as num_cpus, which never change the data; dataset.json's config hash excludes them)."""
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if p.is_file() and not rel.startswith("_work/") and rel != "stats.json":
+        if p.is_file() and not rel.startswith("_work/") and rel not in ("stats.json", "config.yaml"):
             out[rel] = p.read_bytes()
     return out

@@ -73,25 +73,28 @@ def test_same_input_same_codes(audio_tok):
     assert np.array_equal(audio_tok.encode(wave), audio_tok.encode(wave.copy()))
 
 
-def test_codes_are_the_same_in_another_process(audio_tok, small_windows):
-    """A fresh interpreter with one thread builds the same untrained codec and the same codes."""
+def test_codes_are_the_same_in_another_process(audio_tok, small_windows, tmp_path):
+    """A fresh interpreter builds the same untrained codec and, with the same thread count, the same
+    codes. With another thread count the kernels sum in another order; only rare near-ties may flip."""
     wave = two_streams(chunks=6, seed=21)
-    ours = hashlib.sha256(audio_tok.encode(wave).tobytes()).hexdigest()
+    ours = audio_tok.encode(wave)
     script = f"""
-import hashlib, numpy as np, torch
+import numpy as np, torch
 from microturn.clock import CHUNK_SAMPLES
 from microturn.config import AudioCodecConfig
 from microturn.tokenizers.audio import load_audio_tokenizer
 from microturn.tokenizers.calibration import speech_like
-cfg = AudioCodecConfig(**{dict(small_windows, threads=1)!r})
-tok = load_audio_tokenizer(cfg)
+tok = load_audio_tokenizer(AudioCodecConfig(**{small_windows!r}))
 n = 6 * CHUNK_SAMPLES
 wave = np.stack([speech_like(n / 24000, 21), speech_like(n / 24000, 22)])
-print(hashlib.sha256(tok.encode(wave).tobytes()).hexdigest())
+np.save({str(tmp_path / "same.npy")!r}, tok.encode(wave))
+torch.set_num_threads(1)
+np.save({str(tmp_path / "one_thread.npy")!r}, tok.encode(wave))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == ours
+    assert np.array_equal(np.load(tmp_path / "same.npy"), ours)
+    assert float((np.load(tmp_path / "one_thread.npy") != ours).mean()) < 0.01
 
 
 def test_batching_equals_one_by_one(audio_tok, small_windows):
@@ -134,11 +137,21 @@ def test_windows_with_context_track_whole_file_encoding(audio_tok, small_windows
 
 
 def test_fast_engine_gives_the_stock_codes(audio_tok, small_windows):
+    """The fast encoder computes the same function in another memory layout: its float32 outputs
+    differ from EnCodec's modules in the last bits only, so codes agree except at rare near-ties
+    (the same noise floor a change of thread count has)."""
+    import torch
+
     from microturn.tokenizers.audio import load_audio_tokenizer
 
     stock = load_audio_tokenizer(AudioCodecConfig(**dict(small_windows, engine="stock")))
     wave = two_streams(chunks=8, seed=31)
-    assert np.array_equal(audio_tok.encode(wave), stock.encode(wave))
+    assert float((audio_tok.encode(wave) != stock.encode(wave)).mean()) < 0.01
+    x = torch.from_numpy(wave[:1, None])
+    with torch.inference_mode():
+        ref, fast = stock.encoder(x), audio_tok.encoder(x)
+    assert ref.shape == fast.shape
+    assert float((ref - fast).abs().max()) < 1e-4 * float(ref.abs().max())
 
 
 def test_untrained_codes_spread_over_each_codebook(audio_tok):

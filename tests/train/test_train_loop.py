@@ -1,0 +1,120 @@
+"""The training loop end to end on CPU: it learns, resumes exactly, and runs under DDP with uneven shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from microturn.train.loader import TrainDataError
+from microturn.train.loop import load_checkpoint, main, train
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_well_below_its_start_when_overfitting_two_samples(tiny_cfg, tiny_overfit_corpus, tmp_path):
+    cfg = tiny_cfg.replace(
+        data={"roles": "first", "batch_size": 2, "shuffle_buffer": 0, "eval_shards": 0, "window_chunks": 4},
+        run={"max_steps": 80, "log_every": 1, "ckpt_every": 0},
+        optim={"lr": 1e-2, "warmup_steps": 5},
+    )
+    summary = train(cfg, str(tiny_overfit_corpus), tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    start = metrics[0]["loss"]
+    end = min(m["loss"] for m in metrics[-5:])
+    assert summary["steps"] == 80
+    assert end < 0.4 * start, (start, end)
+    assert metrics[-1]["loss_text"] < 0.3 * metrics[0]["loss_text"]
+    assert metrics[-1]["loss_audio"] < 0.5 * metrics[0]["loss_audio"]
+
+
+def test_metrics_checkpoints_and_eval_are_written(tiny_cfg, train_corpus, tmp_path):
+    cfg = tiny_cfg.replace(run={"max_steps": 6, "log_every": 2, "ckpt_every": 3, "eval_every": 3, "eval_batches": 1})
+    summary = train(cfg, str(train_corpus), tmp_path / "run")
+    run = tmp_path / "run"
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [2, 4, 6]
+    for m in metrics:
+        for key in ("loss", "loss_text", "loss_audio", "tokens_per_s", "expert_load_min", "expert_load_max",
+                    "z_loss", "lr", "grad_norm", "tokens_seen"):  # fmt: skip
+            assert key in m, key
+        assert m["tokens_per_s"] > 0 and 0 <= m["expert_load_min"] <= m["expert_load_max"] <= 1
+    evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [3, 6] and all(e["eval_loss"] > 0 for e in evals)
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["step-00000003.pt", "step-00000006.pt"]
+    state = load_checkpoint(run / "checkpoints" / "step-00000006.pt", torch.device("cpu"))
+    assert state["step"] == 6 and state["tokens_seen"] == summary["tokens_seen"] > 0
+    assert len(state["loaders"]) == 1 and state["loaders"][0]["batches_seen"] == 6
+    assert state["config"]["fingerprints"]["audio"]
+    assert "audio_vocab: 1024" in (run / "config.yaml").read_text()
+
+
+def test_stopping_and_resuming_reproduces_the_uninterrupted_run(tiny_cfg, train_corpus, tmp_path):
+    cfg = tiny_cfg.replace(run={"max_steps": 8, "log_every": 1, "ckpt_every": 4, "eval_every": 0})
+    train(cfg, str(train_corpus), tmp_path / "straight")
+    # stop after step 4 (a run whose config ends there), then start again with the full config
+    train(cfg.replace(run={"max_steps": 4}), str(train_corpus), tmp_path / "resumed")
+    first_half = read_metrics(tmp_path / "resumed")
+    assert [m["step"] for m in first_half] == [1, 2, 3, 4]
+    train(cfg, str(train_corpus), tmp_path / "resumed")
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [m["step"] for m in resumed] == list(range(1, 9))
+    # the lr schedule depends on max_steps: steps 1-4 of the short run differ; 5-8 must be identical
+    for a, b in zip(straight[4:], resumed[4:]):
+        assert a["loss"] == b["loss"] and a["loss_audio"] == b["loss_audio"], (a["step"], a["loss"], b["loss"])
+
+
+def test_resume_refuses_a_corpus_from_other_tokenizers(tiny_cfg, train_corpus, tmp_path):
+    from train_corpus_util import FINGERPRINTS, write_corpus
+
+    cfg = tiny_cfg.replace(run={"max_steps": 2, "log_every": 1})
+    train(cfg, str(train_corpus), tmp_path / "run")
+    other = write_corpus(tmp_path / "other", [3, 2], fingerprints=dict(FINGERPRINTS, audio="encodec_24khz/3kbps/x"))
+    with pytest.raises(TrainDataError, match="fingerprint_mismatch"):
+        train(cfg.replace(run={"max_steps": 4}), str(other), tmp_path / "run")
+
+
+def test_main_runs_from_the_command_line_arguments(train_corpus, tmp_path, capsys):
+    rc = main(["--config", str(REPO / "configs" / "train_tiny.yaml"), "--data", str(train_corpus),
+               "--out", str(tmp_path / "run"), "run.max_steps=2", "run.log_every=1", "data.eval_shards=0"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and Path(summary["checkpoint"]).is_file()
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_with_uneven_shards_finish_without_hanging(tiny_cfg, tmp_path):
+    from train_corpus_util import write_corpus
+
+    # train shards of 7 and 2 windows (the third is held out): rank 1 runs through its shard 3.5x as often
+    corpus = write_corpus(tmp_path / "corpus", [7, 2, 3], seed=5)
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "microturn.train.loop", "--config", str(REPO / "configs" / "train_tiny.yaml"),
+        "--data", str(corpus), "--out", str(run),
+        "run.max_steps=8", "run.log_every=2", "run.ckpt_every=4", "run.eval_every=4", "run.eval_batches=2",
+        "run.timeout_s=60", "data.shuffle_buffer=0",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [2, 4, 6, 8]
+    # tokens count both ranks' batches: 2 steps x 118 positions (1 + 4 chunks x 34 - 19) x 4 examples x 2 ranks
+    assert metrics[0]["tokens_seen"] == 2 * 118 * 4 * 2 and metrics[-1]["tokens_seen"] == 4 * metrics[0]["tokens_seen"]
+    state = load_checkpoint(run / "checkpoints" / "step-00000008.pt", torch.device("cpu"))
+    loaders = state["loaders"]
+    assert [s["rank"] for s in loaders] == [0, 1] and all(s["batches_seen"] == 8 for s in loaders)
+    epochs = sorted(s["positions"]["0"][0] for s in loaders)
+    assert epochs[0] < epochs[1], "the rank with fewer windows should have wrapped into later epochs"
