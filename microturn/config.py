@@ -155,6 +155,9 @@ class ChunkConfig(Section):
 class EventsConfig(Section):
     backchannel_max_ms: int = Field(1000, gt=0, description="an utterance this short inside the other's turn")
     min_overlap_ms: int = Field(80, ge=0)
+    interruption_min_overlap_ms: int = Field(250, ge=0, description="a floor transfer begun while the holder "
+                                             "speaks is an interruption when they overlap this long; "
+                                             "shorter, it is an overlapping turn transition")
     min_gap_ms: int = Field(40, ge=0)
     pause_max_ms: int = Field(1000, gt=0, description="longer same-speaker silences end the turn; a "
                               "backchannel must sit in a silence of the holder no longer than this")
@@ -181,8 +184,10 @@ class JobConfig(Section):
     max_in_flight: Optional[int] = Field(None, gt=0, description="sessions in flight (None = 2 x CPUs)")
     max_retries: int = Field(2, ge=0, description="retries of a task whose worker process died")
     object_store_mb: Optional[int] = Field(None, gt=0)
-    tokenizer_actors: int = Field(0, ge=0, description="0 = tokenize inside the session task")
-    gpus_per_tokenizer: float = Field(0.0, ge=0)
+    tokenizer_actors: int = Field(
+        0, ge=0, description="tokenizer actors; 0 = one per GPU on a GPU cluster, else tokenize inside session tasks"
+    )
+    gpus_per_tokenizer: float = Field(0.0, ge=0, description="GPUs per tokenizer actor (0 = 1 when the cluster has GPUs)")
 
 
 class BuildConfig(Section):

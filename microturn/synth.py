@@ -13,9 +13,12 @@ Each session is a set of real container files written with PyAV:
 The voices are speech-like rather than tones: voiced syllables built from a glottal-like harmonic
 series shaped by moving formants, with pitch and loudness contours (declination, stress accents),
 fricative noise onsets, word groups, phrases with pauses. Speaker A sits at ~110-130 Hz, B at
-~190-230 Hz. Conversations hold gaps, overlapping transitions, backchannels ("mm-hm" inside the other's
-turn, not taking the floor), interruptions (the other starts inside a turn and takes the floor; the
-first stops within 0.5 s) and pauses within turns.
+~190-230 Hz. Conversations hold gaps, overlapping transitions (the next speaker starts 40-200 ms before
+the turn's natural end: people start a little early), backchannels ("mm-hm" inside the other's turn, not
+taking the floor), interruptions (the other starts inside a turn and takes the floor; the interrupted
+speaker talks on for about 0.3-0.7 s, then stops mid-word, well before the planned end of the turn)
+and pauses within turns. The overlap lengths loosely follow conversation research: turn transitions
+cluster around 0 to +200 ms with short overlaps, interruptions overlap for longer.
 
 Clocks. The session clock starts at time 0 of ``video.mp4``, where its audio stream starts (and where
 the earliest audio file starts). A manifest ``offset_s`` is the session time at which a source's own
@@ -280,10 +283,11 @@ class _Planner:
             t += length  # syllables of a word are contiguous: one voiced group
         return syls
 
-    def phrase(self, start: int, n_words: int) -> Phrase:
+    def phrase(self, start: int, n_words: int, *, min_end: Optional[int] = None) -> Phrase:
+        """``n_words`` words, and more while the phrase ends before ``min_end`` (samples)."""
         words: Phrase = []
         t = start
-        for _ in range(n_words):
+        while len(words) < n_words or (min_end is not None and words[-1][-1].end < min_end):
             n_syl = int(self.rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25]))
             w = self.word(t, n_syl)
             words.append(w)
@@ -308,13 +312,17 @@ class _Planner:
             out.append(new_w)
         return out
 
-    def turn(self, speaker: int, start: int, began: str, *, long: bool = False) -> _Turn:
-        # A turn about to be interrupted needs room for the interruption (>= 2 phrases).
+    def turn(
+        self, speaker: int, start: int, began: str, *, long: bool = False, first_min_end: Optional[int] = None
+    ) -> _Turn:
+        """A turn from ``start``; ``first_min_end``: its first phrase goes on at least until then."""
+        # A turn about to be interrupted needs room for the interruption (2 phrases of 3-5 words).
         n_phrases = 2 if long else int(self.rng.choice([1, 2, 3], p=[0.4, 0.45, 0.15]))
         phrases: list[Phrase] = []
         t = start
-        for _ in range(n_phrases):
-            p = self.phrase(t, int(self.rng.integers(2, 5)))
+        for k in range(n_phrases):
+            n_words = int(self.rng.integers(3, 6)) if long else int(self.rng.integers(2, 5))
+            p = self.phrase(t, n_words, min_end=first_min_end if k == 0 else None)
             phrases.append(p)
             t = p[-1][-1].end + self.samples(0.25, 0.65)  # a pause within the turn
         return _Turn(speaker, began, phrases)
@@ -324,7 +332,8 @@ class _Planner:
         syls: Word = []
         t = start
         for k, (onset, vowel) in enumerate(shape):
-            length = self.samples(0.25, 0.6) if len(shape) == 1 else self.samples(0.12, 0.32)
+            # At most ~0.56 s in all, whether one syllable or two.
+            length = self.samples(0.25, 0.55) if len(shape) == 1 else self.samples(0.12, 0.26)
             onset_len = self.samples(0.04, 0.06) if onset else 0
             syls.append(_Syl(t, t + length, onset, onset_len, vowel, 1.0, 1.0))
             t += length + (self.samples(0.015, 0.04) if k == 0 else 0)
@@ -351,11 +360,53 @@ def _truncate(turn: _Turn, keep: Callable[[_Syl], bool]) -> Optional[_Turn]:
     return _Turn(turn.speaker, turn.began, phrases) if phrases else None
 
 
+def _cut_off(turn: _Turn, stop: int, min_syllable: int) -> _Turn:
+    """The turn broken off at ``stop``, mid-syllable: later syllables dropped, the one under ``stop``
+    ending there (kept at least ``min_syllable`` samples past its consonant onset, so it is audible)."""
+    kept = _truncate(turn, lambda s: s.start < stop)
+    if kept is None:  # not reached: stop lies well after the turn's start
+        raise ValueError("cut before the turn starts")
+    last_word = kept.phrases[-1][-1]
+    s = last_word[-1]
+    last_word[-1] = replace(s, end=min(s.end, max(stop, s.start + s.onset_len + min_syllable)))
+    return kept
+
+
+def _interruption_point(
+    plan: _Planner, turn: _Turn, end_limit: int, other_free: int
+) -> Optional[tuple[int, int]]:
+    """(t_in, stop): where the other speaker breaks in and where this one, cut off, stops; None when the
+    turn has no room. Both lie in one phrase, so the holder speaks all through [t_in, stop] (0.35-0.6 s:
+    an interruption overlaps for longer than a turn transition does). t_in is at least 0.5 s into the
+    turn and not before ``other_free`` (the interrupter is done with their own previous turn); stop is
+    at least 0.25 s before the turn's planned end (something is left unsaid) and 0.9 s before the
+    session's last speech (room for the interrupter to take the floor)."""
+    d = plan.samples(0.35, 0.6)
+    earliest = max(turn.start + plan.samples(0.5), other_free)
+    latest_stop = min(turn.end - plan.samples(0.25), end_limit - plan.samples(0.9))
+    spans = []
+    for p in turn.phrases:
+        lo = max(p[0][0].start, earliest)
+        hi = min(p[-1][-1].end - plan.samples(0.1), latest_stop) - d
+        if hi > lo:
+            spans.append((lo, hi))
+    if not spans:
+        return None
+    u = int(plan.rng.integers(sum(hi - lo for lo, hi in spans)))
+    for lo, hi in spans:
+        if u < hi - lo:
+            return lo + u, lo + u + d
+        u -= hi - lo
+    raise AssertionError("unreachable")
+
+
 def _plan_conversation(rng: np.random.Generator, sr: int, n: int) -> tuple[list[_Turn], list[_Backchannel]]:
     """Turns alternate between the speakers; each transition is a gap, an overlap or an interruption.
 
     The first three transitions are a shuffle of all three kinds, so any session long enough for four
     turns holds each of them; backchannels are placed afterwards inside long turns of the other speaker.
+    Overlapping transitions overlap by at most 0.2 s, interruptions by at least ~0.3 s (see
+    ``_interruption_point``): the overlap length is what tells them apart in the activity.
     """
     plan = _Planner(rng, sr, n)
     end_limit = n - plan.samples(0.35)
@@ -365,31 +416,32 @@ def _plan_conversation(rng: np.random.Generator, sr: int, n: int) -> tuple[list[
     speaker = int(rng.integers(2))
     t = plan.samples(0.4, 0.8)
     began = "start"
+    hold_until: Optional[int] = None  # an interrupter talks on past the moment the interrupted one stops
     while t < end_limit - plan.samples(0.5):
         if schedule:
             nxt = schedule.pop(0)
         else:
             nxt = str(rng.choice(["gap", "overlap", "interruption"], p=[0.45, 0.3, 0.25]))
-        turn = plan.turn(speaker, t, began, long=(nxt == "interruption"))
+        turn = plan.turn(speaker, t, began, long=(nxt == "interruption"), first_min_end=hold_until)
+        hold_until = None
         if turn.end > end_limit:
             cut = _truncate(turn, lambda s: s.end <= end_limit)
             if cut is not None:
                 turns.append(cut)
             break
-        if nxt == "interruption":
-            lo, hi = turn.start + plan.samples(0.5), turn.end - plan.samples(0.5)
-            eligible = [s for s in turn.syllables() if s.start >= lo and s.end <= hi]
-            if not eligible:
-                schedule.insert(0, "interruption")  # still owed; this transition becomes an overlap
-                nxt = "overlap"
-        if nxt == "interruption":
-            syl = eligible[int(rng.integers(len(eligible)))]
-            t_in = syl.start + int(rng.uniform(0.2, 0.8) * (syl.end - syl.start))
-            stop = t_in + plan.samples(0.08, 0.24)  # + at most one syllable (0.24 s): stops within 0.5 s
-            turn = _truncate(turn, lambda s: s.start < stop)
+        other_free = last_end[1 - speaker] + plan.samples(0.15)
+        point = _interruption_point(plan, turn, end_limit, other_free) if nxt == "interruption" else None
+        if nxt == "interruption" and point is None:
+            schedule.insert(0, "interruption")  # still owed; this transition becomes an overlap
+            nxt = "overlap"
+        if point is not None:
+            t_in, stop = point
+            turn = _cut_off(turn, stop, plan.samples(0.05))
             next_start, began = t_in, "interruption"
+            hold_until = turn.end + plan.samples(0.3)  # the interrupter holds on: they take the floor
         elif nxt == "overlap":
-            next_start = max(turn.end - plan.samples(0.1, 0.35), turn.start + plan.samples(0.3))
+            # People start a little early at a turn's natural end: 40-200 ms of overlap.
+            next_start = max(turn.end - plan.samples(0.04, 0.2), turn.start + plan.samples(0.3))
             began = "overlap"
         else:
             next_start = turn.end + plan.samples(0.2, 0.9)

@@ -194,14 +194,23 @@ def assert_truth_invariants(truth: SessionTruth) -> None:
     turns = truth.events_of("turn")
     assert all(a.speaker != b.speaker for a, b in zip(turns, turns[1:])), "turns alternate"
     for bc in truth.events_of("backchannel"):
-        assert 0.2 <= bc.end_s - bc.start_s <= 0.8
+        assert 0.2 <= bc.end_s - bc.start_s <= 0.56
         # Inside one of the other's turns, which goes on afterwards: the floor does not change.
         assert any(t.speaker == bc.other and t.start_s < bc.start_s and bc.end_s < t.end_s for t in turns)
     for it in truth.events_of("interruption"):
         interrupted = [t for t in turns if t.speaker == it.other and t.start_s < it.start_s < t.end_s]
         taker = [t for t in turns if t.speaker == it.speaker and t.start_s == it.start_s]
         assert len(interrupted) == 1 and len(taker) == 1
-        assert interrupted[0].end_s == it.end_s and 0 < it.end_s - it.start_s <= 0.5
+        # The interrupted speaker talks on for 0.3-0.75 s, then stops, while the interrupter goes on.
+        assert interrupted[0].end_s == it.end_s and 0.3 <= it.end_s - it.start_s <= 0.75
+        assert taker[0].end_s >= it.end_s + 0.3
+    # Overlap length tells the two overlapping floor transfers apart: a turn transition's next speaker
+    # starts at most 0.2 s before the turn's end, an interruption overlaps for at least 0.3 s.
+    for o in truth.events_of("overlap"):
+        if o.cause == "transition":
+            assert o.end_s - o.start_s <= 0.2
+        elif o.cause == "interruption":
+            assert 0.3 <= o.end_s - o.start_s <= 0.75
     frames = truth.activity("A", 50.0)
     assert frames.size == np.ceil(truth.duration_s * 50)
     assert np.array_equal(frames, truth_active(truth, "A", (np.arange(frames.size) + 0.5) / 50.0))

@@ -66,28 +66,19 @@ class BuildSummary:
 # ---------------------------------------------------------------- the worker side
 
 
-def describe_tokenizers(toks: Any) -> dict[str, dict[str, Any]]:
-    """Fingerprints and vocabularies, as dataset.json records them (the validator checks token ranges)."""
-    return {
-        "audio": {"fingerprint": toks.audio.fingerprint, "vocab_size": toks.audio.vocab_size,
-                  "codebooks": toks.audio.num_codebooks},
-        "frames": {"fingerprint": toks.frames.fingerprint, "vocab_size": toks.frames.vocab_size,
-                   "grid": list(toks.frames.grid)},
-        "text": {"fingerprint": toks.text.fingerprint, "vocab_size": toks.text.vocab_size},
-    }
-
-
 def part_uri(work_uri: str, session_id: str, suffix: str) -> str:
     return storage.join(work_uri, SESSIONS_DIR, f"{session_id}{suffix}")
 
 
-def run_one_session(spec_json: str, cfg_json: str, work_uri: str, torch_threads: int = 1) -> dict[str, Any]:
+def run_one_session(
+    spec_json: str, cfg_json: str, work_uri: str, tokenizer_pool: Any = None, torch_threads: int = 1
+) -> dict[str, Any]:
     """Process one session and leave its outcome on storage; returns the outcome summary.
 
     Data problems become a reject marker. The outcome files are written atomically, so a worker killed
     here leaves nothing behind and the task is simply run again.
     """
-    from microturn.pipeline.session import process_session
+    from microturn.pipeline.session import LocalTokenizer, process_session
     from microturn.pipeline.shard import write_part
     from microturn.records import StageError
     from microturn.tokenizers import load_tokenizers
@@ -99,8 +90,13 @@ def run_one_session(spec_json: str, cfg_json: str, work_uri: str, torch_threads:
     spec = SessionSpec.model_validate_json(spec_json)
     cfg = BuildConfig.model_validate_json(cfg_json)
     try:
-        toks = load_tokenizers(cfg.tokenizers)  # cached per worker process: models load once
-        result = process_session(spec, cfg, toks)
+        if tokenizer_pool is not None:
+            from microturn.jobs.tokenizer_pool import PooledTokenizer
+
+            tokenizer = PooledTokenizer(tokenizer_pool, spec.session_id)
+        else:  # cached per worker process: models load once, not once per session
+            tokenizer = LocalTokenizer(load_tokenizers(cfg.tokenizers))
+        result = process_session(spec, cfg, tokenizer)
     except StageError as err:
         rejection = Rejection(spec.session_id, err.source or ";".join(spec.source_uris()), err.stage, err.reason, err.message)
         return _write_reject(work_uri, rejection)
@@ -108,7 +104,7 @@ def run_one_session(spec_json: str, cfg_json: str, work_uri: str, torch_threads:
     write_part(part_uri(work_uri, spec.session_id, ".tar"), result.samples)
     summary = result.summary()
     summary["status"] = "ok"
-    summary["tokenizers"] = describe_tokenizers(toks)
+    summary["tokenizers"] = tokenizer.describe()
     storage.write_bytes_atomic(
         part_uri(work_uri, spec.session_id, ".json"), json.dumps(summary, sort_keys=True).encode()
     )
@@ -284,16 +280,21 @@ def run_build(
         drain()
         if todo:
             started_ray = _init_ray(cfg, address)
+            from microturn.jobs.tokenizer_pool import start_pool
+
             task = _remote_session_fn(cfg)
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            max_in_flight = cfg.job.max_in_flight or max(1, cpus)
+            resources = ray.cluster_resources()
+            pool = start_pool(cfg, resources.get("GPU", 0.0))
+            # Pool actors hold a CPU each; the session tasks get the rest.
+            cpus = max(1, int(resources.get("CPU", 1)) - len(pool))
+            max_in_flight = cfg.job.max_in_flight or cpus
             cfg_json = cfg.model_dump_json()
             pending: dict[Any, tuple[SessionSpec, float]] = {}
             queue = list(todo)
             while queue or pending:
                 while queue and len(pending) < max_in_flight:
                     spec = queue.pop(0)
-                    ref = task.remote(spec.model_dump_json(), cfg_json, work_uri)
+                    ref = task.remote(spec.model_dump_json(), cfg_json, work_uri, pool or None)
                     pending[ref] = (spec, time.monotonic())
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:

@@ -17,9 +17,13 @@ Definitions (thresholds in ``EventsConfig``, documented in docs/format.md):
 5. **Pause**: a silence of the holder between two utterances of one turn; ``stream`` is the holder.
 6. **Overlap**: a stretch where two or more streams speak at once (``min_overlap_ms`` or longer);
    ``stream`` is the speaker who was already talking, ``other`` the one who joined.
-7. **Interruption**: a floor transfer in which the new speaker starts while the holder is speaking
-   (for at least ``min_overlap_ms``); it spans from the new speaker's onset to the moment the holder
-   stops; ``stream`` is the interrupter, ``other`` the interrupted speaker.
+7. **Interruption**: a floor transfer in which the new speaker starts while the holder is speaking and
+   the two overlap for at least ``interruption_min_overlap_ms``; it spans from the new speaker's onset
+   to the moment the holder stops; ``stream`` is the interrupter, ``other`` the interrupted speaker. A
+   shorter overlap at a floor transfer is an overlapping turn transition (the next speaker starting a
+   little early as the holder finishes): only its ``overlap`` is labelled. Transitions cluster around
+   0 to +200 ms in conversation research while interruptions overlap for longer; the overlap length is
+   the cue activity offers (whether the holder's utterance was cut short would need their intent).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class _Frames:
 
     backchannel_max: int
     min_overlap: int
+    interruption_min_overlap: int
     min_gap: int
     pause_max: int
     merge_silence: int
@@ -60,6 +65,7 @@ class _Frames:
         return cls(
             backchannel_max=frames(cfg.backchannel_max_ms),
             min_overlap=max(1, frames(cfg.min_overlap_ms)),
+            interruption_min_overlap=max(1, frames(cfg.interruption_min_overlap_ms)),
             min_gap=max(1, frames(cfg.min_gap_ms)),
             pause_max=frames(cfg.pause_max_ms),
             merge_silence=frames(cfg.merge_silence_ms),
@@ -172,7 +178,7 @@ def _floor_events(ipus: list[_Ipu], speech: np.ndarray, next_start: dict[_Ipu, i
         if u.start >= end:
             if u.start - end >= th.min_gap:
                 out.append(Event("gap", end, u.start, stream=u.stream, other=holder))
-        elif end - u.start >= th.min_overlap:
+        elif end - u.start >= th.interruption_min_overlap:  # shorter: an overlapping turn transition
             out.append(Event("interruption", u.start, end, stream=u.stream, other=holder))
         turn = [u]
     if turn:
@@ -236,7 +242,8 @@ def session_event_stats(
     ``speech_ratio``: frames where anyone speaks / all frames; ``overlap_ratio``: frames where two or
     more speak / frames where anyone speaks; gap, pause and overlap duration distributions in seconds;
     counts and rates per minute of turns, backchannels and interruptions; ``transition_offsets``:
-    floor-transfer offsets (positive = gap, negative = overlapping transfer), the classic FTO measure.
+    floor-transfer offsets (next turn's start - previous turn's end, between turns of different
+    streams: positive = gap, negative = overlapping transition or interruption), the classic FTO measure.
     """
     raw = _check_activity(activity)
     frames = raw.shape[1]
@@ -251,8 +258,9 @@ def session_event_stats(
     by_kind: dict[str, list[Event]] = {}
     for e in events:
         by_kind.setdefault(e.kind, []).append(e)
-    transfers = [seconds(e) for e in by_kind.get("gap", [])]
-    transfers += [-seconds(e) for e in by_kind.get("interruption", [])]
+    turns = sorted(by_kind.get("turn", []), key=lambda e: (e.start_frame, e.end_frame))
+    transfers = [float(grid.frames_to_seconds(b.start_frame - a.end_frame))
+                 for a, b in zip(turns, turns[1:]) if a.stream != b.stream]
 
     def rate(kind: str) -> Optional[float]:
         return round(len(by_kind.get(kind, [])) / minutes, 4) if minutes else None

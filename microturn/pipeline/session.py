@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from microturn.clock import GRID
 from microturn.config import BuildConfig
 from microturn.manifest import SessionSpec
-from microturn.records import Sample, StageError
+from microturn.records import AlignedSession, Sample, StageError, TokenizedSession
 
 if TYPE_CHECKING:
     from microturn.tokenizers import TokenizerSet
@@ -109,7 +109,41 @@ def _with_original_uris(decoded: Any, local: SessionSpec, original: SessionSpec)
     return replace(decoded, streams=streams, video=video, sources=swap(decoded.sources))
 
 
-def process_session(spec: SessionSpec, cfg: BuildConfig, toks: "TokenizerSet") -> SessionResult:
+class SessionTokenizer(Protocol):
+    """What the session runner needs from tokenization: in this process or in a Ray actor pool."""
+
+    text_pad_id: int
+
+    def tokenize(self, aligned: AlignedSession) -> TokenizedSession: ...
+
+    def describe(self) -> dict[str, dict[str, Any]]: ...
+
+
+class LocalTokenizer:
+    """Tokenize in the calling process with an already loaded ``TokenizerSet``."""
+
+    def __init__(self, toks: "TokenizerSet") -> None:
+        self.toks = toks
+        self.text_pad_id = toks.text.pad_id
+
+    def tokenize(self, aligned: AlignedSession) -> TokenizedSession:
+        from microturn.pipeline.tokenize import tokenize_session
+
+        return tokenize_session(aligned, self.toks)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Fingerprints and vocabularies, as dataset.json records them (the validator checks token ranges)."""
+        t = self.toks
+        return {
+            "audio": {"fingerprint": t.audio.fingerprint, "vocab_size": t.audio.vocab_size,
+                      "codebooks": t.audio.num_codebooks},
+            "frames": {"fingerprint": t.frames.fingerprint, "vocab_size": t.frames.vocab_size,
+                       "grid": list(t.frames.grid)},
+            "text": {"fingerprint": t.text.fingerprint, "vocab_size": t.text.vocab_size},
+        }
+
+
+def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionTokenizer) -> SessionResult:
     """Run every stage on one session. Data problems raise ``StageError`` (-> quarantine);
     an unexpected exception is re-raised as ``StageError(stage, "internal:<Type>")`` so that the
     failing stage is always named."""
@@ -117,7 +151,6 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, toks: "TokenizerSet") -
     from microturn.pipeline.chunk import make_samples
     from microturn.pipeline.decode import decode_session
     from microturn.pipeline.events import detect_events, session_event_stats
-    from microturn.pipeline.tokenize import tokenize_session
 
     clock = _StageClock()
     try:
@@ -129,10 +162,10 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, toks: "TokenizerSet") -
             with clock.stage("align"):
                 aligned = align_session(decoded, local_spec, cfg.align)
         with clock.stage("tokenize"):
-            tokenized = tokenize_session(aligned, toks)
+            tokenized = tokenizer.tokenize(aligned)
         with clock.stage("chunk"):
             events = detect_events(aligned.activity, cfg.events)
-            samples = make_samples(tokenized, events, cfg.chunk, text_pad_id=toks.text.pad_id)
+            samples = make_samples(tokenized, events, cfg.chunk, text_pad_id=tokenizer.text_pad_id)
             event_stats = session_event_stats(aligned.activity, events, cfg.events)
     except StageError:
         raise

@@ -129,7 +129,7 @@ def train_frame_codec(
         loss.backward()
         opt.step()
         sched.step()
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         if step % log_every == 0 or step == steps:
             mse = float(np.mean(window))
             window = []

@@ -100,12 +100,37 @@ def build_codec(cfg: FrameCodecConfig) -> Any:
     return FrameCodec()
 
 
+def _calibration_frames(cfg: FrameCodecConfig, n: int = 16) -> np.ndarray:
+    """Seeded colour gradients plus noise: data-independent inputs to scale the untrained codec."""
+    rng = np.random.default_rng(cfg.seed)
+    size = cfg.image_size
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, size, size, 3), np.float32)
+    for i in range(n):
+        a = rng.uniform(-1, 1, (3, 3))
+        img = a[:, 0] * xx[..., None] + a[:, 1] * yy[..., None] + a[:, 2]
+        out[i] = np.clip(img + 0.3 * rng.standard_normal((size, size, 3)), -1, 1)
+    return out
+
+
 def seeded_codec(cfg: FrameCodecConfig) -> Any:
+    """Seeded weights; the encoder's last conv is rescaled so that, on seeded calibration frames,
+    each FSQ channel has zero mean and unit spread. Without it a fresh network's outputs are so small
+    that every position rounds to the middle level (one or two tokens for every frame)."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return build_codec(cfg).eval()
+        model = build_codec(cfg).eval()
+    x = torch.from_numpy(_calibration_frames(cfg)).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        z = model.encoder(x)  # [n, C, h, w]
+        mean = z.mean(dim=(0, 2, 3))
+        std = z.std(dim=(0, 2, 3)).clamp_min(1e-8)
+        last = model.encoder[-1]
+        last.weight.div_(std.view(-1, 1, 1, 1))
+        last.bias.copy_((last.bias - mean) / std)
+    return model
 
 
 def checkpoint_config_keys() -> tuple[str, ...]:

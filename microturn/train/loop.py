@@ -59,6 +59,7 @@ class Dist:
     world: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # we created the process group (torchrun), not a host like Ray Train
 
     @property
     def is_main(self) -> bool:
@@ -77,12 +78,14 @@ def setup_distributed(cfg: TrainConfig) -> Dist:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    owns_group = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             timeout=datetime.timedelta(seconds=cfg.run.timeout_s),
         )
-    return Dist(rank, world, local_rank, device)
+        owns_group = True
+    return Dist(rank, world, local_rank, device, owns_group)
 
 
 def _all_reduce(t: torch.Tensor, d: Dist, op: Any = None) -> torch.Tensor:
@@ -293,7 +296,7 @@ def train(cfg: TrainConfig, data_uri: str, out_dir: str | Path) -> dict[str, Any
     try:
         return _train(cfg, data_uri, Path(out_dir), d)
     finally:
-        if d.world > 1 and dist.is_initialized():
+        if d.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 

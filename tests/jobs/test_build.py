@@ -114,3 +114,13 @@ def test_killed_driver_resumes_to_identical_output(built_2cpu, small_corpus_medi
     assert tree_bytes(out) == tree_bytes(out_ref)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["resumed_sessions"] >= 1
+
+
+def test_tokenizer_actor_pool_gives_the_same_corpus(built_2cpu, small_corpus_media, build_cfg, tmp_path):
+    """Tokenizing in a pool of actors (how GPU clusters run) changes nothing in the output."""
+    out_ref, _ = built_2cpu
+    cfg = build_cfg.model_copy(update={"job": build_cfg.job.model_copy(update={"tokenizer_actors": 1})})
+    out = tmp_path / "pooled"
+    summary = _build(small_corpus_media, out, cfg, 2)
+    assert summary.sessions_ok == 3
+    assert tree_bytes(out) == tree_bytes(out_ref)

@@ -74,6 +74,17 @@ def test_an_interruption_takes_the_floor():
     assert kinds(ev, "turn") == [(0, 225, 0, None), (188, 450, 1, None)]
 
 
+def test_a_short_overlap_at_a_turn_transition_is_not_an_interruption():
+    # The next speaker starts 150 ms before the holder finishes (< interruption_min_overlap_ms = 250).
+    ev = detect_events(timeline(600, (0, 0.0, 3.0), (1, 2.85, 6.0)), CFG)
+    assert not kinds(ev, "interruption")
+    assert kinds(ev, "overlap") == [(214, 225, 1, 0)]
+    assert kinds(ev, "turn") == [(0, 225, 0, None), (214, 450, 1, None)]  # the floor did change
+    lenient = detect_events(timeline(600, (0, 0.0, 3.0), (1, 2.85, 6.0)),
+                            EventsConfig(interruption_min_overlap_ms=100))
+    assert kinds(lenient, "interruption") == [(214, 225, 1, 0)]
+
+
 def test_speaking_over_the_holder_without_taking_the_floor_is_only_an_overlap():
     ev = detect_events(timeline(600, (0, 0.0, 6.0), (1, 2.0, 4.0)), CFG)
     assert not kinds(ev, "interruption") and not kinds(ev, "backchannel")
@@ -102,13 +113,25 @@ def test_session_statistics():
     assert stats["gaps"]["count"] == 1 and stats["gaps"]["mean_s"] == pytest.approx(0.5, abs=0.02)
     assert stats["overlap_ratio"] == pytest.approx((0.4 + 0.5) / 8.5, abs=0.01)
     assert stats["backchannels_per_min"] == pytest.approx(6.0)
-    assert stats["transition_offsets"]["count"] == 2  # one gap (+0.5 s), one overlapping transfer (-0.5 s)
+    # Floor-transfer offsets: one gap (+0.5 s), one interruption (-0.5 s).
+    assert stats["transition_offsets"]["count"] == 2 and stats["transition_offsets"]["mean_s"] == 0.0
+    assert stats["transition_offsets"]["p10_s"] == pytest.approx(-0.4, abs=0.02)
+
+
+def test_overlapping_transitions_count_as_floor_transfers_in_the_statistics():
+    act = timeline(600, (0, 0.0, 3.0), (1, 2.85, 6.0))
+    stats = session_event_stats(act, detect_events(act, CFG), CFG)
+    assert stats["counts"]["interruption"] == 0 and stats["counts"]["gap"] == 0
+    assert stats["transition_offsets"]["count"] == 1
+    assert stats["transition_offsets"]["mean_s"] == pytest.approx(-0.147, abs=0.001)  # 11 frames early
 
 
 # ---------------------------------------------------------------- against the generator's truth
 
 # The generator's within-turn pauses are at most 0.65 s and its backchannels at most ~0.56 s, so the
-# detector is run with thresholds just above those; everything else is the default config.
+# detector is run with thresholds just above those; everything else is the default config (among it
+# interruption_min_overlap_ms = 250, between the generator's overlapping transitions, <= 0.2 s, and
+# its interruptions, >= 0.3 s of overlap).
 SYNTH_CFG = EventsConfig(pause_max_ms=700, backchannel_max_ms=600)
 TOLERANCE_S = 0.1  # an event matches when kind and speaker agree and both ends are within 100 ms
 SESSIONS, DURATION_S = 6, 60.0
@@ -156,32 +179,36 @@ def _scores(conversations, kind: str, truth_filter=None) -> tuple[float, float, 
     return hits / max(n_found, 1), hits / max(n_wanted, 1), n_wanted
 
 
-@pytest.mark.parametrize("kind", ["overlap", "backchannel", "turn", "gap", "pause"])
+@pytest.mark.parametrize("kind", ["overlap", "backchannel", "interruption", "turn", "gap", "pause"])
 def test_events_match_the_generators_truth(conversations, kind):
+    """Precision and recall >= 0.9 against the generator's own labels (issue 5), over 6 sessions of 60 s.
+
+    Tolerance: a detected event matches a truth event (one to one) when kind and speaker agree and both
+    its ends lie within 100 ms of the truth's; truth overlaps and interruptions shorter than
+    ``min_overlap_ms`` (80 ms) are not asked for. The activity is the truth's, on the codec frame grid.
+    """
     precision, recall, n = _scores(conversations, kind)
     assert n >= 20, f"too few {kind} events in the generated truth to measure"
     assert precision >= 0.9 and recall >= 0.9, f"{kind}: precision {precision:.3f}, recall {recall:.3f} (n={n})"
 
 
-def test_interruptions_are_the_floor_transfers_that_begin_in_overlap(conversations):
-    """From activity alone an interruption is a floor transfer that starts while the holder is still
-    speaking. The generator also makes overlapping *transitions* (the next speaker starts 0.1-0.35 s
-    before a turn's natural end) whose activity is indistinguishable; counted together, they match."""
-    def transfer(e):
-        return e.kind == "interruption" or (e.kind == "overlap" and e.cause == "transition")
+def test_overlapping_turn_transitions_are_not_taken_for_interruptions(conversations):
+    """The generator's overlapping transitions (the next speaker 40-200 ms early) change the floor without
+    interrupting: none is labelled an interruption, and nearly all start a turn of the next speaker (a
+    few very short turns, under ~0.6 s, read as backchannels: activity cannot tell those apart)."""
+    n = new_turns = 0
+    for truth, _, events in conversations:
+        speakers = list(truth.speakers)
 
-    precision, recall, n = _scores(conversations, "interruption", transfer)
-    assert n >= 20
-    assert precision >= 0.9 and recall >= 0.9, f"precision {precision:.3f}, recall {recall:.3f} (n={n})"
-    _, recall_of_interruptions, _ = _scores(conversations, "interruption")
-    assert recall_of_interruptions >= 0.8
+        def near(o, kind: str) -> bool:
+            return any(e.kind == kind and speakers[e.stream] == o.speaker
+                       and abs(e.start_frame / S - o.start_s) <= TOLERANCE_S for e in events)
 
-
-@pytest.mark.xfail(strict=True, reason="the generator's interruptions and overlapping transitions have the same "
-                                       "activity (overlap 0.03-0.45 s vs 0.1-0.35 s): activity cannot tell them apart")
-def test_interruption_precision_against_the_generators_own_label(conversations):
-    precision, recall, _ = _scores(conversations, "interruption")
-    assert precision >= 0.9 and recall >= 0.9
+        for o in (o for o in truth.events_of("overlap") if o.cause == "transition"):
+            n += 1
+            assert not near(o, "interruption"), o
+            new_turns += near(o, "turn")
+    assert n >= 20 and new_turns >= 0.9 * n, (new_turns, n)
 
 
 def test_the_sample_files_written_by_the_generator_agree_with_its_truth(conversations):
