@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
-import tarfile
 from dataclasses import dataclass
-from typing import IO, Any, Iterator, Literal, Mapping, Optional, Sequence
+from typing import IO, Any, Collection, Iterator, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -85,11 +85,59 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_npy(data: bytes, *, where: str = "") -> np.ndarray:
+# Layouts of .npy headers seen so far, keyed by the header bytes: a corpus repeats a handful of headers
+# (same dtypes, same window shapes), and parsing one (a Python literal) costs more than reading the array.
+_NPY_LAYOUTS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+_NPY_LAYOUTS_MAX = 4096
+
+
+def _npy_layout(data: memoryview, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """(dtype, shape, fortran_order, data offset) of a .npy buffer; object dtypes are refused."""
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
+        raise FormatError("bad_npy", "cannot read .npy: not a .npy array", where=where)
+    major = data[6]
+    if major == 1:
+        offset = 10 + int.from_bytes(data[8:10], "little")
+    elif major in (2, 3):
+        offset = 12 + int.from_bytes(data[8:12], "little") if len(data) >= 12 else len(data) + 1
+    else:
+        raise FormatError("bad_npy", f"cannot read .npy: unknown version {major}", where=where)
+    if offset > len(data):
+        raise FormatError("bad_npy", "cannot read .npy: truncated header", where=where)
+    header = bytes(data[:offset])
+    layout = _NPY_LAYOUTS.get(header)
+    if layout is not None:
+        return layout
+    from numpy.lib import format as npformat
+
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError/EOFError/OSError for broken headers
+        fh = io.BytesIO(header)
+        version = npformat.read_magic(fh)
+        read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, fortran, dtype = read(fh)
+    except Exception as exc:  # numpy raises ValueError for a header that is not a plain literal
         raise FormatError("bad_npy", f"cannot read .npy: {exc}", where=where) from None
+    if dtype.hasobject:
+        raise FormatError("bad_npy", "cannot read .npy: object arrays need pickles, which we never load",
+                          where=where)
+    layout = (dtype, tuple(int(n) for n in shape), bool(fortran), offset)
+    if len(_NPY_LAYOUTS) < _NPY_LAYOUTS_MAX:
+        _NPY_LAYOUTS[header] = layout
+    return layout
+
+
+def decode_npy(data: bytes | bytearray | memoryview, *, where: str = "") -> np.ndarray:
+    """A read-only array viewing ``data`` (no copy). Never unpickles: object dtypes are refused."""
+    view = memoryview(data)
+    dtype, shape, fortran, offset = _npy_layout(view, where)
+    count = math.prod(shape)
+    if len(view) - offset < count * dtype.itemsize:
+        raise FormatError("bad_npy", f"cannot read .npy: {len(view) - offset} data bytes for shape {shape} "
+                                     f"{dtype}", where=where)
+    arr = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    arr.flags.writeable = False
+    return arr
 
 
 def encode_json(obj: Any) -> bytes:
@@ -116,9 +164,9 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def decode_json(data: bytes, *, where: str = "") -> Any:
+def decode_json(data: bytes | memoryview, *, where: str = "") -> Any:
     try:
-        return json.loads(data.decode("utf-8"))
+        return json.loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError("bad_json", f"cannot read JSON: {exc}", where=where) from None
 
@@ -356,39 +404,185 @@ def arrow_schema(columns: Sequence[tuple[str, str]]):
 # ---------------------------------------------------------------- reading
 
 
+_TAR_BLOCK = 512
+_TAR_READ_BYTES = 1 << 22  # bytes per read: large sequential reads, few refills
+_TAR_FILE_TYPES = (ord("0"), 0, ord("7"))  # regular file (ustar, v7), contiguous file
+_TAR_SKIP_TYPES = frozenset(map(ord, "123456gK"))  # links, devices, folders, fifos, global pax, long link
+_TAR_CHKSUM_SPAN = np.arange(_TAR_BLOCK)
+_TAR_CHKSUM_FIELD = np.arange(148, 156)
+
+
+def _tar_number(field: bytes, where: str) -> int:
+    """A numeric header field: octal ASCII (NUL/space padded), or GNU base-256 when the top bit is set."""
+    if field and field[0] & 0x80:
+        return int.from_bytes(field[1:], "big") - (1 << (8 * len(field) - 8) if field[0] == 0xFF else 0)
+    try:
+        return int(field.strip(b"\0 ") or b"0", 8)
+    except ValueError:
+        raise FormatError("bad_tar", f"unreadable tar: bad number field {field!r}", where=where) from None
+
+
+def _read_into(fileobj: IO[bytes], buf: np.ndarray, start: int) -> int:
+    """Fill ``buf[start:]`` from the stream; returns the end of the data (short only at end of file)."""
+    view = memoryview(buf)
+    readinto = getattr(fileobj, "readinto", None)
+    end = start
+    while end < len(buf):
+        if readinto is not None:
+            n = readinto(view[end:])
+        else:
+            chunk = fileobj.read(len(buf) - end)
+            n = len(chunk)
+            view[end : end + n] = chunk
+        if not n:
+            break
+        end += n
+    return end
+
+
+def _check_tar_checksums(buf: np.ndarray, offsets: list[int], stored: list[int], where: str) -> None:
+    """Verify many headers' checksums at once (a per-header Python sum costs more than the rest of the
+    parse). The checksum is the byte sum of the header with its own field read as spaces."""
+    arr = buf
+    starts = np.asarray(offsets)[:, None]
+    unsigned = arr[starts + _TAR_CHKSUM_SPAN].sum(axis=1, dtype=np.int64)
+    unsigned -= arr[starts + _TAR_CHKSUM_FIELD].sum(axis=1, dtype=np.int64) - 8 * 32
+    for i in np.nonzero(unsigned != np.asarray(stored))[0]:
+        # old writers summed signed bytes; tarfile accepts both, so do we
+        head = arr[offsets[i] : offsets[i] + _TAR_BLOCK].view(np.int8).astype(np.int64)
+        signed = int(head.sum() - head[148:156].sum() + 8 * 32)
+        if signed != stored[i]:
+            raise FormatError("bad_tar", f"unreadable tar: bad header checksum at byte {offsets[i]}", where=where)
+
+
+def _pax_path(data: memoryview, where: str) -> Optional[str]:
+    """The ``path`` record of a pax extended header ("<len> path=<name>\n" records), if any."""
+    raw, pos, path = bytes(data), 0, None
+    while pos < len(raw):
+        space = raw.find(b" ", pos)
+        try:
+            length = int(raw[pos:space])
+        except ValueError:
+            raise FormatError("bad_tar", "unreadable tar: bad pax header", where=where) from None
+        if length <= 0:
+            raise FormatError("bad_tar", "unreadable tar: bad pax header", where=where)
+        key, _, value = raw[space + 1 : pos + length - 1].partition(b"=")
+        if key == b"path":
+            path = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return path
+
+
+def iter_tar_members(fileobj: IO[bytes], *, where: str = "") -> Iterator[tuple[str, memoryview]]:
+    """The regular-file members of a tar stream in file order, as ``(name, data)``.
+
+    ``data`` is a read-only view of the bytes read from the stream (no copy per member). Reads are large
+    and sequential; headers are parsed by slicing (ustar, GNU long names, pax paths) and their
+    checksums verified in bulk for each read. A damaged header, a member cut short, or a stream that
+    ends without the end-of-archive blocks raises ``FormatError("bad_tar")``.
+    """
+    buf = np.empty(0, dtype=np.uint8)  # uninitialised: every byte used is read first
+    view = memoryview(buf)
+    pos = end = 0
+    at_eof = False
+    long_name: Optional[str] = None
+    while True:
+        # 1. parse every whole member now in the buffer
+        found: list[tuple[str, int, int]] = []  # (name, data start, size)
+        offsets: list[int] = []
+        stored: list[int] = []
+        finished = False
+        need = _TAR_BLOCK
+        while end - pos >= _TAR_BLOCK:
+            header = bytes(view[pos : pos + _TAR_BLOCK])
+            if header.count(0) == _TAR_BLOCK:
+                finished = True  # end-of-archive: the rest is padding
+                break
+            size = _tar_number(header[124:136], where)
+            padded = size + (-size) % _TAR_BLOCK
+            if size < 0 or end - pos < _TAR_BLOCK + padded:
+                need = _TAR_BLOCK + padded
+                break
+            offsets.append(pos)
+            stored.append(_tar_number(header[148:156], where))
+            kind = header[156]
+            data_at = pos + _TAR_BLOCK
+            pos = data_at + padded
+            if kind in _TAR_FILE_TYPES:
+                name = long_name
+                if name is None:
+                    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                    prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+                    if prefix and header[257:263] == b"ustar\0":  # POSIX ustar splits long names
+                        name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+                found.append((name, data_at, size))
+                long_name = None
+            elif kind == ord("L"):  # GNU long name of the next member
+                long_name = bytes(view[data_at : data_at + size]).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif kind == ord("x"):  # pax extended header of the next member
+                long_name = _pax_path(view[data_at : data_at + size], where) or long_name
+            elif kind in _TAR_SKIP_TYPES:
+                long_name = None
+            else:
+                raise FormatError("bad_tar", f"unreadable tar: unsupported member type {chr(kind)!r}", where=where)
+        if offsets:
+            _check_tar_checksums(buf, offsets, stored, where)
+        readonly = view.toreadonly()
+        for name, data_at, size in found:
+            yield name, readonly[data_at : data_at + size]
+        if finished:
+            return
+        if at_eof:
+            if end == pos == 0:
+                raise FormatError("bad_tar", "unreadable tar: empty file", where=where)
+            raise FormatError("bad_tar", "unreadable tar: truncated (a member or the end-of-archive blocks "
+                                         "are missing)", where=where)
+        # 2. read on: a fresh buffer (views handed out keep the old one alive), the unparsed tail first
+        tail = end - pos
+        new = np.empty(max(_TAR_READ_BYTES, need), dtype=np.uint8)
+        new[:tail] = buf[pos:end]
+        try:
+            end = _read_into(fileobj, new, tail)
+        except OSError as exc:
+            raise FormatError("bad_tar", f"unreadable tar: {exc}", where=where) from None
+        at_eof = end < len(new)
+        buf, view, pos = new, memoryview(new), 0
+
+
+def iter_tar_views(
+    fileobj: IO[bytes], *, where: str = "", suffixes: Optional[Collection[str]] = None
+) -> Iterator[tuple[str, dict[str, memoryview]]]:
+    """``iter_tar`` without copies: member data are read-only views. With ``suffixes``, only those
+    members are kept (the others are still read, and still checked for sample contiguity)."""
+    seen: set[str] = set()
+    key: Optional[str] = None
+    members: dict[str, memoryview] = {}
+    for name, data in iter_tar_members(fileobj, where=where):
+        k, suffix = split_member_name(name)
+        if k != key:
+            if key is not None:
+                yield key, members
+            if k in seen:
+                raise FormatError("split_sample", f"members of {k} are not contiguous", where=where)
+            seen.add(k)
+            key, members = k, {}
+        if suffixes is not None and suffix not in suffixes:
+            continue
+        if suffix in members:
+            raise FormatError("duplicate_member", f"{k}.{suffix} appears twice", where=where)
+        members[suffix] = data
+    if key is not None:
+        yield key, members
+
+
 def iter_tar(fileobj: IO[bytes], *, where: str = "") -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group a tar stream's members into samples ``(key, {suffix: bytes})`` in file order.
 
     A damaged or truncated tar raises ``FormatError("bad_tar")``; a sample whose members are not
     contiguous raises ``FormatError("split_sample")`` (a shard must never scatter a sample).
     """
-    seen: set[str] = set()
-    key: Optional[str] = None
-    members: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                k, suffix = split_member_name(info.name)
-                fh = tar.extractfile(info)
-                data = fh.read() if fh is not None else b""
-                if len(data) != info.size:
-                    raise FormatError("bad_tar", f"member {info.name} is truncated", where=where)
-                if k != key:
-                    if key is not None:
-                        yield key, members
-                    if k in seen:
-                        raise FormatError("split_sample", f"members of {k} are not contiguous", where=where)
-                    seen.add(k)
-                    key, members = k, {}
-                if suffix in members:
-                    raise FormatError("duplicate_member", f"{k}.{suffix} appears twice", where=where)
-                members[suffix] = data
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise FormatError("bad_tar", f"unreadable tar: {exc}", where=where) from None
-    if key is not None:
-        yield key, members
+    for key, views in iter_tar_views(fileobj, where=where):
+        yield key, {suffix: bytes(data) for suffix, data in views.items()}
 
 
 def iter_samples(shard_uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -397,6 +591,17 @@ def iter_samples(shard_uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
     with open_input(shard_uri) as fh:
         yield from iter_tar(fh, where=shard_uri)
+
+
+def iter_sample_views(
+    shard_uri: str, *, suffixes: Optional[Collection[str]] = None
+) -> Iterator[tuple[str, dict[str, memoryview]]]:
+    """Samples of one shard as read-only views (no copies), optionally only some members: the fast path
+    for training loaders."""
+    from microturn.storage import open_input
+
+    with open_input(shard_uri) as fh:
+        yield from iter_tar_views(fh, where=shard_uri, suffixes=suffixes)
 
 
 def read_dataset_json(dataset_uri: str) -> dict[str, Any]:

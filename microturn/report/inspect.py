@@ -111,8 +111,8 @@ def print_inspect(report: dict[str, Any], console) -> None:
         fps = {k: v.get("fingerprint") if isinstance(v, dict) else v for k, v in (ds.get("tokenizers") or {}).items()}
         console.print(f"[bold]{report['uri']}[/]  format {ds.get('format')} v{ds.get('format_version')}  "
                       f"config {str(ds.get('config_hash', ''))[:12]}")
-        if fps:
-            console.print("tokenizers: " + ", ".join(f"{k}={v}" for k, v in fps.items()))
+        for name, fp in fps.items():
+            console.print(f"  {name:<7}{fp}", soft_wrap=True)
     if "shards" in report:
         table = Table(title=f"{len(report['shards'])} shard(s)")
         for col, just in (("shard", "left"), ("samples", "right"), ("sessions", "right"), ("MB", "right"),

@@ -2,9 +2,13 @@
 
 What it guarantees, and how:
 
-* **Never unpickles.** Tar members are read as bytes with webdataset's tar iterators; ``.npy`` members
-  are decoded here with ``np.load(allow_pickle=False)``, JSON with ``json.loads``. No webdataset
-  decoders run (the default ones unpickle ``.pyd``).
+* **Never unpickles.** Shards are read with ``microturn.format``'s tar reader (large sequential reads,
+  headers parsed by slicing, member data handed out as views: no copy per member); only the members the
+  model uses are kept. ``.npy`` members go through ``format.decode_npy`` (header parsed once per distinct
+  header, object dtypes refused, data viewed with ``np.frombuffer``), JSON through ``json.loads``.
+  No webdataset decoders run (the default ones unpickle ``.pyd``); webdataset lists and splits shards.
+* **Fast.** Samples are laid out straight into preallocated batch arrays (``BatchBuilder``); token
+  ranges are checked once per batch.
 * **Deterministic order from (seed, epoch).** Each epoch shuffles the shard list with
   ``default_rng([seed, epoch])``, splits it with ``wds.split_by_node`` then ``wds.split_by_worker``,
   shuffles examples inside each shard with a seeded buffer, and crops windows at offsets drawn from
@@ -24,12 +28,10 @@ What it guarantees, and how:
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
 import os
-import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
@@ -47,7 +49,6 @@ log = logging.getLogger(__name__)
 
 # tar members the loader reads; the rest (words.json, events.json, ...) are skipped by name
 _MEMBERS = ("meta.json", "codes.npy", "text.npy", "frames.npy", "frame_chunks.npy")
-_NUM_RE = re.compile(r"V(\d+)")
 
 
 class TrainDataError(ValueError):
@@ -65,77 +66,60 @@ class TrainDataError(ValueError):
 
 @dataclass(frozen=True)
 class CorpusInfo:
-    """What the trainer needs to know about a built corpus (from dataset.json, else from the shards)."""
+    """What the trainer needs to know about a built corpus, from its dataset.json (docs/format.md)."""
 
     root: str
     shard_uris: tuple[str, ...]  # sorted by name
     fingerprints: dict[str, str] = field(default_factory=dict)  # audio / frames / text
-    vocab: dict[str, int] = field(default_factory=dict)  # audio / frames / text, when recorded
+    vocab: dict[str, int] = field(default_factory=dict)  # audio / frames / text
+    codebooks: Optional[int] = None  # audio codebooks per stream in the shards
     samples: Optional[int] = None
 
 
-def _first(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if isinstance(d, dict) and d.get(k) is not None:
-            return d[k]
-    return None
-
-
-def _shard_uri(root: str, entry: Any) -> Optional[str]:
-    name = entry if isinstance(entry, str) else _first(entry, "uri", "path", "name", "file")
-    if not isinstance(name, str):
-        return None
-    if "://" in name or os.path.isabs(name):
-        return name
-    if "/" not in name:
-        name = f"shards/{name}"
-    return storage.join(root, *name.split("/"))
+def _required(doc: dict[str, Any], path: str, kind: type, source: str) -> Any:
+    """``doc["a"]["b"]`` for ``path="a.b"``, of type ``kind``; a clear error names the missing key."""
+    value: Any = doc
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value <= 0):
+        want = "a positive integer" if kind is int else kind.__name__
+        raise TrainDataError("bad_dataset_json", f"dataset.json needs {path} ({want}), found {value!r}", source=source)
+    return value
 
 
 def read_corpus(data_uri: str) -> CorpusInfo:
-    """Describe the corpus under ``data_uri``: its shards, tokenizer fingerprints and vocab sizes.
-
-    Reads ``dataset.json`` when present (fingerprints under ``fingerprints`` or ``tokenizers.<name>``,
-    vocab sizes under ``vocab``/``vocab_sizes`` or ``tokenizers.<name>.vocab_size``); shards are those it
-    lists, or every ``shards/*.tar`` when it lists none.
+    """Describe the built corpus under ``data_uri`` from its ``dataset.json``: the shards it lists
+    (``shards[].name`` under ``shards/``), tokenizer fingerprints and vocab sizes
+    (``tokenizers.{audio,frames,text}.{fingerprint,vocab_size}``) and ``tokenizers.audio.codebooks``.
+    A missing file or key raises ``TrainDataError``: a corpus is trained on only as its build described it.
     """
+    from microturn.format import SHARDS_DIR, FormatError, read_dataset_json
+
     root = data_uri.rstrip("/") if data_uri != "/" else data_uri
-    info: dict[str, Any] = {}
-    ds_uri = storage.join(root, "dataset.json")
-    if storage.exists(ds_uri):
-        try:
-            info = json.loads(storage.read_bytes(ds_uri))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise TrainDataError("bad_dataset_json", f"dataset.json is not valid JSON: {exc}", source=ds_uri) from None
-    fingerprints: dict[str, str] = {}
-    vocab: dict[str, int] = {}
-    tok = info.get("tokenizers") if isinstance(info.get("tokenizers"), dict) else {}
-    fps = info.get("fingerprints") if isinstance(info.get("fingerprints"), dict) else {}
-    vocabs = _first(info, "vocab", "vocab_sizes") or {}
-    for name, aliases in (("audio", ("audio", "codec")), ("frames", ("frames", "frame", "video")), ("text", ("text",))):
-        fp = _first(fps, *aliases) or _first(_first(tok, *aliases) or {}, "fingerprint")
-        if isinstance(fp, str):
-            fingerprints[name] = fp
-        v = _first(vocabs, *aliases) or _first(_first(tok, *aliases) or {}, "vocab_size", "vocab", "codebook_size")
-        if isinstance(v, int) and v > 0:
-            vocab[name] = v
-    # the text tokenizer's fingerprint names its vocabulary ("bytes/utf8/V260")
-    if "text" not in vocab and (m := _NUM_RE.search(fingerprints.get("text", ""))):
-        vocab["text"] = int(m.group(1))
-    entries = info.get("shards") or []
-    uris = [u for u in (_shard_uri(root, e) for e in entries) if u]
-    if not uris:
-        shard_dir = storage.join(root, "shards")
-        uris = [storage.join(shard_dir, n) for n in storage.listdir(shard_dir) if n.endswith(".tar")]
-    if not uris:
-        raise TrainDataError("no_shards", f"no shards found under {root} (dataset.json lists none, shards/ is empty)")
-    totals = info.get("totals") if isinstance(info.get("totals"), dict) else {}
-    samples = _first(totals, "samples") if totals else None
+    source = storage.join(root, "dataset.json")
+    try:
+        doc = read_dataset_json(root)
+    except FormatError as exc:
+        reason = "no_corpus" if exc.code == "missing_dataset_json" else exc.code
+        raise TrainDataError(reason, exc.message, source=source) from None
+    fingerprints = {n: _required(doc, f"tokenizers.{n}.fingerprint", str, source) for n in ("audio", "frames", "text")}
+    vocab = {n: _required(doc, f"tokenizers.{n}.vocab_size", int, source) for n in ("audio", "frames", "text")}
+    codebooks = _required(doc, "tokenizers.audio.codebooks", int, source)
+    entries = _required(doc, "shards", list, source)
+    if not entries:
+        raise TrainDataError("no_shards", "dataset.json lists no shards (every session was quarantined?)", source=source)
+    names = [_required({"shard": e}, "shard.name", str, source) for e in entries]
+    bad = [n for n in names if "/" in n or n in (".", "..")]
+    if bad:
+        raise TrainDataError("bad_dataset_json", f"shard names must be plain file names, got {bad[:3]}", source=source)
+    totals = doc.get("totals") if isinstance(doc.get("totals"), dict) else {}
+    samples = totals.get("samples")
     return CorpusInfo(
         root=root,
-        shard_uris=tuple(sorted(uris, key=lambda u: u.rsplit("/", 1)[-1])),
+        shard_uris=tuple(storage.join(root, SHARDS_DIR, n) for n in sorted(names)),
         fingerprints=fingerprints,
         vocab=vocab,
+        codebooks=codebooks,
         samples=samples if isinstance(samples, int) else None,
     )
 
@@ -173,35 +157,14 @@ def check_fingerprints(expected: dict[str, Optional[str]], found: dict[str, Any]
 # ---------------------------------------------------------------- one example
 
 
-_NPY_LAYOUTS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+def load_npy(data: bytes | memoryview, name: str = "array") -> np.ndarray:
+    """A read-only view of a ``.npy`` member (``microturn.format.decode_npy``: never unpickles)."""
+    from microturn.format import FormatError, decode_npy
 
-
-def load_npy(data: bytes, name: str = "array") -> np.ndarray:
-    """Decode a ``.npy`` member without ever unpickling (object arrays are refused).
-
-    The first array with a given header goes through ``np.load(allow_pickle=False)``; its layout
-    (dtype, shape, order, data offset) is cached by header bytes, so later arrays with the same header
-    (most of a corpus) are read with one ``np.frombuffer``: the header parse (``ast.literal_eval``)
-    was the largest cost per sample. The result is read-only.
-    """
-    if data[:6] != b"\x93NUMPY" or len(data) < 10:
-        raise TrainDataError("bad_npy", f"{name}: not a .npy array")
-    header_end = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
-    header = bytes(data[:header_end])
-    layout = _NPY_LAYOUTS.get(header)
-    if layout is None:
-        try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
-            raise TrainDataError("bad_npy", f"{name}: {exc}") from None
-        if len(_NPY_LAYOUTS) < 4096:
-            _NPY_LAYOUTS[header] = (arr.dtype, arr.shape, bool(arr.flags.f_contiguous and arr.ndim > 1), header_end)
-        return arr
-    dtype, shape, fortran, offset = layout
-    count = math.prod(shape)
-    if len(data) < offset + count * dtype.itemsize:
-        raise TrainDataError("bad_npy", f"{name}: truncated array")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape, order="F" if fortran else "C")
+    try:
+        return decode_npy(data, where=name)
+    except FormatError as exc:
+        raise TrainDataError("bad_npy", exc.message, source=name) from None
 
 
 @dataclass(frozen=True)
@@ -230,102 +193,161 @@ def _key_hash(key: str) -> int:
     return zlib.crc32(key.encode("utf-8"))
 
 
-def build_example(
-    raw: dict[str, Any], role: int, spec: ExampleSpec, *, seed: int, epoch: int, expected_fp: dict[str, Optional[str]]
-) -> dict[str, np.ndarray]:
-    """Decode one sample and lay it out for ``role`` (the stream index that plays the model).
+@dataclass(frozen=True)
+class _Parsed:
+    """A sample's members decoded once (shared by its two role assignments); arrays are views."""
 
-    Output arrays (F = window_chunks * 15, C = window_chunks, K = codebooks, P = frame_tokens); the
-    absent/pad value of every stream is its vocab size (an extra embedding row in the model):
-      model_codes, user_codes int32 [K, F]; model_text, user_text int32 [F]; frames int32 [C, P];
-      valid bool [F] (real audio; the loss ignores the rest).
-    """
-    key = raw.get("__key__", "?")
-    url = raw.get("__url__", "?")
-    where = f"{url}:{key}"
+    meta: dict[str, Any]
+    codes_SKF: np.ndarray
+    text_SF: np.ndarray
+    frames_N: Optional[np.ndarray]  # [N, h*w]
+    chunks_N: Optional[np.ndarray]
+    valid_frames: int
+
+
+def _parse(raw: dict[str, Any], spec: ExampleSpec, expected_fp: dict[str, Optional[str]], where: str) -> _Parsed:
+    parsed = raw.get("__parsed__")
+    if parsed is not None:
+        return parsed
     missing = [m for m in ("meta.json", "codes.npy", "text.npy") if m not in raw]
     if missing:
         raise TrainDataError("missing_member", f"sample lacks {', '.join(missing)}", source=where)
-    meta = json.loads(raw["meta.json"])
+    try:
+        meta = json.loads(bytes(raw["meta.json"]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TrainDataError("bad_meta", f"meta.json is not valid JSON: {exc}", source=where) from None
+    if not isinstance(meta, dict):
+        raise TrainDataError("bad_meta", "meta.json is not an object", source=where)
     check_fingerprints(expected_fp, meta.get("fingerprints", {}), where)
-    codes_SKF = load_npy(raw["codes.npy"], "codes.npy")
-    text_SF = load_npy(raw["text.npy"], "text.npy")
-    if codes_SKF.ndim != 3 or text_SF.ndim != 2 or codes_SKF.shape[0] != text_SF.shape[0]:
+    codes_SKF = load_npy(raw["codes.npy"], f"{where}.codes.npy")
+    text_SF = load_npy(raw["text.npy"], f"{where}.text.npy")
+    if codes_SKF.ndim != 3 or text_SF.ndim != 2 or codes_SKF.shape[0] != text_SF.shape[0] \
+            or codes_SKF.shape[2] != text_SF.shape[1]:  # fmt: skip
         raise TrainDataError("bad_shape", f"codes {codes_SKF.shape} / text {text_SF.shape} disagree", source=where)
-    S, K_have, F_have = codes_SKF.shape
-    if K_have < spec.codebooks:
-        raise TrainDataError("too_few_codebooks", f"sample has {K_have} codebooks, model wants {spec.codebooks}", source=where)
-    valid_frames = min(int(meta.get("valid_frames", F_have)), F_have)
-
-    # crop: a chunk-aligned window inside the real audio, at an offset fixed by (seed, epoch, key, role)
-    C, F = spec.window_chunks, spec.frames
-    valid_chunks = math.ceil(valid_frames / FRAMES_PER_CHUNK)
-    start_chunk = 0
-    if valid_chunks > C:
-        start_chunk = int(_rng(seed, epoch, _key_hash(key), role).integers(0, valid_chunks - C + 1))
-    f0 = start_chunk * FRAMES_PER_CHUNK
-    f1 = min(f0 + F, F_have)
-    n = max(0, f1 - f0)
-    valid = np.zeros(F, dtype=bool)
-    valid[: max(0, min(valid_frames - f0, F))] = True
-
-    user = (role + 1) % S if S > 1 else None
-    model_codes = np.full((spec.codebooks, F), spec.audio_vocab, dtype=np.int32)
-    user_codes = np.full((spec.codebooks, F), spec.audio_vocab, dtype=np.int32)
-    model_text = np.full(F, spec.text_vocab, dtype=np.int32)
-    user_text = np.full(F, spec.text_vocab, dtype=np.int32)
-    model_codes[:, :n] = codes_SKF[role, : spec.codebooks, f0:f1]
-    model_text[:n] = text_SF[role, f0:f1]
-    if user is not None:
-        user_codes[:, :n] = codes_SKF[user, : spec.codebooks, f0:f1]
-        if spec.user_text:
-            user_text[:n] = text_SF[user, f0:f1]
-    # padding frames carry the absent token on every stream (codes may hold anything there)
-    model_codes[:, ~valid] = spec.audio_vocab
-    user_codes[:, ~valid] = spec.audio_vocab
-    model_text[~valid] = spec.text_vocab
-    user_text[~valid] = spec.text_vocab
-    _check_range(model_codes, spec.audio_vocab, "codes", where)
-    _check_range(user_codes, spec.audio_vocab, "codes", where)
-    _check_range(model_text, spec.text_vocab, "text", where)
-    _check_range(user_text, spec.text_vocab, "text", where)
-
-    frames = np.full((C, spec.frame_tokens), spec.frame_vocab, dtype=np.int32)
-    if spec.video and "frames.npy" in raw and "frame_chunks.npy" in raw:
-        frames_N = load_npy(raw["frames.npy"], "frames.npy")
-        chunks_N = load_npy(raw["frame_chunks.npy"], "frame_chunks.npy")
-        if len(frames_N):
-            flat = frames_N.reshape(len(frames_N), -1)
-            if flat.shape[1] != spec.frame_tokens:
-                raise TrainDataError(
-                    "bad_shape", f"frames hold {flat.shape[1]} tokens, model expects {spec.frame_tokens}", source=where
-                )
-            rel = chunks_N.astype(np.int64) - start_chunk
-            keep = (rel >= 0) & (rel < C)
-            # one frame per chunk: with several, the first one of the chunk wins (reversed assignment)
-            idx = np.nonzero(keep)[0][::-1]
-            frames[rel[idx]] = flat[idx]
-            _check_range(frames, spec.frame_vocab, "frames", where)
-    return {
-        "model_codes": model_codes,
-        "user_codes": user_codes,
-        "model_text": model_text,
-        "user_text": user_text,
-        "frames": frames,
-        "valid": valid,
-    }
-
-
-def _check_range(arr: np.ndarray, vocab: int, name: str, where: str) -> None:
-    # the value == vocab is our absent token; anything else outside [0, vocab) is bad data
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > vocab):
+    if codes_SKF.shape[1] < spec.codebooks:
         raise TrainDataError(
-            "token_out_of_range", f"{name} tokens span [{arr.min()}, {arr.max()}], vocab is {vocab}", source=where
+            "too_few_codebooks", f"sample has {codes_SKF.shape[1]} codebooks, model wants {spec.codebooks}", source=where
         )
+    frames_N = chunks_N = None
+    if spec.video and "frames.npy" in raw and "frame_chunks.npy" in raw:
+        frames = load_npy(raw["frames.npy"], f"{where}.frames.npy")
+        chunks_N = load_npy(raw["frame_chunks.npy"], f"{where}.frame_chunks.npy")
+        if frames.ndim < 2 or chunks_N.shape != frames.shape[:1]:
+            raise TrainDataError("bad_shape", f"frames {frames.shape} / frame_chunks {chunks_N.shape} disagree",
+                                 source=where)  # fmt: skip
+        frames_N = frames.reshape(len(frames), -1)
+        if len(frames_N) and frames_N.shape[1] != spec.frame_tokens:
+            raise TrainDataError(
+                "bad_shape", f"frames hold {frames_N.shape[1]} tokens, model expects {spec.frame_tokens}", source=where
+            )
+    valid_frames = meta.get("valid_frames", codes_SKF.shape[2])
+    if not isinstance(valid_frames, int):
+        raise TrainDataError("bad_meta", f"valid_frames is {valid_frames!r}", source=where)
+    parsed = _Parsed(meta, codes_SKF, text_SF, frames_N, chunks_N, min(valid_frames, codes_SKF.shape[2]))
+    raw["__parsed__"] = parsed
+    return parsed
 
 
-def collate(examples: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    return {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in examples[0]}
+class BatchBuilder:
+    """Lays samples out for a role straight into preallocated batch arrays (no per-example arrays, no
+    stack). Shapes (B = batch size, F = window_chunks * 15, C = window_chunks, K = codebooks,
+    P = frame_tokens); the absent/pad value of every stream is its vocab size (an extra embedding row):
+      model_codes, user_codes int32 [B, K, F]; model_text, user_text int32 [B, F]; frames int32 [B, C, P];
+      valid bool [B, F] (real audio; the loss ignores the rest).
+    """
+
+    def __init__(self, spec: ExampleSpec, batch_size: int):
+        self.spec = spec
+        self.size = batch_size
+        self.count = 0
+        self._where: list[str] = []
+        self._arrays = self._allocate()
+
+    def _allocate(self) -> dict[str, np.ndarray]:
+        sp, B = self.spec, self.size
+        K, F, C, P = sp.codebooks, sp.frames, sp.window_chunks, sp.frame_tokens
+        return {
+            "model_codes": np.full((B, K, F), sp.audio_vocab, dtype=np.int32),
+            "user_codes": np.full((B, K, F), sp.audio_vocab, dtype=np.int32),
+            "model_text": np.full((B, F), sp.text_vocab, dtype=np.int32),
+            "user_text": np.full((B, F), sp.text_vocab, dtype=np.int32),
+            "frames": np.full((B, C, P), sp.frame_vocab, dtype=np.int32),
+            "valid": np.zeros((B, F), dtype=bool),
+        }
+
+    def add(
+        self, raw: dict[str, Any], role: int, *, seed: int, epoch: int, expected_fp: dict[str, Optional[str]]
+    ) -> bool:
+        """Lay out ``raw`` with stream ``role`` as the model into the next row; True when the batch is full.
+
+        The crop is a chunk-aligned window inside the real audio at an offset fixed by
+        (seed, epoch, key, role); frames past the real audio carry the absent token on every stream.
+        """
+        sp, b, a = self.spec, self.count, self._arrays
+        key = raw.get("__key__", "?")
+        where = f"{raw.get('__url__', '?')}:{key}"
+        p = _parse(raw, sp, expected_fp, where)
+        S, _, F_have = p.codes_SKF.shape
+        C, F, K = sp.window_chunks, sp.frames, sp.codebooks
+        if role >= S:
+            raise TrainDataError("bad_shape", f"sample has {S} stream(s), role {role} asked", source=where)
+        valid_chunks = -(-p.valid_frames // FRAMES_PER_CHUNK)
+        start_chunk = 0
+        if valid_chunks > C:
+            start_chunk = int(_rng(seed, epoch, _key_hash(key), role).integers(0, valid_chunks - C + 1))
+        f0 = start_chunk * FRAMES_PER_CHUNK
+        n = max(0, min(p.valid_frames, F_have, f0 + F) - f0)  # real frames copied; the rest stays absent
+        a["valid"][b, :n] = True
+        a["model_codes"][b, :, :n] = p.codes_SKF[role, :K, f0 : f0 + n]
+        a["model_text"][b, :n] = p.text_SF[role, f0 : f0 + n]
+        if S > 1:
+            user = (role + 1) % S
+            a["user_codes"][b, :, :n] = p.codes_SKF[user, :K, f0 : f0 + n]
+            if sp.user_text:
+                a["user_text"][b, :n] = p.text_SF[user, f0 : f0 + n]
+        if p.frames_N is not None and len(p.frames_N):
+            rel = p.chunks_N.astype(np.int64) - start_chunk
+            # one frame per chunk: with several, the first one of the chunk wins (reversed assignment)
+            idx = np.nonzero((rel >= 0) & (rel < C))[0][::-1]
+            a["frames"][b, rel[idx]] = p.frames_N[idx]
+        self._where.append(where)
+        self.count += 1
+        return self.count == self.size
+
+    def take(self) -> dict[str, np.ndarray]:
+        """The filled rows (range-checked) as a batch; the builder starts a fresh one."""
+        out = {k: v[: self.count] for k, v in self._arrays.items()}
+        sp = self.spec
+        for name, vocab, keys in (("codes", sp.audio_vocab, ("model_codes", "user_codes")),
+                                  ("text", sp.text_vocab, ("model_text", "user_text")),
+                                  ("frames", sp.frame_vocab, ("frames",))):  # fmt: skip
+            for k in keys:
+                _check_range(out[k], vocab, name, self._where)
+        self._arrays, self._where, self.count = self._allocate(), [], 0
+        return out
+
+
+def build_example(
+    raw: dict[str, Any], role: int, spec: ExampleSpec, *, seed: int, epoch: int, expected_fp: dict[str, Optional[str]]
+) -> dict[str, np.ndarray]:
+    """One sample laid out for ``role`` (the stream index that plays the model): the arrays of
+    ``BatchBuilder`` without the batch dimension."""
+    builder = BatchBuilder(spec, 1)
+    builder.add(raw, role, seed=seed, epoch=epoch, expected_fp=expected_fp)
+    return {k: v[0] for k, v in builder.take().items()}
+
+
+def _check_range(arr: np.ndarray, vocab: int, name: str, where: list[str]) -> None:
+    # the value == vocab is our absent token; anything else outside [0, vocab) is bad data. One check per
+    # batch; only a failing batch is searched for the sample to blame.
+    if not arr.size or (int(arr.min()) >= 0 and int(arr.max()) <= vocab):
+        return
+    flat = arr.reshape(len(arr), -1)
+    row = int(np.nonzero((flat.min(axis=1) < 0) | (flat.max(axis=1) > vocab))[0][0])
+    raise TrainDataError(
+        "token_out_of_range", f"{name} tokens span [{flat[row].min()}, {flat[row].max()}], vocab is {vocab}",
+        source=where[row],
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- the stream
@@ -371,24 +393,19 @@ def shards_for(
     return [s["url"] for s in mine]
 
 
-def _log_and_continue(exn: Exception) -> bool:
-    # webdataset's warn_and_continue sleeps 0.5 s per error; a broken shard is logged and skipped
-    log.warning("skipping the rest of a shard after a read error: %s", exn)
-    return True
-
-
 def iter_raw_samples(uri: str) -> Iterator[dict[str, Any]]:
-    """Samples of one shard as {member: bytes} (plus ``__key__``/``__url__``); nothing decoded."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    """Samples of one shard as {member: read-only bytes view} (plus ``__key__``/``__url__``); only the
+    members the loader uses are kept, nothing is decoded. A damaged shard is logged and the rest of it
+    skipped (the samples before the damage are kept): one bad file must not stop a training run."""
+    from microturn.format import FormatError, iter_sample_views
 
-    wanted = set(_MEMBERS)
-
-    def select(fname: str) -> bool:
-        return fname.split(".", 1)[-1] in wanted
-
-    with storage.open_input(uri) as fh:
-        stream = tar_file_expander([{"url": uri, "stream": fh}], handler=_log_and_continue, select_files=select)
-        yield from group_by_keys(stream, handler=_log_and_continue)
+    try:
+        for key, members in iter_sample_views(uri, suffixes=_MEMBERS):
+            members["__key__"] = key
+            members["__url__"] = uri
+            yield members
+    except FormatError as exc:
+        log.warning("skipping the rest of shard %s after a read error: %s", uri, exc)
 
 
 def _shard_items(
@@ -463,7 +480,7 @@ class ExampleStream:
 
     def batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         pos = self.start.get(worker, Position())
-        pending: list[dict[str, np.ndarray]] = []
+        builder = BatchBuilder(self.spec, self.batch_size)
         epoch = pos.epoch
         first = True
         while True:
@@ -482,14 +499,10 @@ class ExampleStream:
                     if taken <= skip:
                         continue  # resuming: bytes are read, nothing is decoded
                     produced += 1
-                    pending.append(
-                        build_example(raw, role, self.spec, seed=self.seed, epoch=epoch, expected_fp=self.expected_fp)
-                    )
-                    if len(pending) == self.batch_size:
-                        batch = collate(pending)
+                    if builder.add(raw, role, seed=self.seed, epoch=epoch, expected_fp=self.expected_fp):
+                        batch: dict[str, Any] = {k: torch.from_numpy(v) for k, v in builder.take().items()}
                         batch["_worker"] = worker
                         batch["_position"] = (epoch, si, taken)
-                        pending = []
                         yield batch
                 produced += skip
             first = False

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,6 @@ from microturn.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
 
-AUDIO_VOCAB_DEFAULT = 1024  # EnCodec codebooks hold 1024 entries
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
@@ -104,57 +102,41 @@ def _peek_first_sample(corpus: CorpusInfo) -> dict[str, Any]:
     raise TrainDataError("no_samples", f"no samples in any shard of {corpus.root}")
 
 
-def _vocab_from_fingerprint(fp: Optional[str]) -> Optional[int]:
-    # text tokenizer fingerprints name their vocabulary: "bytes/utf8/V260", "hf/V32004/sha256:..."
-    m = re.search(r"/V(\d+)", fp or "")
-    return int(m.group(1)) if m else None
-
-
 def resolve_config(cfg: TrainConfig, corpus: CorpusInfo) -> TrainConfig:
-    """Fill vocab sizes, frame shape and fingerprints from the corpus; refuse disagreements."""
+    """Fill vocab sizes, tokens per frame and fingerprints from the corpus; refuse disagreements.
+
+    Vocab sizes, codebooks and fingerprints come from dataset.json; tokens per video frame (h * w) from
+    the first sample's ``frames.npy``.
+    """
     m, fp = cfg.model, cfg.fingerprints
-    first = _peek_first_sample(corpus)
-    meta = json.loads(first["meta.json"])
-    sample_fp = meta.get("fingerprints", {}) or {}
-    corpus_fp = {**sample_fp, **corpus.fingerprints}
     # a config that names fingerprints must match the corpus (a resumed run saved them)
     if cfg.data.check_fingerprints:
-        check_fingerprints(fp.model_dump(), corpus_fp, f"{corpus.root}/dataset.json")
-    fingerprints = {k: (getattr(fp, k) or corpus_fp.get(k)) for k in ("audio", "frames", "text")}
-
-    codes = load_npy(first["codes.npy"], "codes.npy")
-    if codes.shape[1] < m.codebooks:
+        check_fingerprints(fp.model_dump(), corpus.fingerprints, f"{corpus.root}/dataset.json")
+    fingerprints = {k: (getattr(fp, k) or corpus.fingerprints.get(k)) for k in ("audio", "frames", "text")}
+    if corpus.codebooks is not None and corpus.codebooks < m.codebooks:
         raise TrainDataError(
-            "too_few_codebooks", f"corpus has {codes.shape[1]} codebooks, model.codebooks is {m.codebooks}"
+            "too_few_codebooks", f"corpus has {corpus.codebooks} codebooks, model.codebooks is {m.codebooks}"
         )
     frame_tokens = m.frame_tokens
-    if frame_tokens is None and "frames.npy" in first:
-        frames = load_npy(first["frames.npy"], "frames.npy")
-        frame_tokens = int(math.prod(frames.shape[1:])) if frames.ndim == 3 else None
-    audio_vocab = m.audio_vocab or corpus.vocab.get("audio")
-    if audio_vocab is None:
-        log.warning("dataset.json names no audio vocab size: assuming EnCodec's %d", AUDIO_VOCAB_DEFAULT)
-        audio_vocab = AUDIO_VOCAB_DEFAULT
-    text_vocab = m.text_vocab or corpus.vocab.get("text") or _vocab_from_fingerprint(corpus_fp.get("text"))
-    frame_vocab = m.frame_vocab or corpus.vocab.get("frames")
-    if text_vocab is None:
-        raise TrainDataError("unknown_vocab", "text vocab size is in neither dataset.json nor model.text_vocab")
-    if not cfg.data.video:
-        frame_vocab, frame_tokens = frame_vocab or 1, frame_tokens or cfg.model.video_pool
-    if frame_vocab is None or frame_tokens is None:
-        raise TrainDataError(
-            "unknown_vocab", "frame vocab / tokens per frame unknown: set model.frame_vocab and model.frame_tokens"
-        )
-    for name, have, want in (("audio_vocab", m.audio_vocab, audio_vocab), ("text_vocab", m.text_vocab, text_vocab),
-                             ("frame_vocab", m.frame_vocab, frame_vocab)):  # fmt: skip
-        corpus_value = corpus.vocab.get({"audio_vocab": "audio", "text_vocab": "text", "frame_vocab": "frames"}[name])
+    if frame_tokens is None:
+        first = _peek_first_sample(corpus)
+        if "frames.npy" in first:
+            frames = load_npy(first["frames.npy"], "frames.npy")
+            frame_tokens = int(math.prod(frames.shape[1:])) if frames.ndim == 3 else None
+    vocab = {"audio_vocab": corpus.vocab.get("audio"), "text_vocab": corpus.vocab.get("text"),
+             "frame_vocab": corpus.vocab.get("frames")}  # fmt: skip
+    for name, corpus_value in vocab.items():
+        have = getattr(m, name)
         if have is not None and corpus_value is not None and have != corpus_value:
             raise TrainDataError("vocab_mismatch", f"model.{name}={have} but the corpus says {corpus_value}")
-    return cfg.replace(
-        model={"audio_vocab": audio_vocab, "text_vocab": text_vocab, "frame_vocab": frame_vocab,
-               "frame_tokens": frame_tokens},
-        fingerprints=fingerprints,
-    )  # fmt: skip
+        if have is None and corpus_value is None:
+            raise TrainDataError("unknown_vocab", f"{name} is in neither dataset.json nor the model config")
+        vocab[name] = have or corpus_value
+    if not cfg.data.video:
+        frame_tokens = frame_tokens or cfg.model.video_pool
+    if frame_tokens is None:
+        raise TrainDataError("unknown_vocab", "tokens per video frame unknown: set model.frame_tokens")
+    return cfg.replace(model={**vocab, "frame_tokens": frame_tokens}, fingerprints=fingerprints)
 
 
 def example_spec(cfg: TrainConfig) -> ExampleSpec:

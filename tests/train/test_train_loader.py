@@ -23,7 +23,7 @@ from microturn.train.loader import (
 )
 from microturn.train.loop import example_spec, resolve_config
 
-from train_corpus_util import FINGERPRINTS, make_sample, write_corpus
+from train_corpus_util import FINGERPRINTS, derive_corpus, make_sample, write_corpus
 
 torch.set_num_threads(1)
 
@@ -48,17 +48,71 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_corpus_description_comes_from_dataset_json(train_corpus):
+    doc = json.loads((train_corpus / "dataset.json").read_text())
     corpus = read_corpus(str(train_corpus))
-    assert [u.rsplit("/", 1)[-1] for u in corpus.shard_uris] == [f"shard-{i:06d}.tar" for i in range(3)]
-    assert corpus.fingerprints == FINGERPRINTS
-    assert corpus.vocab == {"audio": 1024, "frames": 1000, "text": 260}
+    assert corpus.shard_uris == tuple(str(train_corpus / "shards" / s["name"]) for s in doc["shards"])
+    assert corpus.fingerprints == {k: t["fingerprint"] for k, t in doc["tokenizers"].items()}
+    assert corpus.vocab == {k: t["vocab_size"] for k, t in doc["tokenizers"].items()}
+    assert corpus.codebooks == doc["tokenizers"]["audio"]["codebooks"] == 8
+    assert corpus.samples == 12
+
+
+@pytest.mark.parametrize(
+    "path, reason",
+    [
+        (("tokenizers", "audio", "vocab_size"), "tokenizers.audio.vocab_size"),
+        (("tokenizers", "frames", "fingerprint"), "tokenizers.frames.fingerprint"),
+        (("tokenizers", "audio", "codebooks"), "tokenizers.audio.codebooks"),
+        (("shards",), "shards"),
+    ],
+)
+def test_a_dataset_json_missing_a_key_is_a_clear_error(train_corpus, tmp_path, path, reason):
+    doc = json.loads((train_corpus / "dataset.json").read_text())
+    node = doc
+    for part in path[:-1]:
+        node = node[part]
+    del node[path[-1]]
+    (tmp_path / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(TrainDataError, match="bad_dataset_json") as err:
+        read_corpus(str(tmp_path))
+    assert reason in str(err.value)
+
+
+def test_a_dataset_listing_no_shards_is_refused(train_corpus, tmp_path):
+    doc = json.loads((train_corpus / "dataset.json").read_text()) | {"shards": []}
+    (tmp_path / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(TrainDataError, match="no_shards"):
+        read_corpus(str(tmp_path))
+
+
+def test_batches_hold_the_real_samples_tokens(tiny_cfg, train_corpus):
+    from microturn.format import decode_sample, iter_samples
+
+    corpus = read_corpus(str(train_corpus))
+    # whole windows (10 chunks), stream 0 as the model, shard order: batch row i is sample i of shard 0
+    cfg = resolve_config(tiny_cfg.replace(data={"shuffle_buffer": 0, "roles": "first", "window_chunks": 10,
+                                                "eval_shards": 0}), corpus)  # fmt: skip
+    loader = TrainLoader(corpus.shard_uris[:1], example_spec(cfg), cfg, expected_fp=cfg.fingerprints.model_dump())
+    batch = next(loader)
+    K = cfg.model.codebooks
+    for i, (key, members) in enumerate(list(iter_samples(corpus.shard_uris[0]))[:4]):
+        s = decode_sample(members, key)
+        valid = s.meta["valid_frames"]
+        assert torch.equal(batch["model_codes"][i, :, :valid], torch.from_numpy(s.codes[0, :K, :valid].astype("int32")))
+        assert torch.equal(batch["user_codes"][i, :, :valid], torch.from_numpy(s.codes[1, :K, :valid].astype("int32")))
+        assert torch.equal(batch["model_text"][i, :valid], torch.from_numpy(s.text[0, :valid].astype("int32")))
+        assert torch.equal(batch["user_text"][i, :valid], torch.from_numpy(s.text[1, :valid].astype("int32")))
+        assert int(batch["valid"][i].sum()) == valid
+        frames = batch["frames"][i]
+        for frame, chunk in zip(s.frames, s.frame_chunks):
+            assert torch.equal(frames[chunk], torch.from_numpy(frame.reshape(-1).astype("int32")))
 
 
 def test_config_is_resolved_against_the_corpus(resolved):
-    cfg, _, spec = resolved
+    cfg, corpus, spec = resolved
     assert (cfg.model.audio_vocab, cfg.model.text_vocab, cfg.model.frame_vocab) == (1024, 260, 1000)
-    assert cfg.model.frame_tokens == 16  # 4 x 4 frame tokens in the fixture
-    assert cfg.fingerprints.model_dump() == FINGERPRINTS
+    assert cfg.model.frame_tokens == 64  # 8 x 8 frame tokens in the built corpus
+    assert cfg.fingerprints.model_dump() == corpus.fingerprints
     assert spec.frames == cfg.data.window_chunks * 15
 
 
@@ -68,14 +122,16 @@ def test_a_model_configured_for_other_tokenizers_refuses_the_corpus(tiny_cfg, tr
         resolve_config(cfg, read_corpus(str(train_corpus)))
 
 
-def test_a_shard_from_another_tokenizer_is_refused_while_reading(tiny_cfg, tmp_path):
-    root = write_corpus(tmp_path / "c", [2])
+def test_a_shard_from_another_tokenizer_is_refused_while_reading(tiny_cfg, train_corpus, tmp_path):
+    root = derive_corpus(train_corpus, tmp_path / "c", [[0, 1]])
     foreign = dict(FINGERPRINTS, text="hf/V32004/sha256:abcd")
     write_corpus(tmp_path / "other", [2], fingerprints=foreign)
     (tmp_path / "other" / "shards" / "shard-000000.tar").rename(root / "shards" / "shard-000001.tar")
-    (root / "dataset.json").unlink()  # list shards from the folder: the foreign one is among them
+    doc = json.loads((root / "dataset.json").read_text())
+    doc["shards"].append({"name": "shard-000001.tar", "samples": 2})  # listed as if the build wrote it
+    (root / "dataset.json").write_text(json.dumps(doc))
     corpus = read_corpus(str(root))
-    cfg = resolve_config(tiny_cfg.replace(data={"shuffle_buffer": 0}, model={"frame_vocab": 1000}), corpus)
+    cfg = resolve_config(tiny_cfg.replace(data={"shuffle_buffer": 0, "eval_shards": 0}), corpus)
     loader = TrainLoader(corpus.shard_uris, example_spec(cfg), cfg, expected_fp=cfg.fingerprints.model_dump())
     with pytest.raises(TrainDataError, match="fingerprint_mismatch"):
         for _ in range(20):
@@ -204,7 +260,7 @@ def test_a_restored_loader_continues_with_the_same_next_batches(resolved, worker
     cfg, corpus, spec = resolved
     cfg = cfg.replace(data={"num_workers": workers, "prefetch_factor": 2})
     reference = _loader(cfg, corpus, spec)
-    batches = [next(reference) for _ in range(9)]  # > one epoch of the train shards (9 windows x 2 roles / 4)
+    batches = [next(reference) for _ in range(9)]  # 3 epochs of the train shard (6 windows x 2 roles / 4)
     first = _loader(cfg, corpus, spec)
     for _ in range(5):
         next(first)
@@ -236,9 +292,9 @@ def test_position_is_small_and_explicit(resolved):
 
 
 def test_roles_both_yields_each_window_twice_with_the_streams_swapped(tiny_cfg, train_corpus):
-    # windows of the full sample length (8 chunks): no cropping, so the two roles line up frame by frame
+    # windows of the full sample length (10 chunks): no cropping, so the two roles line up frame by frame
     corpus = read_corpus(str(train_corpus))
-    cfg = resolve_config(tiny_cfg.replace(data={"shuffle_buffer": 0, "batch_size": 2, "window_chunks": 8}), corpus)
+    cfg = resolve_config(tiny_cfg.replace(data={"shuffle_buffer": 0, "batch_size": 2, "window_chunks": 10}), corpus)
     batch = next(_loader(cfg, corpus, example_spec(cfg)))
     assert torch.equal(batch["model_codes"][0], batch["user_codes"][1])
     assert torch.equal(batch["user_codes"][0], batch["model_codes"][1])
@@ -246,6 +302,7 @@ def test_roles_both_yields_each_window_twice_with_the_streams_swapped(tiny_cfg, 
     assert not torch.equal(batch["model_codes"][0], batch["model_codes"][1])
 
 
-def test_missing_shards_folder_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(TrainDataError, match="no_shards"):
+def test_a_folder_without_dataset_json_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(TrainDataError, match="no_corpus"):
         read_corpus(str(tmp_path))

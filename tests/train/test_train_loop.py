@@ -92,18 +92,24 @@ def test_main_runs_from_the_command_line_arguments(train_corpus, tmp_path, capsy
     assert summary["steps"] == 2 and Path(summary["checkpoint"]).is_file()
 
 
-@pytest.mark.slow
-def test_two_ddp_ranks_with_uneven_shards_finish_without_hanging(tiny_cfg, tmp_path):
-    from train_corpus_util import write_corpus
+def _positions_per_example(run: Path, window_chunks: int) -> int:
+    from microturn.train.config import load_train_config
+    from microturn.train.model import InteractionModel
 
-    # train shards of 7 and 2 windows (the third is held out): rank 1 runs through its shard 3.5x as often
-    corpus = write_corpus(tmp_path / "corpus", [7, 2, 3], seed=5)
+    cfg = load_train_config(run / "config.yaml")
+    return InteractionModel(cfg.model, video=cfg.data.video).layout(window_chunks).length
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_with_uneven_shards_finish_without_hanging(uneven_corpus, tmp_path):
+    # real windows in train shards of 6 and 2 (the third is held out): one rank runs through its shard
+    # three times as often as the other
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "microturn.train.loop", "--config", str(REPO / "configs" / "train_tiny.yaml"),
-        "--data", str(corpus), "--out", str(run),
+        "--data", str(uneven_corpus), "--out", str(run),
         "run.max_steps=8", "run.log_every=2", "run.ckpt_every=4", "run.eval_every=4", "run.eval_batches=2",
         "run.timeout_s=60", "data.shuffle_buffer=0",
     ]  # fmt: skip
@@ -111,10 +117,31 @@ def test_two_ddp_ranks_with_uneven_shards_finish_without_hanging(tiny_cfg, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == [2, 4, 6, 8]
-    # tokens count both ranks' batches: 2 steps x 118 positions (1 + 4 chunks x 34 - 19) x 4 examples x 2 ranks
-    assert metrics[0]["tokens_seen"] == 2 * 118 * 4 * 2 and metrics[-1]["tokens_seen"] == 4 * metrics[0]["tokens_seen"]
+    # tokens count both ranks' batches: 2 steps x positions per example x 4 examples x 2 ranks
+    per_step = _positions_per_example(run, 4) * 4 * 2
+    assert metrics[0]["tokens_seen"] == 2 * per_step and metrics[-1]["tokens_seen"] == 8 * per_step
     state = load_checkpoint(run / "checkpoints" / "step-00000008.pt", torch.device("cpu"))
     loaders = state["loaders"]
     assert [s["rank"] for s in loaders] == [0, 1] and all(s["batches_seen"] == 8 for s in loaders)
-    epochs = sorted(s["positions"]["0"][0] for s in loaders)
-    assert epochs[0] < epochs[1], "the rank with fewer windows should have wrapped into later epochs"
+    # with seed 0, rank 1 is dealt the 2-window shard in epochs 0-4: it wraps into later epochs sooner
+    epochs = [s["positions"]["0"][0] for s in loaders]
+    assert epochs[0] < epochs[1], epochs
+
+
+def test_the_module_entry_point_trains_on_a_built_corpus(train_corpus, tmp_path):
+    """`python -m microturn.train.loop --config configs/train_tiny.yaml --data CORPUS --out RUN` as is."""
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "microturn.train.loop", "--config", str(REPO / "configs" / "train_tiny.yaml"),
+           "--data", str(train_corpus), "--out", str(run)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(5, 31, 5))  # train_tiny: 30 steps, logged every 5
+    assert all(m["loss"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert summary["steps"] == 30 and Path(summary["checkpoint"]).name == "step-00000030.pt"
+    assert summary["eval"]["eval_loss"] > 0  # the second shard is held out
+    resolved = (run / "config.yaml").read_text()
+    assert "encodec24k/6kbps/K8/V1024/untrained:0" in resolved and "frame_tokens: 64" in resolved

@@ -1,15 +1,26 @@
-"""Writes small corpora in the format of docs/format.md with a plain webdataset.TarWriter (test helper)."""
+"""Test helpers for corpora in the format of docs/format.md.
+
+* ``derive_corpus`` re-shards the samples of a REAL built corpus (their tar members byte for byte) into
+  another shard layout, for tests that need one the build does not give (uneven shards, a two-sample
+  corpus to memorise).
+* ``make_sample`` / ``write_corpus`` write hand-made samples, for unit tests that need a special sample
+  (a padded tail, a pickle, foreign tokenizer fingerprints).
+"""
 
 from __future__ import annotations
 
 import io
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
-FINGERPRINTS = {"audio": "encodec_24khz/6kbps/untrained:0", "frames": "fsq/8-5-5-5/untrained:0", "text": "bytes/utf8/V260"}
+FINGERPRINTS = {
+    "audio": "encodec24k/6kbps/K8/V1024/untrained:0",
+    "frames": "fsq/64px/d8/L8x5x5x5/h64/V1000/untrained:0",
+    "text": "bytes/utf8/V260",
+}
 VOCAB = {"audio": 1024, "frames": 1000, "text": 260}
 FRAMES_PER_CHUNK = 15
 
@@ -28,14 +39,14 @@ def make_sample(
     chunks: int = 8,
     streams: int = 2,
     codebooks: int = 4,
-    frame_hw: tuple[int, int] = (4, 4),
+    frame_hw: tuple[int, int] = (8, 8),
     valid_frames: Optional[int] = None,
     fingerprints: Optional[dict[str, str]] = None,
 ) -> dict[str, bytes]:
     """One window: codes int16 [S, K, F], activity uint8 [S, F], text int32 [S, F], video tokens."""
     F = chunks * FRAMES_PER_CHUNK
     valid = F if valid_frames is None else valid_frames
-    # some structure to learn: each stream hums a slowly changing code, with noise on the upper codebooks
+    # some structure: each stream hums a slowly changing code, with noise on the upper codebooks
     base = rng.integers(0, VOCAB["audio"], size=(streams, 1, 1))
     drift = (np.arange(F) // 5)[None, None, :]
     codes = (base + drift * (1 + np.arange(codebooks))[None, :, None]) % VOCAB["audio"]
@@ -49,9 +60,8 @@ def make_sample(
             text[s, start] = 257  # EPAD before a word
             text[s, start + 1 : start + 4] = word[: max(0, min(3, valid - start - 1))]
     activity = (text != 256).astype(np.uint8)
-    n_frames = chunks
-    frames = rng.integers(0, VOCAB["frames"], size=(n_frames, *frame_hw)).astype(np.int16)
-    frame_chunks = np.arange(n_frames, dtype=np.int32)
+    frames = rng.integers(0, VOCAB["frames"], size=(chunks, *frame_hw)).astype(np.int16)
+    frame_chunks = np.arange(chunks, dtype=np.int32)
     meta = {
         "format_version": 1,
         "session_id": session,
@@ -78,6 +88,21 @@ def make_sample(
     }
 
 
+def _dataset_json(fingerprints: dict[str, str], codebooks: int, shards: list[dict]) -> dict:
+    """A dataset.json in the layout the build writes (docs/format.md), for hand-made shards."""
+    return {
+        "format": "microturn",
+        "format_version": 1,
+        "tokenizers": {
+            "audio": {"fingerprint": fingerprints["audio"], "vocab_size": VOCAB["audio"], "codebooks": codebooks},
+            "frames": {"fingerprint": fingerprints["frames"], "vocab_size": VOCAB["frames"]},
+            "text": {"fingerprint": fingerprints["text"], "vocab_size": VOCAB["text"]},
+        },
+        "shards": shards,
+        "totals": {"samples": sum(s["samples"] for s in shards), "shards": len(shards)},
+    }
+
+
 def write_corpus(
     root: Path,
     samples_per_shard: list[int],
@@ -86,7 +111,8 @@ def write_corpus(
     fingerprints: Optional[dict[str, str]] = None,
     **sample_kw,
 ) -> Path:
-    """A corpus folder: shards/shard-NNNNNN.tar (one per entry of ``samples_per_shard``) + dataset.json."""
+    """A hand-made corpus: shards/shard-NNNNNN.tar (one per entry of ``samples_per_shard``, written with a
+    plain webdataset.TarWriter) + dataset.json."""
     import webdataset as wds
 
     rng = np.random.default_rng(seed)
@@ -102,12 +128,32 @@ def write_corpus(
                 valid = None if j % 3 != 2 else 100
                 sink.write(make_sample(rng, session, j % 3, valid_frames=valid, fingerprints=fingerprints, **sample_kw))
         entries.append({"name": name, "samples": n})
-    dataset = {
-        "format_version": 1,
-        "fingerprints": fingerprints or FINGERPRINTS,
-        "vocab": VOCAB,
-        "shards": entries,
-        "totals": {"samples": sum(samples_per_shard)},
-    }
-    (root / "dataset.json").write_text(json.dumps(dataset, sort_keys=True, indent=2))
+    doc = _dataset_json(fingerprints or FINGERPRINTS, sample_kw.get("codebooks", 4), entries)
+    (root / "dataset.json").write_text(json.dumps(doc, sort_keys=True, indent=2))
+    return root
+
+
+def derive_corpus(source: Path, root: Path, layout: Sequence[Sequence[int]]) -> Path:
+    """A corpus whose shard i holds the samples ``layout[i]`` (indices into the source corpus' samples,
+    in shard order), copied byte for byte with the build's own tar writer; dataset.json is the source's
+    with the shard list replaced."""
+    from microturn.format import iter_dataset
+    from microturn.pipeline.shard import TarStream
+
+    samples = list(iter_dataset(str(source)))
+    doc = json.loads((source / "dataset.json").read_text())
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, picks in enumerate(layout):
+        name = f"shard-{i:06d}.tar"
+        with open(root / "shards" / name, "wb") as fh:
+            stream = TarStream(fh)
+            for j in picks:
+                stream.add_sample(*samples[j])
+            stream.finish()
+        entries.append({"name": name, "samples": len(picks), "bytes": stream.bytes,
+                        "sha256": stream.sha256.hexdigest()})  # fmt: skip
+    doc["shards"] = entries
+    doc["totals"] = dict(doc.get("totals", {}), samples=sum(len(p) for p in layout), shards=len(layout))
+    (root / "dataset.json").write_text(json.dumps(doc, sort_keys=True))
     return root
