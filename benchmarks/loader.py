@@ -5,8 +5,9 @@
 * raw:   read every shard sequentially as bytes (the I/O ceiling; nothing parsed)
 * wds:   a plain webdataset pipeline, ``wds.WebDataset(urls).decode()`` (its default decoders decode the
          same .npy/.json members; fine on our own benchmark data, never used by the trainer)
-* ours:  microturn.train.loader.TrainLoader: tar members as bytes, np.load(allow_pickle=False), role
-         assignment, crop/pad to the configured window, collation into batch tensors
+* ours:  microturn.train.loader.TrainLoader: local shards memory-mapped, tar headers parsed by slicing,
+         members as read-only views, .npy via format.decode_npy (never unpickles), role assignment,
+         crop/pad to the configured window, batches laid out in preallocated arrays
 
 Without --input a small corpus (format of docs/format.md, 30 s windows, 2 speakers, 8 codebooks, 8x8
 video tokens) is written to a temporary folder first. Prints one JSON line last; ``ratio`` is ours over
@@ -24,6 +25,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# run as a script, this folder comes first on sys.path, and benchmarks/tokenize.py would shadow the
+# standard library's tokenize (imported by torch): drop it
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "train"))
 

@@ -79,9 +79,15 @@ def build(
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="size of the embedded Ray"),
     address: Optional[str] = typer.Option(None, "--address", help="existing Ray cluster (default: embedded)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="on resume, run again sessions rejected for internal errors, timeouts or dead workers"
+    ),
     verbose: bool = typer.Option(False, "--verbose"),
 ) -> None:
-    """Build (or resume) a corpus from a session manifest."""
+    """Build (or resume) a corpus from a session manifest.
+
+    Exit 0 when the build finished (bad inputs are quarantined, not fatal); 1 when not a single session
+    made it into a shard; 2 for usage errors."""
     from microturn.jobs.build import run_build
     from microturn.manifest import ManifestError
 
@@ -91,10 +97,18 @@ def build(
         overrides.append(f"job.num_cpus={num_cpus}")
     cfg = _load_config(config, overrides)
     try:
-        summary = run_build(input, out, cfg, address=address, progress=not quiet)
+        summary = run_build(input, out, cfg, address=address, progress=not quiet, retry_failed=retry_failed)
     except ManifestError as exc:
         _fail(str(exc))
     _print_build_summary(summary)
+    internal = {k: v for k, v in summary.rejects_by_reason.items() if k.startswith("internal:")}
+    if internal:
+        err_console.print(
+            f"[bold yellow]warning:[/] {sum(internal.values())} session(s) failed with internal errors {internal}; "
+            "see quarantine.parquet, fix, then re-run with --retry-failed"
+        )
+    if summary.sessions_in and not summary.sessions_ok:
+        _fail("no session made it into a shard; see quarantine.parquet", EXIT_INVALID)
 
 
 def _print_build_summary(s) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import mmap
 import re
 from dataclasses import dataclass
 from typing import IO, Any, Collection, Iterator, Literal, Mapping, Optional, Sequence
@@ -93,6 +94,10 @@ _NPY_LAYOUTS_MAX = 4096
 
 def _npy_layout(data: memoryview, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     """(dtype, shape, fortran_order, data offset) of a .npy buffer; object dtypes are refused."""
+    if len(data) >= 128 and data[6] == 1:  # the common case: a version 1 header padded to 128 bytes
+        layout = _NPY_LAYOUTS.get(bytes(data[:128]))
+        if layout is not None:
+            return layout
     if len(data) < 10 or data[:6] != b"\x93NUMPY":
         raise FormatError("bad_npy", "cannot read .npy: not a .npy array", where=where)
     major = data[6]
@@ -136,7 +141,8 @@ def decode_npy(data: bytes | bytearray | memoryview, *, where: str = "") -> np.n
                                      f"{dtype}", where=where)
     arr = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
     arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-    arr.flags.writeable = False
+    if arr.flags.writeable:  # a view of writable memory (bytearray): the caller must not write through it
+        arr.flags.writeable = False
     return arr
 
 
@@ -406,7 +412,7 @@ def arrow_schema(columns: Sequence[tuple[str, str]]):
 
 _TAR_BLOCK = 512
 _TAR_READ_BYTES = 1 << 22  # bytes per read: large sequential reads, few refills
-_TAR_FILE_TYPES = (ord("0"), 0, ord("7"))  # regular file (ustar, v7), contiguous file
+_TAR_FILE_TYPES = frozenset((ord("0"), 0, ord("7")))  # regular file (ustar, v7), contiguous file
 _TAR_SKIP_TYPES = frozenset(map(ord, "123456gK"))  # links, devices, folders, fifos, global pax, long link
 _TAR_CHKSUM_SPAN = np.arange(_TAR_BLOCK)
 _TAR_CHKSUM_FIELD = np.arange(148, 156)
@@ -422,157 +428,173 @@ def _tar_number(field: bytes, where: str) -> int:
         raise FormatError("bad_tar", f"unreadable tar: bad number field {field!r}", where=where) from None
 
 
-def _read_into(fileobj: IO[bytes], buf: np.ndarray, start: int) -> int:
-    """Fill ``buf[start:]`` from the stream; returns the end of the data (short only at end of file)."""
-    view = memoryview(buf)
-    readinto = getattr(fileobj, "readinto", None)
-    end = start
-    while end < len(buf):
-        if readinto is not None:
-            n = readinto(view[end:])
-        else:
-            chunk = fileobj.read(len(buf) - end)
-            n = len(chunk)
-            view[end : end + n] = chunk
-        if not n:
-            break
-        end += n
-    return end
+def _octal_fields(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values of octal header fields, one per row of ``fields`` (uint8 [n, w]), and which rows follow
+    the usual shape (digits, then only NUL/space); the others are left to ``_tar_number``."""
+    digit = (fields >= 48) & (fields <= 55)
+    run = np.cumprod(digit, axis=1, dtype=np.uint8).astype(bool)  # the leading run of digits
+    usual = run[:, 0] & ~(digit & ~run).any(axis=1)
+    length = run.sum(axis=1)
+    power = np.clip(length[:, None] - 1 - np.arange(fields.shape[1]), 0, None)
+    values = ((fields.astype(np.int64) - 48) * run * (8 ** power)).sum(axis=1)
+    return values, usual
 
 
-def _check_tar_checksums(buf: np.ndarray, offsets: list[int], stored: list[int], where: str) -> None:
-    """Verify many headers' checksums at once (a per-header Python sum costs more than the rest of the
+def _check_tar_checksums(buf: Any, offsets: list[int], where: str) -> None:
+    """Verify many headers' checksums at once (per-header Python work costs more than the rest of the
     parse). The checksum is the byte sum of the header with its own field read as spaces."""
-    arr = buf
+    arr = np.frombuffer(buf, dtype=np.uint8)
     starts = np.asarray(offsets)[:, None]
-    unsigned = arr[starts + _TAR_CHKSUM_SPAN].sum(axis=1, dtype=np.int64)
-    unsigned -= arr[starts + _TAR_CHKSUM_FIELD].sum(axis=1, dtype=np.int64) - 8 * 32
-    for i in np.nonzero(unsigned != np.asarray(stored))[0]:
+    field = arr[starts + _TAR_CHKSUM_FIELD]
+    stored, usual = _octal_fields(field)
+    unsigned = arr[starts + _TAR_CHKSUM_SPAN].sum(axis=1, dtype=np.int64) - field.sum(axis=1, dtype=np.int64) + 8 * 32
+    for i in np.nonzero(~usual | (unsigned != stored))[0]:
+        want = _tar_number(bytes(field[i]), where)
+        if want == unsigned[i]:
+            continue
         # old writers summed signed bytes; tarfile accepts both, so do we
         head = arr[offsets[i] : offsets[i] + _TAR_BLOCK].view(np.int8).astype(np.int64)
-        signed = int(head.sum() - head[148:156].sum() + 8 * 32)
-        if signed != stored[i]:
+        if int(head.sum() - head[148:156].sum() + 8 * 32) != want:
             raise FormatError("bad_tar", f"unreadable tar: bad header checksum at byte {offsets[i]}", where=where)
 
 
-def _pax_path(data: memoryview, where: str) -> Optional[str]:
+def _pax_path(data: bytes, where: str) -> Optional[str]:
     """The ``path`` record of a pax extended header ("<len> path=<name>\n" records), if any."""
-    raw, pos, path = bytes(data), 0, None
-    while pos < len(raw):
-        space = raw.find(b" ", pos)
+    pos, path = 0, None
+    while pos < len(data):
+        space = data.find(b" ", pos)
         try:
-            length = int(raw[pos:space])
+            length = int(data[pos:space])
         except ValueError:
             raise FormatError("bad_tar", "unreadable tar: bad pax header", where=where) from None
         if length <= 0:
             raise FormatError("bad_tar", "unreadable tar: bad pax header", where=where)
-        key, _, value = raw[space + 1 : pos + length - 1].partition(b"=")
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         if key == b"path":
             path = value.decode("utf-8", "surrogateescape")
         pos += length
     return path
 
 
-def iter_tar_members(fileobj: IO[bytes], *, where: str = "") -> Iterator[tuple[str, memoryview]]:
-    """The regular-file members of a tar stream in file order, as ``(name, data)``.
+def _header_name(buf: Any, pos: int) -> bytes:
+    name = buf[pos : pos + 100].split(b"\0", 1)[0]
+    # POSIX ustar splits long names into prefix + name (GNU tars use those bytes for other fields)
+    if buf[pos + 345] and buf[pos + 257 : pos + 263] == b"ustar\0":
+        name = buf[pos + 345 : pos + 500].split(b"\0", 1)[0] + b"/" + name
+    return name
 
-    ``data`` is a read-only view of the bytes read from the stream (no copy per member). Reads are large
-    and sequential; headers are parsed by slicing (ustar, GNU long names, pax paths) and their
-    checksums verified in bulk for each read. A damaged header, a member cut short, or a stream that
-    ends without the end-of-archive blocks raises ``FormatError("bad_tar")``.
-    """
-    buf = np.empty(0, dtype=np.uint8)  # uninitialised: every byte used is read first
-    view = memoryview(buf)
-    pos = end = 0
-    at_eof = False
-    long_name: Optional[str] = None
+
+def _scan_tar(source: IO[bytes] | bytes | mmap.mmap, where: str) -> Iterator[tuple[memoryview, list]]:
+    """The archive's regular-file members, one batch per buffer: ``(view, [(name bytes, start, size)])``
+    where ``view[start:start + size]`` is the member's data (see ``iter_tar_members``)."""
+    whole = isinstance(source, (bytes, mmap.mmap))
+    buf: Any = source if whole else b""  # bytes-like: slices are bytes, items are ints
+    fileobj: Optional[IO[bytes]] = None if whole else source  # type: ignore[assignment]
+    pos, end, at_eof = 0, len(buf), whole
+    long_name: Optional[bytes] = None
     while True:
-        # 1. parse every whole member now in the buffer
-        found: list[tuple[str, int, int]] = []  # (name, data start, size)
+        found: list[tuple[bytes, int, int]] = []
         offsets: list[int] = []
-        stored: list[int] = []
         finished = False
         need = _TAR_BLOCK
         while end - pos >= _TAR_BLOCK:
-            header = bytes(view[pos : pos + _TAR_BLOCK])
-            if header.count(0) == _TAR_BLOCK:
-                finished = True  # end-of-archive: the rest is padding
-                break
-            size = _tar_number(header[124:136], where)
+            try:  # the common case: 11 octal digits (+ NUL), as tarfile and every POSIX writer emit
+                size = int(buf[pos + 124 : pos + 135], 8)
+            except ValueError:
+                if buf[pos : pos + _TAR_BLOCK].count(0) == _TAR_BLOCK:
+                    finished = True  # end-of-archive: the rest is padding
+                    break
+                size = _tar_number(buf[pos + 124 : pos + 136], where)
             padded = size + (-size) % _TAR_BLOCK
             if size < 0 or end - pos < _TAR_BLOCK + padded:
                 need = _TAR_BLOCK + padded
                 break
             offsets.append(pos)
-            stored.append(_tar_number(header[148:156], where))
-            kind = header[156]
+            kind = buf[pos + 156]
             data_at = pos + _TAR_BLOCK
-            pos = data_at + padded
             if kind in _TAR_FILE_TYPES:
-                name = long_name
-                if name is None:
-                    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                    prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
-                    if prefix and header[257:263] == b"ustar\0":  # POSIX ustar splits long names
-                        name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-                found.append((name, data_at, size))
+                found.append((long_name or _header_name(buf, pos), data_at, size))
                 long_name = None
-            elif kind == ord("L"):  # GNU long name of the next member
-                long_name = bytes(view[data_at : data_at + size]).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            elif kind == ord("x"):  # pax extended header of the next member
-                long_name = _pax_path(view[data_at : data_at + size], where) or long_name
+            elif kind == 76:  # "L": GNU long name of the next member
+                long_name = buf[data_at : data_at + size].split(b"\0", 1)[0]
+            elif kind == 120:  # "x": pax extended header of the next member
+                path = _pax_path(buf[data_at : data_at + size], where)
+                long_name = path.encode("utf-8", "surrogateescape") if path is not None else long_name
             elif kind in _TAR_SKIP_TYPES:
                 long_name = None
             else:
                 raise FormatError("bad_tar", f"unreadable tar: unsupported member type {chr(kind)!r}", where=where)
+            pos = data_at + padded
         if offsets:
-            _check_tar_checksums(buf, offsets, stored, where)
-        readonly = view.toreadonly()
-        for name, data_at, size in found:
-            yield name, readonly[data_at : data_at + size]
+            _check_tar_checksums(buf, offsets, where)
+        if found:
+            yield memoryview(buf).toreadonly(), found
         if finished:
             return
         if at_eof:
-            if end == pos == 0:
+            if end == 0:
                 raise FormatError("bad_tar", "unreadable tar: empty file", where=where)
             raise FormatError("bad_tar", "unreadable tar: truncated (a member or the end-of-archive blocks "
                                          "are missing)", where=where)
-        # 2. read on: a fresh buffer (views handed out keep the old one alive), the unparsed tail first
-        tail = end - pos
-        new = np.empty(max(_TAR_READ_BYTES, need), dtype=np.uint8)
-        new[:tail] = buf[pos:end]
+        # read on into a new buffer (views handed out keep the old one alive), the unparsed tail first
+        assert fileobj is not None  # a whole archive is at_eof from the start
         try:
-            end = _read_into(fileobj, new, tail)
+            more = fileobj.read(max(_TAR_READ_BYTES, need - (end - pos)))
         except OSError as exc:
             raise FormatError("bad_tar", f"unreadable tar: {exc}", where=where) from None
-        at_eof = end < len(new)
-        buf, view, pos = new, memoryview(new), 0
+        at_eof = not more
+        buf = bytes(buf[pos:end]) + bytes(more) if pos < end else bytes(more)
+        pos, end = 0, len(buf)
+
+
+def iter_tar_members(
+    source: IO[bytes] | bytes | mmap.mmap, *, where: str = ""
+) -> Iterator[tuple[str, memoryview]]:
+    """The regular-file members of a tar archive in file order, as ``(name, data)``.
+
+    ``source`` is a binary stream, or the whole archive in memory (bytes or an mmap). ``data`` is a
+    read-only view of the archive's bytes (no copy per member). A stream is read in large sequential
+    reads. Headers are parsed by slicing (ustar, GNU long names, pax paths) and their checksums
+    verified in bulk, once per buffer. A damaged header, a member cut short, or an archive that ends
+    without the end-of-archive blocks raises ``FormatError("bad_tar")``.
+    """
+    for view, found in _scan_tar(source, where):
+        for name, start, size in found:
+            yield name.decode("utf-8", "surrogateescape"), view[start : start + size]
 
 
 def iter_tar_views(
-    fileobj: IO[bytes], *, where: str = "", suffixes: Optional[Collection[str]] = None
+    source: IO[bytes] | bytes | mmap.mmap, *, where: str = "", suffixes: Optional[Collection[str]] = None
 ) -> Iterator[tuple[str, dict[str, memoryview]]]:
     """``iter_tar`` without copies: member data are read-only views. With ``suffixes``, only those
-    members are kept (the others are still read, and still checked for sample contiguity)."""
-    seen: set[str] = set()
-    key: Optional[str] = None
+    members are kept (the others are skipped unread, and not checked for duplicates or contiguity)."""
+    wanted = None if suffixes is None else {s.encode() for s in suffixes}
+    seen: set[bytes] = set()
+    key: Optional[bytes] = None
     members: dict[str, memoryview] = {}
-    for name, data in iter_tar_members(fileobj, where=where):
-        k, suffix = split_member_name(name)
-        if k != key:
-            if key is not None:
-                yield key, members
-            if k in seen:
-                raise FormatError("split_sample", f"members of {k} are not contiguous", where=where)
-            seen.add(k)
-            key, members = k, {}
-        if suffixes is not None and suffix not in suffixes:
-            continue
-        if suffix in members:
-            raise FormatError("duplicate_member", f"{k}.{suffix} appears twice", where=where)
-        members[suffix] = data
+    for view, found in _scan_tar(source, where):
+        for name, start, size in found:
+            # WebDataset's rule: the key is the name up to the first dot of its basename
+            slash = name.rfind(b"/") + 1
+            dot = name.find(b".", slash)
+            k, suffix = (name, b"") if dot < 0 else (name[:dot], name[dot + 1 :])
+            if wanted is not None and suffix not in wanted:
+                continue
+            if k != key:
+                if key is not None:
+                    yield key.decode("utf-8", "surrogateescape"), members
+                if k in seen:
+                    raise FormatError("split_sample", f"members of {k.decode(errors='replace')} are not contiguous",
+                                      where=where)  # fmt: skip
+                seen.add(k)
+                key, members = k, {}
+            text = suffix.decode("utf-8", "surrogateescape")
+            if text in members:
+                raise FormatError("duplicate_member", f"{k.decode(errors='replace')}.{text} appears twice",
+                                  where=where)  # fmt: skip
+            members[text] = view[start : start + size]
     if key is not None:
-        yield key, members
+        yield key.decode("utf-8", "surrogateescape"), members
 
 
 def iter_tar(fileobj: IO[bytes], *, where: str = "") -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -596,10 +618,22 @@ def iter_samples(shard_uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 def iter_sample_views(
     shard_uri: str, *, suffixes: Optional[Collection[str]] = None
 ) -> Iterator[tuple[str, dict[str, memoryview]]]:
-    """Samples of one shard as read-only views (no copies), optionally only some members: the fast path
-    for training loaders."""
-    from microturn.storage import open_input
+    """Samples of one shard as read-only views, optionally only some members: the fast path for
+    training loaders. A local shard is memory-mapped (its bytes are never copied: views point into the
+    page cache; the mapping lives as long as any view of it); a remote one is streamed."""
+    from microturn.storage import is_remote, local_path, open_input
 
+    if not is_remote(shard_uri):
+        with open(local_path(shard_uri), "rb") as fh:
+            try:
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except ValueError:  # an empty file cannot be mapped
+                mapped = None
+        if mapped is not None:
+            if hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            yield from iter_tar_views(mapped, where=shard_uri, suffixes=suffixes)
+            return
     with open_input(shard_uri) as fh:
         yield from iter_tar_views(fh, where=shard_uri, suffixes=suffixes)
 

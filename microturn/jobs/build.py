@@ -228,9 +228,13 @@ def run_build(
     *,
     address: Optional[str] = None,
     progress: bool = True,
+    retry_failed: bool = False,
     on_session_done: Optional[Callable[[str], None]] = None,
 ) -> BuildSummary:
-    """Build (or resume building) the corpus for ``manifest_uri`` under ``out_uri``."""
+    """Build (or resume building) the corpus for ``manifest_uri`` under ``out_uri``.
+
+    With ``retry_failed`` a resumed build runs again the sessions an earlier run rejected for reasons
+    that are not about their data (``internal:*`` errors, ``timeout``, ``worker_crashed``)."""
     import ray
 
     from microturn.pipeline.shard import ShardSink, finalize_dataset, read_part
@@ -252,6 +256,9 @@ def run_build(
     outcomes: dict[str, dict[str, Any]] = {}
     for spec in sessions:
         prior = read_outcome(work_uri, spec.session_id)
+        if prior is not None and retry_failed and _is_transient(prior):
+            storage.remove(part_uri(work_uri, spec.session_id, ".reject.json"))
+            prior = None
         if prior is not None:
             outcomes[spec.session_id] = prior
     resumed = len(outcomes)
@@ -363,6 +370,14 @@ def run_build(
         storage.join(out_uri, "stats.json"), json.dumps(summary.to_json(), indent=2, sort_keys=True).encode()
     )
     return summary
+
+
+def _is_transient(outcome: dict[str, Any]) -> bool:
+    """A reject that says nothing about the data: a bug, a timeout or a dead worker."""
+    if outcome.get("status") != "rejected":
+        return False
+    reason = outcome["rejection"]["reason"]
+    return reason.startswith("internal:") or reason in ("timeout", "worker_crashed")
 
 
 def _count_reasons(rejections: list[Rejection]) -> dict[str, int]:

@@ -13,10 +13,12 @@ exact rational difference rounded once to the nearest 24 kHz sample.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -33,6 +35,7 @@ MIXED = "mixed"
 _FLOAT_FORMATS = ("flt", "fltp", "dbl", "dblp")
 _GAP_TOLERANCE_S = Fraction(1, 10)  # timestamp jumps larger than this are filled with silence
 _MAX_ERROR_FRACTION = 0.5  # more packets than this failing -> the stream is corrupt, not noisy
+_MAX_PENDING_FRAMES = 48  # decoded video frames held while a file's first audio frame is awaited
 
 
 # ---------------------------------------------------------------- small helpers
@@ -65,43 +68,110 @@ class _Growable:
 
 
 def _configure_threads(stream: Any, cfg: DecodeConfig) -> None:
+    """Must run before the stream's first decode: FFmpeg fixes threading when the codec opens."""
     stream.thread_type = "AUTO"  # frame + slice threads: several times faster on H.264
     if cfg.threads:
         stream.codec_context.thread_count = cfg.threads
+
+
+class _Sources(Mapping[str, Any]):
+    """The session's media files, each opened once (on first use) and read once, front to back.
+
+    Opening is not free (FFmpeg's stream-info probe decodes a few frames: ~30 ms for a 720p H.264
+    file), and seeking back is not exact (see ``probe.describe_container``): packets the probe
+    reads are kept in ``read_packets`` and decoded before demuxing goes on, and a file that gives
+    both audio and video is decoded in one interleaved pass.
+    """
+
+    def __init__(self, uris: list[str], cfg: DecodeConfig, stack: contextlib.ExitStack, stage: str = "probe") -> None:
+        self._uris = list(dict.fromkeys(uris))
+        self._cfg = cfg
+        self._stage = stage  # the stage named by errors while opening
+        self._stack = stack
+        self._open: dict[str, Any] = {}
+        self._passes: set[str] = set()
+        self.read_packets: dict[str, list[Any]] = {uri: [] for uri in self._uris}
+
+    def __getitem__(self, uri: str) -> Any:
+        if uri not in self.read_packets:
+            raise KeyError(uri)
+        if uri not in self._open:
+            from microturn.pipeline.probe import open_container
+
+            container = self._stack.enter_context(open_container(uri, self._stage))
+            for stream in (*container.streams.audio[:1], *container.streams.video[:1]):
+                if stream.codec_context is not None:
+                    _configure_threads(stream, self._cfg)
+            self._open[uri] = container
+        return self._open[uri]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._uris)
+
+    def __len__(self) -> int:
+        return len(self._uris)
+
+    def packets(self, uri: str, streams: list[Any]) -> Iterator[Any]:
+        """Every packet of ``streams`` from the start of the file, then the flush packets (once)."""
+        if uri in self._passes:
+            raise RuntimeError(f"{uri} was already decoded in this session")  # a bug, not bad input
+        self._passes.add(uri)
+        container = self[uri]
+        wanted = {s.index for s in streams}
+        kept, self.read_packets[uri] = self.read_packets[uri], []
+        for packet in kept:
+            if packet.stream_index in wanted:
+                yield packet
+        yield from container.demux(streams)
+
+
+@contextlib.contextmanager
+def _one_file(uri: str, cfg: DecodeConfig) -> Iterator[_Sources]:
+    with contextlib.ExitStack() as stack:
+        yield _Sources([uri], cfg, stack, stage="decode")
 
 
 @dataclass
 class _PacketStats:
     packets: int = 0
     errors: int = 0
+    frames: int = 0
+    last_error: str = ""
+
+    def check(self, source: str, kind: str) -> None:
+        """Too many failures is a ``StageError``: the stream is corrupt, not noisy."""
+        if self.frames == 0:
+            raise StageError(
+                "decode",
+                "undecodable",
+                f"{kind} stream yielded no frame ({self.errors} failing packets) {self.last_error}",
+                source=source,
+            )
+        if self.packets and self.errors / self.packets > _MAX_ERROR_FRACTION:
+            raise StageError(
+                "decode",
+                "corrupt_stream",
+                f"{self.errors} of {self.packets} {kind} packets failed to decode: {self.last_error}",
+                source=source,
+            )
 
 
-def _decode_packets(container: Any, stream: Any, source: str, kind: str, stats: _PacketStats) -> Iterator[Any]:
-    """Frames of one stream, surviving corrupt packets; too many failures is a ``StageError``."""
+def _decode_frames(packets: Iterator[Any], stats: dict[int, _PacketStats]) -> Iterator[tuple[int, Any]]:
+    """(stream index, frame) in file order, surviving corrupt packets (counted in ``stats``)."""
     import av
 
-    packets = errors = frames = 0
-    last_error = ""
-    for packet in container.demux(stream):
-        packets += 1
+    for packet in packets:
+        st = stats[packet.stream_index]
+        st.packets += 1
         try:
             decoded = packet.decode()
         except (av.error.FFmpegError, ValueError) as exc:
-            errors += 1
-            last_error = str(exc)
+            st.errors += 1
+            st.last_error = str(exc)
             continue
         for frame in decoded:
-            frames += 1
-            yield frame
-    stats.packets, stats.errors = packets, errors
-    if frames == 0:
-        raise StageError(
-            "decode", "undecodable", f"{kind} stream yielded no frame ({errors} failing packets) {last_error}", source=source
-        )
-    if packets and errors / packets > _MAX_ERROR_FRACTION:
-        raise StageError(
-            "decode", "corrupt_stream", f"{errors} of {packets} {kind} packets failed to decode: {last_error}", source=source
-        )
+            st.frames += 1
+            yield packet.stream_index, frame
 
 
 # ---------------------------------------------------------------- audio
@@ -118,94 +188,80 @@ class _DecodedAudio:
     warnings: list[str] = field(default_factory=list)
 
 
-def _decode_audio(uri: str, cfg: DecodeConfig, expected_s: Optional[float]) -> _DecodedAudio:
-    """Decode one file's first audio stream to float32 at 24 kHz and 16 kHz (all channels)."""
-    import av
+class _AudioSink:
+    """Takes one file's audio frames in order; resamples to float32 at 24 kHz and 16 kHz (all
+    channels) as they come."""
 
-    from microturn.pipeline.probe import open_container
+    def __init__(self, uri: str, cfg: DecodeConfig, expected_s: Optional[float]) -> None:
+        self.uri = uri
+        self.warnings: list[str] = []
+        self.start: Optional[Fraction] = None  # known from the first frame with samples on
+        self._est = int((expected_s or cfg.window_s) * CODEC_RATE) + CODEC_RATE
+        self._step = int(cfg.window_s * CODEC_RATE)
+        self._r24: Any = None
+        self._r16: Any = None
+        self._b24: Optional[_Growable] = None
+        self._b16: Optional[_Growable] = None
+        self._check_finite = False
+        self._consumed_s = Fraction(0)  # input-side length decoded so far, to spot timestamp gaps
 
-    warnings: list[str] = []
-    with open_container(uri, "decode") as container:
-        if not container.streams.audio:
-            raise StageError("decode", "no_audio_stream", "no audio stream", source=uri)
-        stream = container.streams.audio[0]
-        _configure_threads(stream, cfg)
-        est = int((expected_s or cfg.window_s) * CODEC_RATE) + CODEC_RATE
-        step = int(cfg.window_s * CODEC_RATE)
-        r24 = r16 = None
-        b24 = b16 = None
-        start: Optional[Fraction] = None
-        consumed_s = Fraction(0)  # input-side length decoded so far, to spot timestamp gaps
-        stats = _PacketStats()
-        for frame in _decode_packets(container, stream, uri, "audio", stats):
-            if frame.samples == 0:
-                continue
-            if frame.format.name in _FLOAT_FORMATS:
-                raw = frame.to_ndarray()
-                if not np.isfinite(raw).all():
-                    raise StageError("decode", "non_finite_samples", "audio holds NaN or infinite samples", source=uri)
-            t = Fraction(frame.pts) * Fraction(frame.time_base) if frame.pts is not None and frame.time_base else None
-            if r24 is None:
-                layout = frame.layout.name
-                channels = len(frame.layout.channels)
-                r24 = av.AudioResampler(format="fltp", layout=layout, rate=CODEC_RATE)
-                r16 = av.AudioResampler(format="fltp", layout=layout, rate=ASR_RATE)
-                b24 = _Growable(channels, est, step)
-                b16 = _Growable(channels, est * 2 // 3, step * 2 // 3)
-                start = t if t is not None else Fraction(0)
-            elif t is not None:
-                gap = t - (start + consumed_s)
-                if gap > _GAP_TOLERANCE_S:  # a hole in the timeline: keep later audio at its time
-                    warnings.append(f"audio_gap:{float(gap):.3f}s")
-                    b24.pad(round(gap * CODEC_RATE))
-                    b16.pad(round(gap * ASR_RATE))
-                    consumed_s += gap
-            consumed_s += Fraction(frame.samples, frame.sample_rate)
-            try:
-                for out in r24.resample(frame):
-                    b24.append(out.to_ndarray())
-                for out in r16.resample(frame):
-                    b16.append(out.to_ndarray())
-            except ValueError as exc:  # layout/rate changed mid-stream: rare, treat as corrupt
-                raise StageError("decode", "corrupt_stream", f"audio format changed mid-stream: {exc}", source=uri) from exc
+    def _append_24k(self, outs: list[Any]) -> None:
+        assert self._b24 is not None
+        for out in outs:
+            block = out.to_ndarray()
+            if self._check_finite and not np.isfinite(block).all():
+                raise StageError("decode", "non_finite_samples", "audio holds NaN or infinite samples", source=self.uri)
+            self._b24.append(block)
+
+    def feed(self, frame: Any) -> None:
+        import av
+
+        if frame.samples == 0:
+            return
+        t = Fraction(frame.pts) * Fraction(frame.time_base) if frame.pts is not None and frame.time_base else None
+        if self._r24 is None:
+            layout = frame.layout.name
+            channels = len(frame.layout.channels)
+            self._r24 = av.AudioResampler(format="fltp", layout=layout, rate=CODEC_RATE)
+            self._r16 = av.AudioResampler(format="fltp", layout=layout, rate=ASR_RATE)
+            self._b24 = _Growable(channels, self._est, self._step)
+            self._b16 = _Growable(channels, self._est * 2 // 3, self._step * 2 // 3)
+            self.start = t if t is not None else Fraction(0)
+            # NaN/inf survive resampling (NaN * 0 is NaN), so the 24 kHz output is checked rather
+            # than converting every input frame a second time
+            self._check_finite = frame.format.name in _FLOAT_FORMATS
+        elif t is not None:
+            assert self.start is not None and self._b24 is not None and self._b16 is not None
+            gap = t - (self.start + self._consumed_s)
+            if gap > _GAP_TOLERANCE_S:  # a hole in the timeline: keep later audio at its time
+                self.warnings.append(f"audio_gap:{float(gap):.3f}s")
+                self._b24.pad(round(gap * CODEC_RATE))
+                self._b16.pad(round(gap * ASR_RATE))
+                self._consumed_s += gap
+        self._consumed_s += Fraction(frame.samples, frame.sample_rate)
+        try:
+            self._append_24k(self._r24.resample(frame))
+            for out in self._r16.resample(frame):
+                self._b16.append(out.to_ndarray())  # type: ignore[union-attr]
+        except ValueError as exc:  # layout/rate changed mid-stream: rare, treat as corrupt
+            raise StageError("decode", "corrupt_stream", f"audio format changed mid-stream: {exc}", source=self.uri) from exc
+
+    def finish(self, stats: _PacketStats) -> _DecodedAudio:
+        stats.check(self.uri, "audio")
         if stats.errors:
-            warnings.append(f"audio_decode_errors:{stats.errors}/{stats.packets}")
-        if r24 is None or b24 is None or b16 is None or start is None:
-            raise StageError("decode", "zero_duration", "audio stream holds no samples", source=uri)
-        for out in r24.resample(None):
-            b24.append(out.to_ndarray())
-        for out in r16.resample(None):
-            b16.append(out.to_ndarray())
-    w24, w16 = b24.result(), b16.result()
-    if w24.shape[1] == 0:
-        raise StageError("decode", "zero_duration", "audio stream holds no samples", source=uri)
-    return _DecodedAudio(uri, start, w24, w16, warnings)
+            self.warnings.append(f"audio_decode_errors:{stats.errors}/{stats.packets}")
+        if self._r24 is None or self._b24 is None or self._b16 is None or self.start is None:
+            raise StageError("decode", "zero_duration", "audio stream holds no samples", source=self.uri)
+        self._append_24k(self._r24.resample(None))
+        for out in self._r16.resample(None):
+            self._b16.append(out.to_ndarray())
+        w24, w16 = self._b24.result(), self._b16.result()
+        if w24.shape[1] == 0:
+            raise StageError("decode", "zero_duration", "audio stream holds no samples", source=self.uri)
+        return _DecodedAudio(self.uri, self.start, w24, w16, self.warnings)
 
 
 # ---------------------------------------------------------------- video
-
-
-def _first_video_time(container: Any, stream: Any) -> Fraction:
-    """Presentation time of the first frame the decoder outputs (B-frames and edit lists make
-    ``stream.start_time`` an unreliable stand-in)."""
-    import av
-
-    try:
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except (av.error.FFmpegError, ValueError):
-                continue
-            for frame in frames:
-                if frame.pts is not None:
-                    return Fraction(frame.pts) * Fraction(frame.time_base)
-        for frame in stream.codec_context.decode(None):
-            if frame.pts is not None:
-                return Fraction(frame.pts) * Fraction(frame.time_base)
-    except (av.error.FFmpegError, ValueError):
-        pass
-    start = stream.start_time
-    return Fraction(start) * Fraction(stream.time_base) if start is not None else Fraction(0)
 
 
 def frame_to_rgb(frame: Any, width: int, height: int, mode: str) -> np.ndarray:
@@ -239,106 +295,190 @@ class _VideoResult:
     warnings: list[str]
 
 
-def _decode_video(
-    uri: str, offset_s: Fraction, origin_s: Optional[Fraction], cfg: DecodeConfig, *, fixed_origin: bool = False
-) -> tuple[_VideoResult, Fraction]:
-    """Pick one frame per chunk by presentation time.
+class _VideoPicker:
+    """Takes one file's video frames in order and keeps one per chunk, chosen by presentation time.
 
-    ``origin_s`` is the session origin known from the audio (None when only the video counts);
-    returns the result and the origin actually used (``min(origin_s, video start)``, or ``origin_s``
-    itself with ``fixed_origin``: frames before it are then dropped).
+    The frame for chunk ``c`` is the one whose presentation interval covers the chunk start; frames
+    no chunk needs are passed over before any pixel conversion. Frames are placed on the session
+    clock, so they wait (``pending``) until ``settle`` gives the origin. The video start is the
+    presentation time of the first frame the decoder outputs (B-frames and edit lists make
+    ``stream.start_time`` an unreliable stand-in).
     """
-    from microturn.pipeline.probe import open_container
 
-    chunk = GRID.chunk_samples
-    tol = chunk // 2  # a chunk starting up to half a chunk before the first frame still gets it
-    warnings: list[str] = []
-    with open_container(uri, "decode") as container:
-        if not container.streams.video:
-            raise StageError("decode", "no_video_stream", "no video stream", source=uri)
-        stream = container.streams.video[0]
-        _configure_threads(stream, cfg)
-        first_s = _first_video_time(container, stream)
-        container.seek(0)
-        stream.codec_context.flush_buffers()
-        video_start = offset_s + first_s
-        if fixed_origin and origin_s is not None:
-            origin = origin_s
+    def __init__(self, uri: str, offset_s: Fraction, cfg: DecodeConfig) -> None:
+        self.uri = uri
+        self.offset_s = offset_s
+        self.cfg = cfg
+        self.first_s: Optional[Fraction] = None
+        self.origin: Optional[Fraction] = None
+        self.pending: list[Any] = []
+        self._rgb: list[np.ndarray] = []
+        self._chunks: list[int] = []
+        self._next_c = 0
+        self._prev: Any = None
+        self._prev_sample = 0
+        self._prev_rgb: Optional[np.ndarray] = None
+        self._intervals: list[int] = []
+        self._skipped = 0
+
+    def feed(self, frame: Any) -> None:
+        if self.origin is not None:
+            self._pick(frame)
+        elif frame.pts is not None or self.pending:  # untimed frames before the first are useless
+            if self.first_s is None:
+                self.first_s = Fraction(frame.pts) * Fraction(frame.time_base)
+            self.pending.append(frame)
+
+    def settle(self, origin: Fraction) -> None:
+        self.origin = origin
+        pending, self.pending = self.pending, []
+        for frame in pending:
+            self._pick(frame)
+
+    def _take(self, c: int, frame: Any) -> None:
+        if frame is self._prev and self._prev_rgb is not None:
+            self._rgb.append(self._prev_rgb)  # one frame covering several chunks is converted once
         else:
-            origin = video_start if origin_s is None else min(origin_s, video_start)
+            img = frame_to_rgb(frame, self.cfg.frame_width, self.cfg.frame_height, self.cfg.resize)
+            if frame is self._prev:
+                self._prev_rgb = img
+            self._rgb.append(img)
+        self._chunks.append(c)
 
-        def at(t: Fraction) -> int:  # container time -> session sample
-            return round((offset_s + t - origin) * CODEC_RATE)
-
-        rgb: list[np.ndarray] = []
-        chunks: list[int] = []
-        next_c = 0
-        prev: Any = None
-        prev_sample = 0
-        prev_rgb: Optional[np.ndarray] = None
-        intervals: list[int] = []
-        skipped = 0
-
-        def take(c: int, frame: Any) -> None:
-            nonlocal prev_rgb
-            if frame is prev and prev_rgb is not None:
-                rgb.append(prev_rgb)
-            else:
-                img = frame_to_rgb(frame, cfg.frame_width, cfg.frame_height, cfg.resize)
-                if frame is prev:
-                    prev_rgb = img
-                rgb.append(img)
-            chunks.append(c)
-
-        stats = _PacketStats()
-        for frame in _decode_packets(container, stream, uri, "video", stats):
-            if frame.pts is None:
-                if prev is None:
-                    continue
-                s = prev_sample + (intervals[-1] if intervals else chunk)
-            else:
-                s = at(Fraction(frame.pts) * Fraction(frame.time_base))
-            if prev is not None and s <= prev_sample:
-                skipped += 1  # out-of-order or duplicate timestamp: keep the earlier frame
-                continue
+    def _pick(self, frame: Any) -> None:
+        chunk = GRID.chunk_samples
+        tol = chunk // 2  # a chunk starting up to half a chunk before the first frame still gets it
+        prev = self._prev
+        if frame.pts is None:
             if prev is None:
-                next_c = max(0, -(-(s - tol) // chunk))  # first chunk whose start is >= s - tol
-            while GRID.chunk_to_sample(next_c) < s:
-                if prev is not None:
-                    take(next_c, prev)
-                elif s - GRID.chunk_to_sample(next_c) <= tol:
-                    take(next_c, frame)  # video starts just after this chunk: nearest frame
-                next_c += 1
-            if prev is not None:
-                intervals.append(s - prev_sample)
-                if len(intervals) > 64:
-                    intervals.pop(0)
-            prev, prev_sample, prev_rgb = frame, s, None
+                return
+            s = self._prev_sample + (self._intervals[-1] if self._intervals else chunk)
+        else:
+            if self.first_s is None:
+                self.first_s = Fraction(frame.pts) * Fraction(frame.time_base)
+            t = Fraction(frame.pts) * Fraction(frame.time_base)
+            s = round((self.offset_s + t - self.origin) * CODEC_RATE)  # type: ignore[operator]
+        if prev is not None and s <= self._prev_sample:
+            self._skipped += 1  # out-of-order or duplicate timestamp: keep the earlier frame
+            return
         if prev is None:
-            raise StageError("decode", "undecodable", "video stream yielded no timestamped frame", source=uri)
-        last_len = int(np.median(intervals)) if intervals else chunk
+            self._next_c = max(0, -(-(s - tol) // chunk))  # first chunk whose start is >= s - tol
+        while GRID.chunk_to_sample(self._next_c) < s:
+            if prev is not None:
+                self._take(self._next_c, prev)
+            elif s - GRID.chunk_to_sample(self._next_c) <= tol:
+                self._take(self._next_c, frame)  # video starts just after this chunk: nearest frame
+            self._next_c += 1
+        if prev is not None:
+            self._intervals.append(s - self._prev_sample)
+            if len(self._intervals) > 64:
+                self._intervals.pop(0)
+        self._prev, self._prev_sample, self._prev_rgb = frame, s, None
+
+    def finish(self, stats: _PacketStats) -> _VideoResult:
+        stats.check(self.uri, "video")
+        prev = self._prev
+        if prev is None or self.first_s is None or self.origin is None:
+            raise StageError("decode", "undecodable", "video stream yielded no timestamped frame", source=self.uri)
+        warnings: list[str] = []
+        last_len = int(np.median(self._intervals)) if self._intervals else GRID.chunk_samples
         if prev.duration and prev.time_base:
             last_len = max(1, round(Fraction(prev.duration) * Fraction(prev.time_base) * CODEC_RATE))
-        end_sample = prev_sample + last_len
-        while GRID.chunk_to_sample(next_c) < end_sample:
-            take(next_c, prev)
-            next_c += 1
-    if stats.errors:
-        warnings.append(f"video_decode_errors:{stats.errors}/{stats.packets}")
-    if skipped:
-        warnings.append(f"video_nonmonotonic_frames:{skipped}")
-    frames_rgb = (
-        np.stack(rgb) if rgb else np.zeros((0, cfg.frame_height, cfg.frame_width, 3), dtype=np.uint8)
-    )
-    result = _VideoResult(
-        frames_rgb=frames_rgb,
-        frame_chunks=np.asarray(chunks, dtype=np.int32),
-        offset_sample=round((video_start - origin) * CODEC_RATE),
-        end_sample=end_sample,
-        first_s=first_s,
-        warnings=warnings,
-    )
-    return result, origin
+        end_sample = self._prev_sample + last_len
+        while GRID.chunk_to_sample(self._next_c) < end_sample:
+            self._take(self._next_c, prev)
+            self._next_c += 1
+        if stats.errors:
+            warnings.append(f"video_decode_errors:{stats.errors}/{stats.packets}")
+        if self._skipped:
+            warnings.append(f"video_nonmonotonic_frames:{self._skipped}")
+        cfg = self.cfg
+        frames_rgb = (
+            np.stack(self._rgb) if self._rgb else np.zeros((0, cfg.frame_height, cfg.frame_width, 3), dtype=np.uint8)
+        )
+        return _VideoResult(
+            frames_rgb=frames_rgb,
+            frame_chunks=np.asarray(self._chunks, dtype=np.int32),
+            offset_sample=round((self.offset_s + self.first_s - self.origin) * CODEC_RATE),
+            end_sample=end_sample,
+            first_s=self.first_s,
+            warnings=warnings,
+        )
+
+
+def _earliest(a: Optional[Fraction], b: Optional[Fraction]) -> Optional[Fraction]:
+    return b if a is None else (a if b is None else min(a, b))
+
+
+class _NotInterleaved(Exception):
+    """A file's video ran far ahead of its audio in one pass (see ``_decode_file``)."""
+
+
+def _video_origin(audio_origin: Optional[Fraction], picker: _VideoPicker, fixed: bool) -> Fraction:
+    """``min(audio origin, video start)``, or the audio origin itself when ``fixed`` (frames
+    before it are then dropped)."""
+    assert picker.first_s is not None
+    video_start = picker.offset_s + picker.first_s
+    if audio_origin is None:
+        return video_start
+    return audio_origin if fixed else min(audio_origin, video_start)
+
+
+def _decode_file(
+    opened: _Sources,
+    uri: str,
+    sink: Optional[_AudioSink],
+    picker: Optional[_VideoPicker],
+    audio_origin: Optional[Fraction],
+    audio_offset_s: Fraction = Fraction(0),
+    fixed_origin: bool = False,
+) -> tuple[Optional[_DecodedAudio], Optional[_VideoResult], Optional[Fraction]]:
+    """One pass over one file: its first audio stream into ``sink``, its first video stream into
+    ``picker`` (either may be None). ``audio_origin`` is the earliest start of the session's other
+    audio; when this file's audio counts too (``audio_offset_s`` places it), the video waits for
+    its first audio frame. Returns the audio, the video and the origin the video was placed on."""
+    container = opened[uri]
+    streams: list[Any] = []
+    if sink is not None:
+        if not container.streams.audio:
+            raise StageError("decode", "no_audio_stream", "no audio stream", source=uri)
+        streams.append(container.streams.audio[0])
+    if picker is not None:
+        if not container.streams.video:
+            raise StageError("decode", "no_video_stream", "no video stream", source=uri)
+        streams.append(container.streams.video[0])
+    stats = {s.index: _PacketStats() for s in streams}
+    a_index = streams[0].index if sink is not None else -1
+
+    def ready() -> Optional[Fraction]:  # the origin, once everything it depends on is known
+        if picker is None or picker.first_s is None or (sink is not None and sink.start is None):
+            return None
+        own = None if sink is None else audio_offset_s + sink.start  # type: ignore[operator]
+        return _video_origin(_earliest(audio_origin, own), picker, fixed_origin)
+
+    for index, frame in _decode_frames(opened.packets(uri, streams), stats):
+        if index == a_index:
+            sink.feed(frame)  # type: ignore[union-attr]
+        else:
+            picker.feed(frame)  # type: ignore[union-attr]
+        if picker is not None and picker.origin is None:
+            origin = ready()
+            if origin is not None:
+                picker.settle(origin)
+            elif len(picker.pending) > _MAX_PENDING_FRAMES:
+                # no audio frame yet after many video frames (a file that is not interleaved):
+                # the picture waits for a second pass rather than in memory
+                raise _NotInterleaved()
+    audio = sink.finish(stats[a_index]) if sink is not None else None
+    video = None
+    origin = None
+    if picker is not None:
+        if picker.origin is None and picker.first_s is not None:
+            own = None if audio is None else audio_offset_s + audio.start_s
+            picker.settle(_video_origin(_earliest(audio_origin, own), picker, fixed_origin))
+        video = picker.finish(stats[streams[-1].index])
+        origin = picker.origin
+    return audio, video, origin
 
 
 # ---------------------------------------------------------------- the session
@@ -375,11 +515,22 @@ def decode_session(spec: "SessionSpec", cfg: DecodeConfig) -> DecodedSession:
     video's own audio when the session lists no audio). ``wave_24k`` of every stream has length
     ``num_samples``; video frames are chosen per chunk and sized ``frame_width x frame_height``.
     """
-    from microturn.pipeline.probe import media_duration_s, probe_session
+    from microturn.pipeline.probe import probe_session
 
     if cfg.frames_per_chunk > 1:
         raise StageError("decode", "config", "frames_per_chunk > 1 is not supported (frame_chunks must increase)")
-    infos = probe_session(spec, cfg)
+    uris = [a.uri for a in spec.audio] + ([spec.video.uri] if spec.video else [])
+    with contextlib.ExitStack() as stack:
+        opened = _Sources(uris, cfg, stack)
+        # no first-frame decode in the probe: decoding twice costs time and, for some codecs,
+        # exactness (see _Sources.for_pass); the full pass below proves decodability
+        infos = probe_session(spec, cfg, opened, check_decode=False)
+        return _decode_probed(spec, cfg, opened, infos)
+
+
+def _decode_probed(spec: "SessionSpec", cfg: DecodeConfig, opened: _Sources, infos: Mapping[str, Any]) -> DecodedSession:
+    from microturn.pipeline.probe import media_duration_s
+
     warnings: list[str] = []
 
     # Audio rows (or the video's own track), each file decoded once.
@@ -392,7 +543,7 @@ def decode_session(spec: "SessionSpec", cfg: DecodeConfig) -> DecodedSession:
     decoded: dict[str, _DecodedAudio] = {}
     for uri, *_ in rows:
         if uri not in decoded:
-            decoded[uri] = _decode_audio(uri, cfg, media_duration_s(infos[uri], "audio"))
+            decoded[uri] = _decode_audio(opened.for_pass(uri, "audio"), uri, cfg, media_duration_s(infos[uri], "audio"))
             warnings.extend(f"{w} ({uri.rsplit('/', 1)[-1]})" for w in decoded[uri].warnings)
 
     starts = [off + decoded[uri].start_s for uri, _c, _s, off, _d in rows]
@@ -400,7 +551,8 @@ def decode_session(spec: "SessionSpec", cfg: DecodeConfig) -> DecodedSession:
 
     video: Optional[_VideoResult] = None
     if spec.video is not None and cfg.frames_per_chunk > 0:
-        video, origin = _decode_video(spec.video.uri, to_fraction(spec.video.offset_s), origin, cfg)
+        container = opened.for_pass(spec.video.uri, "video")
+        video, origin = _decode_video(container, spec.video.uri, to_fraction(spec.video.offset_s), origin, cfg)
     if origin is None:  # the manifest guarantees audio rows or a video; frames_per_chunk=0 drops video
         raise StageError("decode", "no_audio_stream", "the session has no audio to put on a clock", source=spec.session_id)
 
@@ -488,7 +640,10 @@ def redecode_video(decoded: DecodedSession, shift_s: Fraction) -> VideoFrames:
         raise ValueError("the session has no decoded video")
     cfg = DecodeConfig(frame_width=info["frame_width"], frame_height=info["frame_height"], resize=info["resize"])
     origin = to_fraction(decoded.sources["origin"])
-    result, _ = _decode_video(info["uri"], to_fraction(info["offset_s"]) - shift_s, origin, cfg, fixed_origin=True)
+    with _one_file(info["uri"], cfg) as opened:
+        result, _ = _decode_video(
+            opened.for_pass(info["uri"], "video"), info["uri"], to_fraction(info["offset_s"]) - shift_s, origin, cfg, fixed_origin=True
+        )
     keep = result.frame_chunks < GRID.num_chunks(decoded.num_samples)
     return VideoFrames(
         source_uri=info["uri"],

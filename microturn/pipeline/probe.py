@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 from microturn.records import MediaInfo, StageError, StreamInfo
 from microturn.storage import filesystem, is_remote, local_path
@@ -130,33 +130,55 @@ def _first_frame_decodes(container: Any, stream: Any, max_packets: int = 400) ->
 def probe_media(uri: str, *, check_decode: bool = True) -> MediaInfo:
     """Describe one input. Raises ``StageError("probe", reason, message, source=uri)``."""
     with open_container(uri, "probe") as container:
-        streams = tuple(_stream_info(s) for s in container.streams)
-        duration_s = container.duration / AV_TIME_BASE if container.duration else None
-        info = MediaInfo(uri=uri, format_name=container.format.name, duration_s=duration_s, streams=streams)
-        media = [s for s in streams if s.kind in ("audio", "video")]
-        if not media:
-            raise StageError("probe", "no_media_streams", "the file holds no audio or video stream", source=uri)
-        for s in container.streams:
-            if s.type in ("audio", "video") and s.codec_context is None:
-                raise StageError("probe", "undecodable", f"no decoder for stream {s.index}", source=uri)
-        if media_duration_s(info) == 0.0:
-            raise StageError("probe", "zero_duration", "the file's media streams have zero duration", source=uri)
-        if check_decode:
-            for kind in ("audio", "video"):
-                candidates = [s for s in container.streams if s.type == kind]
-                if not candidates:
-                    continue
-                if not _first_frame_decodes(container, candidates[0]):
-                    if _declared_empty(container, candidates[0]):
-                        raise StageError("probe", "zero_duration", f"the {kind} stream holds no data", source=uri)
-                    raise StageError(
-                        "probe",
-                        "undecodable",
-                        f"{kind} stream {candidates[0].index} ({candidates[0].codec_context.name}) "
-                        "yields no decodable frame",
-                        source=uri,
-                    )
-        return info
+        return describe_container(container, uri, check_decode=check_decode)
+
+
+def describe_container(
+    container: Any, uri: str, *, check_decode: bool = True, read_packets: Optional[list[Any]] = None
+) -> MediaInfo:
+    """``probe_media`` on a container that is already open (decode shares its own, so a file is
+    opened once per session). The container is left at an unknown read position.
+
+    ``check_decode=False`` with ``read_packets``: no decoding and no seeking. The probe demuxes
+    from the current position until each media stream has shown data (to tell an empty stream)
+    and appends every packet it read to ``read_packets``, so the caller decodes them first and
+    then goes on demuxing: seeking back is not exact (the MP4 demuxer skips AAC priming packets
+    with negative timestamps when seeking to 0; a flushed Opus decoder forgets its pre-skip)."""
+    streams = tuple(_stream_info(s) for s in container.streams)
+    duration_s = container.duration / AV_TIME_BASE if container.duration else None
+    info = MediaInfo(uri=uri, format_name=container.format.name, duration_s=duration_s, streams=streams)
+    media = [s for s in streams if s.kind in ("audio", "video")]
+    if not media:
+        raise StageError("probe", "no_media_streams", "the file holds no audio or video stream", source=uri)
+    for s in container.streams:
+        if s.type in ("audio", "video") and s.codec_context is None:
+            raise StageError("probe", "undecodable", f"no decoder for stream {s.index}", source=uri)
+    if media_duration_s(info) == 0.0:
+        raise StageError("probe", "zero_duration", "the file's media streams have zero duration", source=uri)
+    for kind in ("audio", "video"):
+        candidates = [s for s in container.streams if s.type == kind]
+        if not candidates:
+            continue
+        if not check_decode:
+            empty = (
+                _empty_without_seeking(container, candidates[0], read_packets)
+                if read_packets is not None
+                else _declared_empty(container, candidates[0])
+            )
+            if empty:
+                raise StageError("probe", "zero_duration", f"the {kind} stream holds no data", source=uri)
+            continue
+        if not _first_frame_decodes(container, candidates[0]):
+            if _declared_empty(container, candidates[0]):
+                raise StageError("probe", "zero_duration", f"the {kind} stream holds no data", source=uri)
+            raise StageError(
+                "probe",
+                "undecodable",
+                f"{kind} stream {candidates[0].index} ({candidates[0].codec_context.name}) "
+                "yields no decodable frame",
+                source=uri,
+            )
+    return info
 
 
 def _declared_empty(container: Any, stream: Any) -> bool:
@@ -167,6 +189,26 @@ def _declared_empty(container: Any, stream: Any) -> bool:
         container.seek(0)
         for packet in container.demux(stream):
             if packet.size:
+                return False
+    except (av.error.FFmpegError, ValueError, OSError):
+        return False
+    return True
+
+
+def _empty_without_seeking(container: Any, stream: Any, read_packets: list[Any]) -> bool:
+    """True when ``stream`` has no packet with data. Demuxes every stream onward from the current
+    position (no seek), keeping what it reads in ``read_packets`` (except the end-of-file flush
+    packets, which a later demux yields again)."""
+    import av
+
+    if any(p.stream_index == stream.index and p.size for p in read_packets):
+        return False
+    try:
+        for packet in container.demux():
+            if packet.size == 0 and packet.pts is None and packet.dts is None:
+                continue  # end of file: demux's flush packets
+            read_packets.append(packet)
+            if packet.stream_index == stream.index and packet.size:
                 return False
     except (av.error.FFmpegError, ValueError, OSError):
         return False
@@ -185,16 +227,30 @@ def media_duration_s(info: MediaInfo, kind: Optional[str] = None) -> Optional[fl
     return info.duration_s
 
 
-def probe_session(spec: "SessionSpec", cfg: "DecodeConfig") -> dict[str, MediaInfo]:
+def probe_session(
+    spec: "SessionSpec",
+    cfg: "DecodeConfig",
+    containers: Optional[Mapping[str, Any]] = None,
+    *,
+    check_decode: bool = True,
+    read_packets: Optional[Mapping[str, list[Any]]] = None,
+) -> dict[str, MediaInfo]:
     """Probe every media source of a session (once per URI) and check they belong together.
 
     Checks: audio sources have an audio stream (and the requested channel), the video has a video
     stream, lengths are within ``[min_duration_s, max_duration_s]`` and agree within
-    ``duration_tolerance_s``.
+    ``duration_tolerance_s``. ``containers``: files already open, by URI (described in place,
+    not opened again); ``check_decode=False`` and ``read_packets`` (a list per URI): see
+    ``describe_container`` (decode's own use: its full decoding pass proves decodability, with
+    ``StageError("decode", "undecodable")``, so decoding a first frame here would be wasted).
     """
     infos: dict[str, MediaInfo] = {}
     for uri in dict.fromkeys([a.uri for a in spec.audio] + ([spec.video.uri] if spec.video else [])):
-        infos[uri] = probe_media(uri)
+        if containers is not None and uri in containers:
+            kept = read_packets.get(uri) if read_packets is not None else None
+            infos[uri] = describe_container(containers[uri], uri, check_decode=check_decode, read_packets=kept)
+        else:
+            infos[uri] = probe_media(uri, check_decode=check_decode)
 
     lengths: dict[str, float] = {}
     for a in spec.audio:

@@ -219,7 +219,7 @@ def _parse(raw: dict[str, Any], spec: ExampleSpec, expected_fp: dict[str, Option
     if not isinstance(meta, dict):
         raise TrainDataError("bad_meta", "meta.json is not an object", source=where)
     check_fingerprints(expected_fp, meta.get("fingerprints", {}), where)
-    codes_SKF = load_npy(raw["codes.npy"], f"{where}.codes.npy")
+    codes_SKF = load_npy(raw["codes.npy"], f"{where}.codes.npy")  # views: nothing copied yet
     text_SF = load_npy(raw["text.npy"], f"{where}.text.npy")
     if codes_SKF.ndim != 3 or text_SF.ndim != 2 or codes_SKF.shape[0] != text_SF.shape[0] \
             or codes_SKF.shape[2] != text_SF.shape[1]:  # fmt: skip
@@ -248,12 +248,19 @@ def _parse(raw: dict[str, Any], spec: ExampleSpec, expected_fp: dict[str, Option
     return parsed
 
 
+def token_dtype(vocab: int) -> np.dtype:
+    """The smallest signed dtype holding tokens ``0..vocab`` (``vocab`` itself is the absent token)."""
+    return np.dtype(np.int16) if vocab < np.iinfo(np.int16).max else np.dtype(np.int32)
+
+
 class BatchBuilder:
     """Lays samples out for a role straight into preallocated batch arrays (no per-example arrays, no
     stack). Shapes (B = batch size, F = window_chunks * 15, C = window_chunks, K = codebooks,
     P = frame_tokens); the absent/pad value of every stream is its vocab size (an extra embedding row):
-      model_codes, user_codes int32 [B, K, F]; model_text, user_text int32 [B, F]; frames int32 [B, C, P];
+      model_codes, user_codes [B, K, F]; model_text, user_text [B, F]; frames [B, C, P];
       valid bool [B, F] (real audio; the loss ignores the rest).
+    Token arrays are int16 when the vocab (plus the absent token) fits, else int32: codes are then
+    copied as they are stored, and half the bytes go to the device, where the model widens them.
     """
 
     def __init__(self, spec: ExampleSpec, batch_size: int):
@@ -264,15 +271,17 @@ class BatchBuilder:
         self._arrays = self._allocate()
 
     def _allocate(self) -> dict[str, np.ndarray]:
+        # uninitialised: ``add`` writes every element of its row (data, then the absent token after it)
         sp, B = self.spec, self.size
         K, F, C, P = sp.codebooks, sp.frames, sp.window_chunks, sp.frame_tokens
+        audio, text, frames = (token_dtype(v) for v in (sp.audio_vocab, sp.text_vocab, sp.frame_vocab))
         return {
-            "model_codes": np.full((B, K, F), sp.audio_vocab, dtype=np.int32),
-            "user_codes": np.full((B, K, F), sp.audio_vocab, dtype=np.int32),
-            "model_text": np.full((B, F), sp.text_vocab, dtype=np.int32),
-            "user_text": np.full((B, F), sp.text_vocab, dtype=np.int32),
-            "frames": np.full((B, C, P), sp.frame_vocab, dtype=np.int32),
-            "valid": np.zeros((B, F), dtype=bool),
+            "model_codes": np.empty((B, K, F), dtype=audio),
+            "user_codes": np.empty((B, K, F), dtype=audio),
+            "model_text": np.empty((B, F), dtype=text),
+            "user_text": np.empty((B, F), dtype=text),
+            "frames": np.empty((B, C, P), dtype=frames),
+            "valid": np.empty((B, F), dtype=bool),
         }
 
     def add(
@@ -289,27 +298,37 @@ class BatchBuilder:
         p = _parse(raw, sp, expected_fp, where)
         S, _, F_have = p.codes_SKF.shape
         C, F, K = sp.window_chunks, sp.frames, sp.codebooks
-        if role >= S:
-            raise TrainDataError("bad_shape", f"sample has {S} stream(s), role {role} asked", source=where)
+        role %= S  # a single-stream (mixed) sample: the model is its one stream under either role
         valid_chunks = -(-p.valid_frames // FRAMES_PER_CHUNK)
         start_chunk = 0
         if valid_chunks > C:
             start_chunk = int(_rng(seed, epoch, _key_hash(key), role).integers(0, valid_chunks - C + 1))
         f0 = start_chunk * FRAMES_PER_CHUNK
-        n = max(0, min(p.valid_frames, F_have, f0 + F) - f0)  # real frames copied; the rest stays absent
-        a["valid"][b, :n] = True
-        a["model_codes"][b, :, :n] = p.codes_SKF[role, :K, f0 : f0 + n]
-        a["model_text"][b, :n] = p.text_SF[role, f0 : f0 + n]
-        if S > 1:
-            user = (role + 1) % S
-            a["user_codes"][b, :, :n] = p.codes_SKF[user, :K, f0 : f0 + n]
-            if sp.user_text:
-                a["user_text"][b, :n] = p.text_SF[user, f0 : f0 + n]
+        n = max(0, min(p.valid_frames, F_have, f0 + F) - f0)  # real frames copied; the rest is absent
+        valid, model_codes, model_text = a["valid"][b], a["model_codes"][b], a["model_text"][b]
+        user_codes, user_text = a["user_codes"][b], a["user_text"][b]
+        valid[:n] = True
+        model_codes[:, :n] = p.codes_SKF[role, :K, f0 : f0 + n]
+        model_text[:n] = p.text_SF[role, f0 : f0 + n]
+        user, m = (role + 1) % S, n if S > 1 else 0  # one stream: the user is absent throughout
+        user_codes[:, :m] = p.codes_SKF[user, :K, f0 : f0 + m]
+        u = m if sp.user_text else 0
+        user_text[:u] = p.text_SF[user, f0 : f0 + u]
+        if n < F:
+            valid[n:] = False
+            model_codes[:, n:] = sp.audio_vocab
+            model_text[n:] = sp.text_vocab
+        if m < F:
+            user_codes[:, m:] = sp.audio_vocab
+        if u < F:
+            user_text[u:] = sp.text_vocab
+        frames = a["frames"][b]
+        frames.fill(sp.frame_vocab)
         if p.frames_N is not None and len(p.frames_N):
             rel = p.chunks_N.astype(np.int64) - start_chunk
             # one frame per chunk: with several, the first one of the chunk wins (reversed assignment)
             idx = np.nonzero((rel >= 0) & (rel < C))[0][::-1]
-            a["frames"][b, rel[idx]] = p.frames_N[idx]
+            frames[rel[idx]] = p.frames_N[idx]
         self._where.append(where)
         self.count += 1
         return self.count == self.size
@@ -338,9 +357,9 @@ def build_example(
 
 
 def _check_range(arr: np.ndarray, vocab: int, name: str, where: list[str]) -> None:
-    # the value == vocab is our absent token; anything else outside [0, vocab) is bad data. One check per
-    # batch; only a failing batch is searched for the sample to blame.
-    if not arr.size or (int(arr.min()) >= 0 and int(arr.max()) <= vocab):
+    # the value == vocab is our absent token; anything else outside [0, vocab) is bad data. One pass per
+    # batch (negatives read as unsigned are huge); only a failing batch is searched for the sample to blame.
+    if not arr.size or int(arr.view(np.dtype(f"u{arr.dtype.itemsize}")).max()) <= vocab:
         return
     flat = arr.reshape(len(arr), -1)
     row = int(np.nonzero((flat.min(axis=1) < 0) | (flat.max(axis=1) > vocab))[0][0])
@@ -428,14 +447,17 @@ def _shard_items(
         yield from expanded()
         return
     buf: list[tuple[dict[str, Any], int]] = []
+    draws: list[int] = []  # slots drawn in blocks: one generator call per scalar costs microseconds
     for item in expanded():
         if len(buf) < buffer:
             buf.append(item)
             continue
-        j = int(rng.integers(0, buffer))
+        if not draws:
+            draws = rng.integers(0, buffer, size=1024).tolist()[::-1]
+        j = draws.pop()
         yield buf[j]
         buf[j] = item
-    for j in rng.permutation(len(buf)):
+    for j in rng.permutation(len(buf)).tolist():
         yield buf[j]
 
 

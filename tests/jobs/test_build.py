@@ -111,6 +111,7 @@ def test_killed_driver_resumes_to_identical_output(built_2cpu, small_corpus_medi
         with tarfile.open(part) as tf:
             assert tf.getmembers(), f"{part.name} is empty"
     subprocess.run(_cli_build(small_corpus_media, out), cwd=REPO, check=True, capture_output=True, timeout=600)
+    assert pq.read_table(out / "quarantine.parquet").to_pylist() == []
     assert tree_bytes(out) == tree_bytes(out_ref)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["resumed_sessions"] >= 1
@@ -123,4 +124,25 @@ def test_tokenizer_actor_pool_gives_the_same_corpus(built_2cpu, small_corpus_med
     out = tmp_path / "pooled"
     summary = _build(small_corpus_media, out, cfg, 2)
     assert summary.sessions_ok == 3
+    assert tree_bytes(out) == tree_bytes(out_ref)
+
+
+def test_a_worker_that_keeps_dying_is_quarantined_then_retried_on_request(built_2cpu, small_corpus_media, build_cfg, tmp_path, monkeypatch):
+    """With no retries left the session is quarantined as worker_crashed (the job goes on); a re-run with
+    retry_failed processes it again and the corpus becomes identical to an undisturbed build."""
+    from microturn.jobs.build import run_build
+
+    out_ref, _ = built_2cpu
+    monkeypatch.setenv("MICROTURN_CRASH_ONCE", f"synth-11-002:{tmp_path / 'crashed.pid'}")
+    cfg = build_cfg.model_copy(update={"job": build_cfg.job.model_copy(update={"max_retries": 0, "num_cpus": 2})})
+    out = tmp_path / "corpus"
+    first = run_build(str(small_corpus_media), str(out), cfg, progress=False)
+    assert first.sessions_ok == 2 and first.rejects_by_reason == {"worker_crashed": 1}
+    (row,) = pq.read_table(out / "quarantine.parquet").to_pylist()
+    assert row["session_id"] == "synth-11-002" and row["stage"] == "job"
+
+    again = run_build(str(small_corpus_media), str(out), cfg, progress=False)
+    assert again.rejects_by_reason == {"worker_crashed": 1}, "rejects are final unless retry is asked for"
+    fixed = run_build(str(small_corpus_media), str(out), cfg, progress=False, retry_failed=True)
+    assert fixed.sessions_ok == 3 and fixed.quarantined == 0
     assert tree_bytes(out) == tree_bytes(out_ref)

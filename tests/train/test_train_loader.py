@@ -98,14 +98,14 @@ def test_batches_hold_the_real_samples_tokens(tiny_cfg, train_corpus):
     for i, (key, members) in enumerate(list(iter_samples(corpus.shard_uris[0]))[:4]):
         s = decode_sample(members, key)
         valid = s.meta["valid_frames"]
-        assert torch.equal(batch["model_codes"][i, :, :valid], torch.from_numpy(s.codes[0, :K, :valid].astype("int32")))
-        assert torch.equal(batch["user_codes"][i, :, :valid], torch.from_numpy(s.codes[1, :K, :valid].astype("int32")))
-        assert torch.equal(batch["model_text"][i, :valid], torch.from_numpy(s.text[0, :valid].astype("int32")))
-        assert torch.equal(batch["user_text"][i, :valid], torch.from_numpy(s.text[1, :valid].astype("int32")))
+        assert np.array_equal(batch["model_codes"][i, :, :valid].numpy(), s.codes[0, :K, :valid])
+        assert np.array_equal(batch["user_codes"][i, :, :valid].numpy(), s.codes[1, :K, :valid])
+        assert np.array_equal(batch["model_text"][i, :valid].numpy(), s.text[0, :valid])
+        assert np.array_equal(batch["user_text"][i, :valid].numpy(), s.text[1, :valid])
         assert int(batch["valid"][i].sum()) == valid
         frames = batch["frames"][i]
         for frame, chunk in zip(s.frames, s.frame_chunks):
-            assert torch.equal(frames[chunk], torch.from_numpy(frame.reshape(-1).astype("int32")))
+            assert np.array_equal(frames[chunk].numpy(), frame.reshape(-1))
 
 
 def test_config_is_resolved_against_the_corpus(resolved):
@@ -306,3 +306,13 @@ def test_a_folder_without_dataset_json_is_a_clear_error(tmp_path: Path):
     (tmp_path / "shards").mkdir()
     with pytest.raises(TrainDataError, match="no_corpus"):
         read_corpus(str(tmp_path))
+
+
+def test_a_single_stream_sample_has_an_absent_user_under_either_role(resolved):
+    cfg, _, spec = resolved
+    raw = make_sample(np.random.default_rng(5), "mono", 0, chunks=spec.window_chunks, streams=1)
+    codes = np.load(io.BytesIO(raw["codes.npy"]))
+    for role in (0, 1):
+        ex = build_example(raw, role, spec, seed=0, epoch=0, expected_fp={})
+        assert np.array_equal(ex["model_codes"], codes[0, : spec.codebooks])
+        assert (ex["user_codes"] == spec.audio_vocab).all() and (ex["user_text"] == spec.text_vocab).all()
