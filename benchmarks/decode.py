@@ -56,6 +56,8 @@ def _plan(row: dict) -> tuple[list[str], str | None]:
 
 
 def run_ours(row: dict) -> dict:
+    import av  # noqa: F401  (imported before the clock starts, as the baselines do)
+
     from microturn.config import DecodeConfig
     from microturn.manifest import SessionSpec
     from microturn.pipeline.decode import decode_session

@@ -6,6 +6,11 @@ rows that point at its channels. Video: frames chosen by presentation time, one 
 (the frame whose presentation interval covers the chunk start), converted to small RGB as they are
 decoded, so a full-resolution decoded video is never held.
 
+Each file is opened once per session and read once, front to back: the probe works on the same
+container (its first packets are kept and decoded, not re-read), and a file that gives both audio
+and picture is decoded in one interleaved pass. Seeking back to the start is never used, because
+it is not exact (see ``probe.describe_container``).
+
 The session clock: sample 0 is the earliest moment any source has media, where a source's media
 begins at ``manifest offset_s + pts of its first decoded frame``. Each source's placement is the
 exact rational difference rounded once to the nearest 24 kHz sample.
@@ -98,18 +103,28 @@ class _Sources(Mapping[str, Any]):
         if uri not in self._open:
             from microturn.pipeline.probe import open_container
 
-            container = self._stack.enter_context(open_container(uri, self._stage))
-            for stream in (*container.streams.audio[:1], *container.streams.video[:1]):
-                if stream.codec_context is not None:
-                    _configure_threads(stream, self._cfg)
-            self._open[uri] = container
+            self._open[uri] = self._threaded(self._stack.enter_context(open_container(uri, self._stage)))
         return self._open[uri]
+
+    def _threaded(self, container: Any) -> Any:
+        for stream in (*container.streams.audio[:1], *container.streams.video[:1]):
+            if stream.codec_context is not None:
+                _configure_threads(stream, self._cfg)
+        return container
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._uris)
 
     def __len__(self) -> int:
         return len(self._uris)
+
+    def reopen(self, uri: str) -> None:
+        """Open ``uri`` afresh for one more pass (the old container closes with the session)."""
+        from microturn.pipeline.probe import open_container
+
+        self._open[uri] = self._threaded(self._stack.enter_context(open_container(uri, "decode")))
+        self.read_packets[uri] = []
+        self._passes.discard(uri)
 
     def packets(self, uri: str, streams: list[Any]) -> Iterator[Any]:
         """Every packet of ``streams`` from the start of the file, then the flush packets (once)."""
@@ -120,9 +135,9 @@ class _Sources(Mapping[str, Any]):
         wanted = {s.index for s in streams}
         kept, self.read_packets[uri] = self.read_packets[uri], []
         for packet in kept:
-            if packet.stream_index in wanted:
+            if packet.stream.index in wanted:
                 yield packet
-        yield from container.demux(streams)
+        yield from container.demux(*streams)
 
 
 @contextlib.contextmanager
@@ -161,7 +176,7 @@ def _decode_frames(packets: Iterator[Any], stats: dict[int, _PacketStats]) -> It
     import av
 
     for packet in packets:
-        st = stats[packet.stream_index]
+        st = stats[packet.stream.index]
         st.packets += 1
         try:
             decoded = packet.decode()
@@ -171,7 +186,7 @@ def _decode_frames(packets: Iterator[Any], stats: dict[int, _PacketStats]) -> It
             continue
         for frame in decoded:
             st.frames += 1
-            yield packet.stream_index, frame
+            yield packet.stream.index, frame
 
 
 # ---------------------------------------------------------------- audio
@@ -244,7 +259,9 @@ class _AudioSink:
             for out in self._r16.resample(frame):
                 self._b16.append(out.to_ndarray())  # type: ignore[union-attr]
         except ValueError as exc:  # layout/rate changed mid-stream: rare, treat as corrupt
-            raise StageError("decode", "corrupt_stream", f"audio format changed mid-stream: {exc}", source=self.uri) from exc
+            raise StageError(
+                "decode", "corrupt_stream", f"audio format changed mid-stream: {exc}", source=self.uri
+            ) from exc
 
     def finish(self, stats: _PacketStats) -> _DecodedAudio:
         stats.check(self.uri, "audio")
@@ -354,8 +371,6 @@ class _VideoPicker:
                 return
             s = self._prev_sample + (self._intervals[-1] if self._intervals else chunk)
         else:
-            if self.first_s is None:
-                self.first_s = Fraction(frame.pts) * Fraction(frame.time_base)
             t = Fraction(frame.pts) * Fraction(frame.time_base)
             s = round((self.offset_s + t - self.origin) * CODEC_RATE)  # type: ignore[operator]
         if prev is not None and s <= self._prev_sample:
@@ -465,7 +480,7 @@ def _decode_file(
             origin = ready()
             if origin is not None:
                 picker.settle(origin)
-            elif len(picker.pending) > _MAX_PENDING_FRAMES:
+            elif len(picker.pending) >= _MAX_PENDING_FRAMES:
                 # no audio frame yet after many video frames (a file that is not interleaved):
                 # the picture waits for a second pass rather than in memory
                 raise _NotInterleaved()
@@ -523,12 +538,14 @@ def decode_session(spec: "SessionSpec", cfg: DecodeConfig) -> DecodedSession:
     with contextlib.ExitStack() as stack:
         opened = _Sources(uris, cfg, stack)
         # no first-frame decode in the probe: decoding twice costs time and, for some codecs,
-        # exactness (see _Sources.for_pass); the full pass below proves decodability
-        infos = probe_session(spec, cfg, opened, check_decode=False)
+        # exactness (see probe.describe_container); the full pass below proves decodability
+        infos = probe_session(spec, cfg, opened, check_decode=False, read_packets=opened.read_packets)
         return _decode_probed(spec, cfg, opened, infos)
 
 
-def _decode_probed(spec: "SessionSpec", cfg: DecodeConfig, opened: _Sources, infos: Mapping[str, Any]) -> DecodedSession:
+def _decode_probed(
+    spec: "SessionSpec", cfg: DecodeConfig, opened: _Sources, infos: Mapping[str, Any]
+) -> DecodedSession:
     from microturn.pipeline.probe import media_duration_s
 
     warnings: list[str] = []
@@ -540,19 +557,51 @@ def _decode_probed(spec: "SessionSpec", cfg: DecodeConfig, opened: _Sources, inf
         rows.append((a.uri, a.channel, a.speaker, to_fraction(a.offset_s), downmix))
     if not rows and spec.video is not None:
         rows.append((spec.video.uri, 0, None, to_fraction(spec.video.offset_s), True))
-    decoded: dict[str, _DecodedAudio] = {}
-    for uri, *_ in rows:
-        if uri not in decoded:
-            decoded[uri] = _decode_audio(opened.for_pass(uri, "audio"), uri, cfg, media_duration_s(infos[uri], "audio"))
-            warnings.extend(f"{w} ({uri.rsplit('/', 1)[-1]})" for w in decoded[uri].warnings)
+    video_uri = spec.video.uri if spec.video is not None and cfg.frames_per_chunk > 0 else None
 
-    starts = [off + decoded[uri].start_s for uri, _c, _s, off, _d in rows]
-    origin: Optional[Fraction] = min(starts) if starts else None
+    def sink(uri: str) -> _AudioSink:
+        return _AudioSink(uri, cfg, media_duration_s(infos[uri], "audio"))
+
+    # Audio-only files first: their starts place the video. Each file is decoded in one pass.
+    decoded: dict[str, _DecodedAudio] = {}
+    for uri in dict.fromkeys(row[0] for row in rows):
+        if uri != video_uri:
+            decoded[uri] = _decode_file(opened, uri, sink(uri), None, None)[0]  # type: ignore[assignment]
+    starts_known = [off + decoded[uri].start_s for uri, _c, _s, off, _d in rows if uri in decoded]
+    origin: Optional[Fraction] = min(starts_known) if starts_known else None
 
     video: Optional[_VideoResult] = None
-    if spec.video is not None and cfg.frames_per_chunk > 0:
-        container = opened.for_pass(spec.video.uri, "video")
-        video, origin = _decode_video(container, spec.video.uri, to_fraction(spec.video.offset_s), origin, cfg)
+    if video_uri is not None:
+        assert spec.video is not None
+        offset_s = to_fraction(spec.video.offset_s)
+        own_offsets = [off for uri, _c, _s, off, _d in rows if uri == video_uri]
+        own_offset = min(own_offsets) if own_offsets else Fraction(0)
+        try:  # the video file's own audio (when a row uses it) and its picture in one pass
+            audio, video, origin = _decode_file(
+                opened,
+                video_uri,
+                sink(video_uri) if own_offsets else None,
+                _VideoPicker(video_uri, offset_s, cfg),
+                origin,
+                own_offset,
+            )
+        except _NotInterleaved:
+            opened.reopen(video_uri)
+            audio = _decode_file(opened, video_uri, sink(video_uri), None, None)[0]
+            assert audio is not None
+            opened.reopen(video_uri)
+            _, video, origin = _decode_file(
+                opened,
+                video_uri,
+                None,
+                _VideoPicker(video_uri, offset_s, cfg),
+                _earliest(origin, own_offset + audio.start_s),
+            )
+        if audio is not None:
+            decoded[video_uri] = audio
+    for uri in dict.fromkeys(row[0] for row in rows):
+        warnings.extend(f"{w} ({uri.rsplit('/', 1)[-1]})" for w in decoded[uri].warnings)
+    starts = [off + decoded[uri].start_s for uri, _c, _s, off, _d in rows]
     if origin is None:  # the manifest guarantees audio rows or a video; frames_per_chunk=0 drops video
         raise StageError("decode", "no_audio_stream", "the session has no audio to put on a clock", source=spec.session_id)
 
@@ -641,9 +690,9 @@ def redecode_video(decoded: DecodedSession, shift_s: Fraction) -> VideoFrames:
     cfg = DecodeConfig(frame_width=info["frame_width"], frame_height=info["frame_height"], resize=info["resize"])
     origin = to_fraction(decoded.sources["origin"])
     with _one_file(info["uri"], cfg) as opened:
-        result, _ = _decode_video(
-            opened.for_pass(info["uri"], "video"), info["uri"], to_fraction(info["offset_s"]) - shift_s, origin, cfg, fixed_origin=True
-        )
+        picker = _VideoPicker(info["uri"], to_fraction(info["offset_s"]) - shift_s, cfg)
+        _, result, _ = _decode_file(opened, info["uri"], None, picker, origin, fixed_origin=True)
+    assert result is not None
     keep = result.frame_chunks < GRID.num_chunks(decoded.num_samples)
     return VideoFrames(
         source_uri=info["uri"],

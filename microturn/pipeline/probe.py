@@ -3,7 +3,8 @@
 ``probe_media`` looks at one file (header plus the first decodable frame of its first audio and
 video streams, so that an undecodable codec or a corrupt bitstream is caught here and not half way
 through a decode). ``probe_session`` probes every source of a session and checks that their
-durations agree.
+durations agree. ``decode_session`` probes on its own open containers without the first-frame
+decode (its single decoding pass proves decodability, ``StageError("decode", "undecodable")``).
 
 Reason codes (``StageError("probe", reason, ...)``): ``not_found``, ``empty_file``, ``unreadable``,
 ``not_media``, ``no_media_streams``, ``no_audio_stream``, ``no_video_stream``, ``zero_duration``,
@@ -201,14 +202,14 @@ def _empty_without_seeking(container: Any, stream: Any, read_packets: list[Any])
     packets, which a later demux yields again)."""
     import av
 
-    if any(p.stream_index == stream.index and p.size for p in read_packets):
+    if any(p.stream.index == stream.index and p.size for p in read_packets):
         return False
     try:
         for packet in container.demux():
             if packet.size == 0 and packet.pts is None and packet.dts is None:
                 continue  # end of file: demux's flush packets
             read_packets.append(packet)
-            if packet.stream_index == stream.index and packet.size:
+            if packet.stream.index == stream.index and packet.size:
                 return False
     except (av.error.FFmpegError, ValueError, OSError):
         return False

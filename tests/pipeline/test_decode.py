@@ -143,3 +143,76 @@ def test_ten_minute_session_decodes_with_bounded_memory(tmp_path: Path) -> None:
     growth = (stats["peak_kb"] - stats["base_kb"]) * 1024
     # the result itself (~200 MB) plus one file's decode buffers, never the whole file at full size twice
     assert growth < 2.5 * stats["kept_bytes"] + 150 * 2**20, stats
+
+
+def _plain_24k(path: str) -> np.ndarray:
+    """The file's first audio stream as a fresh PyAV decode + resample gives it (mono 24 kHz)."""
+    import av
+
+    with av.open(path) as c:
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=24000)
+        blocks = [o.to_ndarray()[0] for f in c.decode(audio=0) for o in resampler.resample(f)]
+        blocks += [o.to_ndarray()[0] for o in resampler.resample(None)]
+    return np.concatenate(blocks)
+
+
+@pytest.mark.parametrize("source", ["opus_mkv", "aac_mp4_late_video"])
+def test_one_pass_decode_keeps_codec_start_up_samples_exact(source: str, tmp_path: Path) -> None:
+    # Seeking back to re-read a file is not exact: a flushed Opus decoder forgets its pre-skip, and
+    # the MP4 demuxer skips AAC priming packets when seeking to 0. The audio we place must be
+    # sample for sample what a fresh decode of the file gives.
+    if source == "opus_mkv":
+        path = str(shared("video", "flipping_a_pancake.mkv"))
+    else:
+        pts_ms = [300 + 100 * i for i in range(20)]
+        path = str(write_video(tmp_path / "late.mp4", 20, pts=pts_ms, audio=burst(16000, 2.4, [(0.5, 1.0)])))
+    out = decode_session(_spec(video={"uri": path}), DecodeConfig())
+    plain = _plain_24k(path)
+    (stream,) = out.streams
+    placed = stream.wave_24k[stream.offset_sample : stream.offset_sample + plain.shape[0]]
+    assert np.array_equal(placed, plain)
+    assert out.video is not None and out.video.frames_rgb.shape[0] > 0
+
+
+def test_each_file_is_opened_once_per_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import av
+
+    mp4 = write_video(tmp_path / "v.mp4", 20, audio=burst(16000, 2.0, [(0.5, 1.0)]))
+    wav = write_wav(tmp_path / "a.wav", burst(16000, 2.0, [(0.5, 1.0)]), 16000)
+    opened: list[str] = []
+    real_open = av.open
+
+    def counting_open(target, *args, **kwargs):
+        opened.append(str(target))
+        return real_open(target, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", counting_open)
+    decode_session(_spec(video={"uri": str(mp4)}), DecodeConfig())  # probe, audio and picture
+    assert opened == [str(mp4)]
+    opened.clear()
+    decode_session(_spec(audio=[{"uri": str(wav), "speaker": "A"}], video={"uri": str(mp4)}), DecodeConfig())
+    assert sorted(opened) == sorted([str(wav), str(mp4)])
+
+
+def test_video_far_ahead_of_its_audio_is_decoded_in_two_exact_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A file whose audio comes late in the stream (not interleaved) must not make the picture wait
+    # in memory: past a few frames the file is read again, once per stream, with the same result.
+    import av
+
+    import microturn.pipeline.decode as decode
+
+    pts_ms = [300 + 100 * i for i in range(20)]
+    mp4 = write_video(tmp_path / "late.mp4", 20, pts=pts_ms, audio=burst(16000, 2.4, [(0.5, 1.0)]))
+    one_pass = decode_session(_spec(video={"uri": str(mp4)}), DecodeConfig())
+    monkeypatch.setattr(decode, "_MAX_PENDING_FRAMES", 0)  # every file counts as not interleaved
+    opened: list[str] = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda target, *a, **k: opened.append(str(target)) or real_open(target, *a, **k))
+    two_pass = decode_session(_spec(video={"uri": str(mp4)}), DecodeConfig())
+    assert opened == [str(mp4)] * 3  # the shared open, then one per stream
+    assert one_pass.video is not None and two_pass.video is not None
+    assert one_pass.num_samples == two_pass.num_samples
+    assert np.array_equal(one_pass.streams[0].wave_24k, two_pass.streams[0].wave_24k)
+    assert np.array_equal(one_pass.video.frame_chunks, two_pass.video.frame_chunks)
+    assert np.array_equal(one_pass.video.frames_rgb, two_pass.video.frames_rgb)
+    assert one_pass.video.offset_sample == two_pass.video.offset_sample == 7200
