@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -190,7 +190,20 @@ class JobConfig(Section):
     gpus_per_tokenizer: float = Field(0.0, ge=0, description="GPUs per tokenizer actor (0 = 1 when the cluster has GPUs)")
 
 
-class BuildConfig(Section):
+class RootConfig(Section):
+    """A whole config file: sections of one component each."""
+
+    def to_plain(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.to_plain(), sort_keys=True)
+
+    def _hash_of(self, plain: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class BuildConfig(RootConfig):
     decode: DecodeConfig = DecodeConfig()
     align: AlignConfig = AlignConfig()
     tokenizers: TokenizerConfig = TokenizerConfig()
@@ -199,24 +212,17 @@ class BuildConfig(Section):
     shard: ShardConfig = ShardConfig()
     job: JobConfig = JobConfig()
 
-    def to_plain(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
     def config_hash(self) -> str:
         """sha256 of the resolved config, key-sorted JSON (job settings excluded: they never change data)."""
         plain = self.to_plain()
         plain.pop("job", None)
-        blob = json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()
-
-    def dump_yaml(self) -> str:
-        return yaml.safe_dump(self.to_plain(), sort_keys=True)
+        return self._hash_of(plain)
 
 
 # ---------------------------------------------------------------- loading
 
 
-def _format_validation_error(err: ValidationError, origin: str) -> str:
+def format_validation_error(err: ValidationError, origin: str, what: str = "config") -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -224,7 +230,7 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
             lines.append(f"{key}: unknown key")
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
-    return f"invalid config ({origin}):\n  " + "\n  ".join(lines)
+    return f"invalid {what} ({origin}):\n  " + "\n  ".join(lines)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -255,16 +261,25 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def load_config(path: Optional[Path | str] = None, overrides: Sequence[str] = ()) -> BuildConfig:
-    """Read a YAML config (or defaults), apply dotted overrides, validate."""
+M = TypeVar("M", bound=RootConfig)
+
+
+def load_model(
+    model: type[M], path: Optional[Path | str] = None, overrides: Sequence[str] = (), *, what: str = "config"
+) -> M:
+    """Read a YAML file (or defaults) into ``model``, apply dotted overrides, validate.
+    Every problem is a ``ConfigError`` naming the key."""
     data: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
         p = Path(path)
         origin = str(p)
         if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            raise ConfigError(f"{what} file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -274,6 +289,11 @@ def load_config(path: Optional[Path | str] = None, overrides: Sequence[str] = ()
     if overrides:
         origin += " + overrides"
     try:
-        return BuildConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, origin)) from None
+        raise ConfigError(format_validation_error(err, origin, what)) from None
+
+
+def load_config(path: Optional[Path | str] = None, overrides: Sequence[str] = ()) -> BuildConfig:
+    """The build config: a YAML file (or defaults) plus dotted overrides, validated."""
+    return load_model(BuildConfig, path, overrides)

@@ -1,25 +1,38 @@
 """A faster forward pass of EnCodec's SEANet encoder, same weights, same architecture.
 
 What changes against ``encodec``'s modules (and why):
+- the convolutions before the LSTM run **in time tiles** (``TILE_SAMPLES`` of input at a time, all
+  layers one tile after another), each conv keeping the last ``padding_total`` inputs of the previous
+  tile as its left context. A 10 s window of 32 channels at 24 kHz is 30 MB per tensor, so run whole,
+  every ELU, pad, add and small-channel conv streams through main memory; a tile keeps a layer's
+  input and output in cache. This is exact: the encoder is causal and every layer's input length is a
+  multiple of its stride (inputs are whole 320-sample frames), so a tile's outputs read exactly the
+  inputs they read in one pass; only the first tile pads (reflect, as EnCodec does);
 - weight norm is folded once (EnCodec recomputes ``g * v / |v|`` for every conv at every call);
 - every Conv1d runs as a Conv2d of height 1 in channels-last memory (``[B, T, C]`` in memory):
-  oneDNN's convolutions work in that layout natively, so no reorder happens around each conv; the
-  small channel counts of the early layers (32, 64) are where the stock NCW path loses most;
+  oneDNN's convolutions work in that layout natively, so no reorder happens around each conv;
 - with ``precision="bf16"`` the convolutions before the LSTM run in bfloat16 (AVX512-BF16 / AMX on
   CPUs that have it, tensor cores on GPUs) while the LSTM, the last conv and the quantizer stay in
-  float32. That changes a small, measured fraction of codes (see benchmarks/tokenize.py), so it is
-  opt-in and the fingerprint records it.
+  float32. That changes a measured fraction of codes (see benchmarks/tokenize.py), so it is opt-in
+  and the fingerprint records it.
 Padding is EnCodec's: causal, reflect on the left, "extra" right padding to whole frames.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+HOP = 320  # the encoder's total stride (2 * 4 * 5 * 8)
+# Input samples per tile: whole frames; small enough that a tile's widest tensors (32 channels at
+# 24 kHz, 64 at 12 kHz) stay in a core's L2 cache, large enough that per-op overhead stays small.
+TILE_SAMPLES = 32 * HOP
+TILED_STEPS = 12  # through the 128->256 downsampling; the widest conv (256->512, 8 MB of weights) runs whole
+MIN_TILED_SAMPLES = 4 * HOP  # shorter inputs take the one-pass path (EnCodec's short-input padding rule)
 
 
 class _Conv(nn.Module):
@@ -42,8 +55,12 @@ class _Conv(nn.Module):
         bias = conv.bias.detach().clone() if conv.bias is not None else None
         self.bias = nn.Parameter(bias.to(dtype), requires_grad=False) if bias is not None else None
         self.padding_total = (self.kernel - 1) * self.dilation - (self.stride - 1)
+        self._last_n: Optional[int] = None  # inputs written to the tile buffer by the last tile
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, 1, T] channels-last
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, stride=(1, self.stride), dilation=(1, self.dilation))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, 1, T] channels-last, the whole sequence
         length = x.shape[-1]
         n_frames = (length - self.kernel + self.padding_total) / self.stride + 1
         ideal = (math.ceil(n_frames) - 1) * self.stride + (self.kernel - self.padding_total)
@@ -57,17 +74,57 @@ class _Conv(nn.Module):
             x = F.pad(x, (left, extra, 0, 0), mode=self.pad_mode)
             if tail:
                 x = x[..., : x.shape[-1] - tail]
-        return F.conv2d(x, self.weight, self.bias, stride=(1, self.stride), dilation=(1, self.dilation))
+        return self._conv(x)
+
+    def tile(self, x: torch.Tensor, state: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One tile of a longer sequence: (output, left context for the next tile).
+
+        ``state`` is None for the first tile (the sequence start: EnCodec's reflect padding) or the
+        last ``padding_total`` inputs of the previous tile. The tile's length is a multiple of the
+        stride, so no right padding is ever needed (EnCodec's "extra" padding is zero)."""
+        left = self.padding_total
+        if not left:
+            return self._conv(x), None
+        if state is None:
+            ext = F.pad(x, (left, 0, 0, 0), mode=self.pad_mode)
+        else:
+            ext = torch.cat([state, x], dim=-1)
+        return self._conv(ext), ext[..., ext.shape[-1] - left :]
+
+    def tile_elu(
+        self, x: torch.Tensor, alpha: float, buf: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tile(elu(x))`` without copies: ELU writes into ``buf[..., left:]`` (kept between tiles),
+        behind the previous tile's last ``left`` values (or, at the sequence start, their reflection:
+        an elementwise function commutes with reflecting its input)."""
+        left, n = self.padding_total, x.shape[-1]
+        if buf is None or buf.shape[0] != x.shape[0]:
+            buf = x.new_empty((x.shape[0], x.shape[1], 1, left + n)).contiguous(memory_format=torch.channels_last)
+            torch._C._nn.elu(x, alpha, out=buf[..., left : left + n])
+            if self.pad_mode == "reflect":
+                buf[..., :left] = buf[..., left + 1 : 2 * left + 1].flip(-1)
+            else:
+                buf[..., :left] = 0
+        else:
+            prev = buf.shape[-1] - left if self._last_n is None else self._last_n
+            buf[..., :left] = buf[..., prev : prev + left]
+            torch._C._nn.elu(x, alpha, out=buf[..., left : left + n])
+        self._last_n = n
+        ext = buf if buf.shape[-1] == left + n else buf[..., : left + n]
+        return self._conv(ext), buf
 
 
 class FastSEANetEncoder(nn.Module):
     """Runs an (inference-only) copy of a SEANetEncoder; outputs float32 [B, D, T] like the original."""
 
-    def __init__(self, encoder: Any, precision: str = "fp32") -> None:
+    def __init__(self, encoder: Any, precision: str = "fp32", tile_samples: int = TILE_SAMPLES) -> None:
         super().__init__()
         from encodec.modules.lstm import SLSTM
         from encodec.modules.seanet import SEANetResnetBlock
 
+        if tile_samples % HOP:
+            raise ValueError(f"tile_samples must be a multiple of {HOP}")
+        self.tile_samples = tile_samples
         self.low = torch.bfloat16 if precision == "bf16" else torch.float32
         steps: list[tuple[str, Any]] = []
         mods = nn.ModuleList()
@@ -101,25 +158,79 @@ class FastSEANetEncoder(nn.Module):
                 raise ValueError(f"unexpected encoder layer {type(layer).__name__}")
         self.steps = steps
         self.mods = mods
+        # The steps before the LSTM are convolutional (tiled); the LSTM and what follows run whole.
+        self.conv_steps = next((i for i, (kind, _) in enumerate(steps) if kind == "lstm"), len(steps))
+        self.tiled_steps = TILED_STEPS
 
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # float32 [B, 1, L] -> float32 [B, D, T]
-        h = x.unsqueeze(2).to(self.low).contiguous(memory_format=torch.channels_last)
-        for kind, arg in self.steps:
+    def _run_conv_steps(
+        self, h: torch.Tensor, states: Optional[dict[int, Any]], first: int, last: int
+    ) -> torch.Tensor:
+        """Steps [first, last) on a whole sequence (``states`` None) or on one tile.
+
+        ``conv(idx, x, alpha)`` runs conv ``idx`` on ``elu(x, alpha)`` (on ``x`` when alpha is None):
+        in a tile, the ELU writes straight into the conv's input buffer behind its left context."""
+
+        def conv(idx: int, x: torch.Tensor, alpha: Optional[float] = None) -> torch.Tensor:
+            mod = self.mods[idx]
+            if states is None or not mod.padding_total:
+                return mod(x if alpha is None else F.elu(x, alpha)) if states is None else mod._conv(
+                    x if alpha is None else F.elu(x, alpha)
+                )
+            if alpha is None:
+                y, states[idx] = mod.tile(x, states.get(idx))
+                return y
+            y, states[idx] = mod.tile_elu(x, alpha, states.get(idx))
+            return y
+
+        pending: Optional[float] = None  # an ELU step waiting to be fused into the next conv's input
+        for kind, arg in self.steps[first:last]:
+            if pending is not None and kind != "conv":
+                h, pending = F.elu(h, pending), None
             if kind == "elu":
-                h = F.elu(h, arg)
+                pending = arg
             elif kind == "res":
                 short, a, b, alpha = arg
-                y = self.mods[b](F.elu(self.mods[a](F.elu(h, alpha)), alpha))
-                h = (h if short is None else self.mods[short](h)) + y
+                h = h.to(self.mods[a].weight.dtype)
+                y = conv(b, conv(a, h, alpha), alpha)
+                h = (h if short is None else conv(short, h)) + y
+            else:  # conv
+                idx, dtype = arg
+                h, pending = conv(idx, h.to(dtype), pending), None
+        if pending is not None:
+            h = F.elu(h, pending)
+        return h
+
+    def _run_rest(self, h: torch.Tensor) -> torch.Tensor:
+        for kind, arg in self.steps[self.conv_steps :]:
+            if kind == "elu":
+                h = F.elu(h, arg)
             elif kind == "conv":
                 idx, dtype = arg
                 h = self.mods[idx](h.to(dtype))
-            else:  # lstm: [B, C, 1, T] -> [T, B, C]
+            elif kind == "lstm":  # [B, C, 1, T] -> [T, B, C]
                 idx, skip = arg
                 seq = h.float().squeeze(2).permute(2, 0, 1)
                 out, _ = self.mods[idx](seq)
                 if skip:
                     out = out + seq
                 h = out.permute(1, 2, 0).unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        return h.squeeze(2).float().contiguous()
+            else:
+                raise ValueError(f"unexpected step {kind} after the LSTM")
+        return h
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # float32 [B, 1, L] -> float32 [B, D, T]
+        h = x.unsqueeze(2).to(self.low).contiguous(memory_format=torch.channels_last)  # [B, 1, 1, L]
+        length = h.shape[-1]
+        split = min(self.tiled_steps, self.conv_steps)
+        if length % HOP or length < MIN_TILED_SAMPLES:
+            split = 0
+        if split:
+            states: dict[int, Any] = {}
+            tiles = [
+                self._run_conv_steps(h[..., start : start + self.tile_samples], states, 0, split)
+                for start in range(0, length, self.tile_samples)
+            ]
+            h = torch.cat(tiles, dim=-1) if len(tiles) > 1 else tiles[0]
+        h = self._run_conv_steps(h, None, split, self.conv_steps)
+        return self._run_rest(h).squeeze(2).float().contiguous()

@@ -8,22 +8,15 @@ so a resumed run refuses a corpus tokenized differently.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from microturn.config import ConfigError, apply_overrides
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+from microturn.config import ConfigError, RootConfig, Section, format_validation_error, load_model
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     window_chunks: int = Field(25, gt=0, description="200 ms chunks per training example (cropped/padded)")
     batch_size: int = Field(8, gt=0, description="examples per batch on each rank")
     roles: Literal["both", "random", "first"] = Field(
@@ -40,7 +33,7 @@ class DataConfig(_Section):
     check_fingerprints: bool = Field(True, description="refuse samples whose tokenizer fingerprints differ")
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     d_model: int = Field(64, gt=0)
     n_layers: int = Field(2, gt=0)
     n_heads: int = Field(4, gt=0)
@@ -81,7 +74,7 @@ class ModelConfig(_Section):
         return self
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of lr")
     warmup_steps: int = Field(10, ge=0)
@@ -92,7 +85,7 @@ class OptimConfig(_Section):
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm (0 = off)")
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     max_steps: int = Field(100, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -109,28 +102,21 @@ class RunConfig(_Section):
     timeout_s: float = Field(600.0, gt=0, description="collective timeout for DDP")
 
 
-class Fingerprints(_Section):
+class Fingerprints(Section):
     audio: Optional[str] = None
     frames: Optional[str] = None
     text: Optional[str] = None
 
 
-class TrainConfig(_Section):
+class TrainConfig(RootConfig):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     run: RunConfig = RunConfig()
     fingerprints: Fingerprints = Fingerprints()
 
-    def to_plain(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    def dump_yaml(self) -> str:
-        return yaml.safe_dump(self.to_plain(), sort_keys=True)
-
     def config_hash(self) -> str:
-        blob = json.dumps(self.to_plain(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return self._hash_of(self.to_plain())
 
     def replace(self, **sections: dict[str, Any]) -> "TrainConfig":
         """A copy with some fields of some sections changed: ``cfg.replace(run={"max_steps": 5})``."""
@@ -140,33 +126,13 @@ class TrainConfig(_Section):
         return TrainConfig.model_validate(plain)
 
 
-def _format_error(err: ValidationError, origin: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"{key}: unknown key" if e["type"] == "extra_forbidden" else f"{key}: {e['msg']}")
-    return f"invalid training config ({origin}):\n  " + "\n  ".join(lines)
-
-
 def train_config_from_dict(data: dict[str, Any], origin: str = "dict") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, origin)) from None
+        raise ConfigError(format_validation_error(err, origin, "training config")) from None
 
 
 def load_train_config(path: Optional[Path | str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a training YAML (or defaults), apply ``a.b=value`` overrides, validate."""
-    data: dict[str, Any] = {}
-    origin = "defaults"
-    if path is not None:
-        p = Path(path)
-        origin = str(p)
-        if not p.is_file():
-            raise ConfigError(f"training config not found: {p}")
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections")
-        data = loaded
-    data = apply_overrides(data, overrides)
-    return train_config_from_dict(data, origin + (" + overrides" if overrides else ""))
+    return load_model(TrainConfig, path, overrides, what="training config")

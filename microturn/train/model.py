@@ -281,7 +281,7 @@ class DepthHead(nn.Module):
         nn.init.normal_(self.step_SD, std=0.02)
 
     def forward(self, h_ND: torch.Tensor, text_N: torch.Tensor, codes_NK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        N, K = h_ND.shape[0], self.K
+        K = self.K
         steps = [self.in_proj(h_ND)]
         steps.append(steps[0] + self.text_in(text_N))
         if K > 1:

@@ -1,7 +1,6 @@
 """A corpus mixing good sessions with every kind of bad input finishes, and accounts for everything."""
 
 import json
-import shutil
 from fractions import Fraction
 from pathlib import Path
 

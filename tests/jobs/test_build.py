@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq

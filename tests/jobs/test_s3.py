@@ -1,6 +1,5 @@
 """Inputs from and outputs to an S3-compatible object store (moto's server on 127.0.0.1)."""
 
-import os
 import socket
 import subprocess
 import sys

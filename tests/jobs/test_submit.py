@@ -1,7 +1,6 @@
 """`ray job submit` against a real local head (127.0.0.1) builds a corpus that validates."""
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
