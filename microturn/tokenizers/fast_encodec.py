@@ -56,6 +56,14 @@ class _Conv(nn.Module):
         self.bias = nn.Parameter(bias.to(dtype), requires_grad=False) if bias is not None else None
         self.padding_total = (self.kernel - 1) * self.dilation - (self.stride - 1)
         self._last_n: Optional[int] = None  # inputs written to the tile buffer by the last tile
+        self._gemm: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def gemm_operands(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A 1x1 conv as a matrix product: (weight [C_in, C_out], bias [C_out])."""
+        if self._gemm is None:
+            bias = self.bias if self.bias is not None else self.weight.new_zeros(self.weight.shape[0])
+            self._gemm = (self.weight.reshape(self.weight.shape[0], -1).t().contiguous(), bias.detach())
+        return self._gemm
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, stride=(1, self.stride), dilation=(1, self.dilation))
@@ -191,14 +199,38 @@ class FastSEANetEncoder(nn.Module):
             elif kind == "res":
                 short, a, b, alpha = arg
                 h = h.to(self.mods[a].weight.dtype)
-                y = conv(b, conv(a, h, alpha), alpha)
-                h = (h if short is None else conv(short, h)) + y
+                u = conv(a, h, alpha)
+                fused = self._residual_gemm(h, u, short, b, alpha)
+                h = fused if fused is not None else (h if short is None else conv(short, h)) + conv(b, u, alpha)
             else:  # conv
                 idx, dtype = arg
                 h, pending = conv(idx, h.to(dtype), pending), None
         if pending is not None:
             h = F.elu(h, pending)
         return h
+
+    def _residual_gemm(
+        self, h: torch.Tensor, u: torch.Tensor, short: Optional[int], b: int, alpha: float
+    ) -> Optional[torch.Tensor]:
+        """``shortcut(h) + conv_b(elu(u))`` for 1x1 convs as two GEMMs into one output.
+
+        Channels-last ``[B, C, 1, T]`` memory is a row-major ``[B*T, C]`` matrix, so a 1x1 conv is
+        one GEMM; the second accumulates into the first's output (beta = 1), which saves the
+        residual add's pass over memory and the convs' bias broadcasts. None when not applicable."""
+        mod_b = self.mods[b]
+        if short is None or mod_b.kernel != 1 or self.mods[short].kernel != 1:
+            return None
+        cl = torch.channels_last
+        if not (h.is_contiguous(memory_format=cl) and u.is_contiguous(memory_format=cl)):
+            return None
+        batch, channels, _, steps = h.shape
+        rows_h = h.permute(0, 3, 2, 1).reshape(batch * steps, channels)  # a view: [B*T, C]
+        rows_e = F.elu(u, alpha).permute(0, 3, 2, 1).reshape(batch * steps, u.shape[1])
+        w_short, b_short = self.mods[short].gemm_operands()
+        w_b, b_b = mod_b.gemm_operands()
+        out = torch.addmm(b_short + b_b, rows_h, w_short)
+        out.addmm_(rows_e, w_b)
+        return out.view(batch, steps, 1, -1).permute(0, 3, 2, 1)  # channels-last [B, C, 1, T]
 
     def _run_rest(self, h: torch.Tensor) -> torch.Tensor:
         for kind, arg in self.steps[self.conv_steps :]:

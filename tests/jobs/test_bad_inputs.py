@@ -1,55 +1,19 @@
 """A corpus mixing good sessions with every kind of bad input finishes, and accounts for everything."""
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.jobs.util import REPO
+from tests.media_helpers import SHARED_MEDIA, write_video, write_wav
 
 pytestmark = pytest.mark.slow
-SHARED = REPO.parent / "shared" / "media"
-
-
-def _write_wav(path: Path, wave: np.ndarray, rate: int = 16000, codec: str = "pcm_s16le") -> Path:
-    import av
-
-    fmt = "flt" if codec == "pcm_f32le" else "s16"
-    layout = "mono" if wave.ndim == 1 else "stereo"
-    data = wave.reshape(1, -1) if wave.ndim == 1 else wave.T.reshape(1, -1)
-    if fmt == "s16":
-        data = (np.clip(data, -1, 1) * 32767).astype(np.int16)
-    else:
-        data = data.astype(np.float32)
-    with av.open(str(path), "w", format="wav") as c:
-        s = c.add_stream(codec, rate=rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
-        frame.sample_rate = rate
-        frame.pts = 0
-        frame.time_base = Fraction(1, rate)
-        for p in s.encode(frame):
-            c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
-    return path
 
 
 def _write_video_only(path: Path, seconds: float = 2.0) -> Path:
-    import av
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=10)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        for i in range(int(seconds * 10)):
-            img = np.full((48, 64, 3), (i * 10) % 255, np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
-    return path
+    return write_video(path, n_frames=int(seconds * 10), fps=10, codec="mpeg4")
 
 
 def _speech(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
@@ -65,7 +29,7 @@ def _bad_rows(d: Path, good_mp4: Path) -> dict[str, dict]:
     trunc.write_bytes(good_mp4.read_bytes()[: good_mp4.stat().st_size // 3])
     (d / "empty.mp4").write_bytes(b"")
     (d / "text.mp4").write_text("this is not a video\n" * 50)
-    speech = _write_wav(d / "speech.wav", _speech(4.0))
+    speech = write_wav(d / "speech.wav", _speech(4.0), 16000)
     nan = _speech(4.0)
     nan[1000:2000] = np.nan
     rows = {
@@ -75,15 +39,15 @@ def _bad_rows(d: Path, good_mp4: Path) -> dict[str, dict]:
         "bad-audio-only-video": {"video": {"uri": str(speech)}, "audio": [{"uri": str(speech), "speaker": "A"}]},
         "bad-video-no-audio": {"video": {"uri": str(_write_video_only(d / "silent.mp4"))}},
         "bad-wrong-channel": {"audio": [{"uri": str(speech), "channel": 1, "speaker": "A"}]},
-        "bad-nan-samples": {"audio": [{"uri": str(_write_wav(d / "nan.wav", nan, codec="pcm_f32le")), "speaker": "A"}]},
-        "bad-too-short": {"audio": [{"uri": str(_write_wav(d / "short.wav", _speech(0.1))), "speaker": "A"}]},
+        "bad-nan-samples": {"audio": [{"uri": str(write_wav(d / "nan.wav", nan, 16000, codec="pcm_f32le")), "speaker": "A"}]},
+        "bad-too-short": {"audio": [{"uri": str(write_wav(d / "short.wav", _speech(0.1), 16000)), "speaker": "A"}]},
         "bad-mismatched-durations": {"audio": [
-            {"uri": str(_write_wav(d / "long.wav", _speech(12.0, seed=1))), "speaker": "A"},
-            {"uri": str(_write_wav(d / "brief.wav", _speech(3.0, seed=2))), "speaker": "B"}]},
+            {"uri": str(write_wav(d / "long.wav", _speech(12.0, seed=1), 16000)), "speaker": "A"},
+            {"uri": str(write_wav(d / "brief.wav", _speech(3.0, seed=2), 16000)), "speaker": "B"}]},
     }
-    if SHARED.is_dir():
+    if SHARED_MEDIA.is_dir():
         for name in ("corrupted.mp4", "missing_wav_header.wav", "test1_empty.wav"):
-            rows[f"shared-{name.split('.')[0].replace('_', '-')}"] = {"audio": [{"uri": str(SHARED / "broken" / name), "speaker": None}]}
+            rows[f"shared-{name.split('.')[0].replace('_', '-')}"] = {"audio": [{"uri": str(SHARED_MEDIA / "broken" / name), "speaker": None}]}
     return {sid: {"session_id": sid, **row} for sid, row in rows.items()}
 
 
