@@ -4,8 +4,9 @@
 
 Baseline ("stock"): the encodec README usage, one ``model.encode(wav)`` per file at 6 kbps with
 default settings (weight norm recomputed per call, NCW Conv1d), the same weights, the same audio, the
-same thread count. Ours: ``AudioTokenizer`` with the default config (fast engine, float32, 10 s
-windows + 1 s context, 8 windows per call), then the opt-in bf16 path. Both without trained
+same thread count. Ours: ``AudioTokenizer`` with the default config (fast engine: folded weight
+norm, channels-last convs run tile by tile in cache; float32, 10 s windows + 1 s context, 8 windows
+per call), then the opt-in bf16 path. Both without trained
 weights (the same seeded untrained codec; speed does not depend on weight values).
 
 Codes: the fraction of our codes that differ from the stock codes is reported next to the

@@ -163,7 +163,7 @@ def _print_validation(report, path: str) -> None:
     for w in getattr(report, "warnings", []):
         err_console.print(f"[yellow]warning[/] {w.code} {w.where}: {w.message}")
     checked = getattr(report, "checked", {})
-    counts = ", ".join(f"{v} {k}" for k, v in checked.items()) if checked else ""
+    counts = ", ".join(f"{v} {k}" for k, v in checked.items() if v) if checked else ""
     if report.ok:
         console.print(f"[bold green]valid[/]: {path}" + (f" (checked {counts})" if counts else ""))
         return
