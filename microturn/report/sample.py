@@ -1,35 +1,29 @@
 """One decoded sample as the report commands see it, and the numbers they print about it.
 
-``SampleView`` holds the arrays of docs/format.md; it is built from whatever ``microturn.format``
-returns (an object with attributes or a mapping keyed by member suffix) by ``view_from_decoded``.
+``SampleView`` is ``microturn.format.DecodedSample`` (the arrays of docs/format.md) plus the measures and
+clock conversions the report commands print.
 Ratios are measured over the sample's valid frames only (the padded tail of a session's last window
 is not silence).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from microturn.clock import CODEC_RATE, GRID
-from microturn.format import EVENT_KINDS
+from microturn.format import EVENT_KINDS, DecodedSample
 
 EVENT_COLUMNS = {k: k + "s" for k in EVENT_KINDS}  # index.parquet's column for each event kind
 
 
 @dataclass(frozen=True)
-class SampleView:
-    key: str
-    meta: dict[str, Any]
-    codes: np.ndarray  # int16 [S, K, F]
-    activity: np.ndarray  # uint8 [S, F]
-    text: np.ndarray  # int32 [S, F]
-    words: list[dict[str, Any]]  # {"text", "stream", "start_frame", "end_frame", "timing"}, window-relative
-    frames: np.ndarray  # int16 [N, h, w] frame-codec tokens
-    frame_chunks: np.ndarray  # int32 [N] window-relative chunk of each frame
-    events: list[dict[str, Any]]  # {"kind", "start_frame", "end_frame", "stream", "other"}, window-relative
+class SampleView(DecodedSample):
+    """A decoded sample (fields and shapes: ``microturn.format.DecodedSample``) with the measures and
+    clock conversions the CLI shows. Words and events are window-relative codec frames."""
 
     # -- shapes and clock
     @property
@@ -145,16 +139,7 @@ class SampleView:
         }
 
 
-def view_from_decoded(key: str, decoded: Any) -> SampleView:
-    """A view of ``microturn.format.DecodedSample`` (the format module has already checked shapes)."""
-    return SampleView(
-        key=key or decoded.key,
-        meta=dict(decoded.meta),
-        codes=decoded.codes,
-        activity=decoded.activity,
-        text=decoded.text,
-        words=list(decoded.words),
-        frames=decoded.frames,
-        frame_chunks=decoded.frame_chunks,
-        events=list(decoded.events),
-    )
+def view_from_decoded(key: str, decoded: DecodedSample) -> SampleView:
+    """The display view of a sample ``microturn.format`` decoded (and already checked)."""
+    fields = {f.name: getattr(decoded, f.name) for f in dataclasses.fields(DecodedSample)}
+    return SampleView(**{**fields, "key": key or decoded.key})
