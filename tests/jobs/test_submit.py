@@ -1,7 +1,6 @@
 """`ray job submit` against a real local head (127.0.0.1) builds a corpus that validates."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -9,21 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs.util import REPO
+from tests.jobs.util import REPO, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def ray_head(tmp_path):
     ray_bin = Path(sys.executable).with_name("ray")
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run(
         [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),

@@ -1,3 +1,4 @@
+import socket
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -13,3 +14,10 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
         if p.is_file() and not rel.startswith("_work/") and rel not in ("stats.json", "config.yaml"):
             out[rel] = p.read_bytes()
     return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
