@@ -12,9 +12,10 @@ only when a tokenizer is built.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
 
 from microturn.config import TokenizerConfig
 from microturn.tokenizers.text import (
@@ -52,8 +53,37 @@ class TokenizerSet:
     text: TextTokenizer
 
     def fingerprints(self) -> dict[str, str]:
-        """What shards record, e.g. ``{"audio": "encodec24k/6kbps/K8/V1024/untrained:0", ...}``."""
+        """What shards record, e.g. ``{"audio": "encodec24k/6kbps/K8/V1024/untrained:0@c8c8a6ce", ...}``."""
         return {"audio": self.audio.fingerprint, "frames": self.frames.fingerprint, "text": self.text.fingerprint}
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run seeded weight construction on one thread: kernels split their sums differently per thread
+    count, and untrained weights must be bit-identical in every process whatever its thread setting."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def untrained_tag(seed: int, module: Any) -> str:
+    """``untrained:<seed>@<8 hex>``: the seed, and a digest of the weights it produced.
+
+    The seed alone does not pin the weights: a change in how seeded weights are built (or a CPU whose
+    kernels round differently) would give other codes under the same name. The digest makes the
+    fingerprint name the actual weights, so readers refuse to mix such corpora."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return f"untrained:{seed}@{h.hexdigest()[:8]}"
 
 
 def load_tokenizers(cfg: TokenizerConfig) -> TokenizerSet:

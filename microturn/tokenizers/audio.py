@@ -9,7 +9,7 @@ Weights come from (first match wins):
 3. nothing: seeded weights (``torch.manual_seed(seed)``) and codebooks built from the statistics of
    the seeded encoder on a seeded speech-like calibration signal (see ``_init_codebooks``). Codes are
    deterministic and spread over the codebooks, but carry no learned meaning: a loud warning says so
-   and the fingerprint ends in ``untrained:<seed>``.
+   and the fingerprint ends in ``untrained:<seed>@<weights digest>``.
 
 Audio is encoded in windows of ``window_s`` (whole chunks), each fed with ``context_s`` of the audio
 before it, many windows per forward call. The 24 kHz model is causal, so the zero padding that
@@ -152,17 +152,12 @@ def _seeded_state(seed: int, layers: int) -> dict[str, Any]:
     """State dict of the untrained codec (cached: building it costs about a second)."""
     from microturn.tokenizers.calibration import speech_like
 
-    import torch
+
+    from microturn.tokenizers import one_torch_thread
 
     model = _bare_model(seed)
-    # One thread: kernels split their sums differently per thread count, and the untrained weights
-    # must be the same in every worker whatever its thread setting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         _init_codebooks(model, speech_like(CALIBRATION_S, seed=seed), layers, seed)
-    finally:
-        torch.set_num_threads(threads)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -224,7 +219,7 @@ def _model_from_state(state: dict[str, Any], source: Path) -> Any:
 
 
 def load_encodec(cfg: AudioCodecConfig) -> tuple[Any, str]:
-    """(model on CPU, weights tag): tag is ``sha256:<16 hex>`` or ``untrained:<seed>``."""
+    """(model on CPU, weights tag): tag is ``sha256:<16 hex>`` or ``untrained:<seed>@<8 hex>``."""
     if cfg.checkpoint is not None:
         path = Path(cfg.checkpoint)
         if not path.is_file():
@@ -259,7 +254,10 @@ def load_encodec(cfg: AudioCodecConfig) -> tuple[Any, str]:
         cfg.seed,
         STOCK_CHECKPOINT,
     )
-    return seeded_encodec(cfg.seed, num_codebooks(cfg.bandwidth_kbps)), f"untrained:{cfg.seed}"
+    from microturn.tokenizers import untrained_tag
+
+    model = seeded_encodec(cfg.seed, num_codebooks(cfg.bandwidth_kbps))
+    return model, untrained_tag(cfg.seed, model)
 
 
 def fold_weight_norm(module: Any) -> Any:

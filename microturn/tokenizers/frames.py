@@ -122,8 +122,10 @@ def seeded_codec(cfg: FrameCodecConfig) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_codec(cfg).eval()
+    from microturn.tokenizers import one_torch_thread
+
     x = torch.from_numpy(_calibration_frames(cfg)).permute(0, 3, 1, 2).contiguous()
-    with torch.no_grad():
+    with torch.no_grad(), one_torch_thread():
         z = model.encoder(x)  # [n, C, h, w]
         mean = z.mean(dim=(0, 2, 3))
         std = z.std(dim=(0, 2, 3)).clamp_min(1e-8)
@@ -139,7 +141,7 @@ def checkpoint_config_keys() -> tuple[str, ...]:
 
 
 def load_frame_codec(cfg: FrameCodecConfig) -> tuple[Any, str]:
-    """(module, weights tag): ``sha256:<16 hex>`` of the checkpoint or ``untrained:<seed>``."""
+    """(module, weights tag): ``sha256:<16 hex>`` of the checkpoint or ``untrained:<seed>@<8 hex>``."""
     import torch
 
     from microturn.tokenizers.audio import file_sha256
@@ -151,7 +153,10 @@ def load_frame_codec(cfg: FrameCodecConfig) -> tuple[Any, str]:
             "tokenizers.frames.checkpoint.",
             cfg.seed,
         )
-        return seeded_codec(cfg), f"untrained:{cfg.seed}"
+        from microturn.tokenizers import untrained_tag
+
+        codec = seeded_codec(cfg)
+        return codec, untrained_tag(cfg.seed, codec)
     path = Path(cfg.checkpoint)
     if not path.is_file():
         raise StageError("tokenize", "frame_codec_missing", f"checkpoint not found: {path}", source=str(path))
