@@ -220,9 +220,11 @@ def _onset(row: np.ndarray, frame: int) -> int:
 # ---------------------------------------------------------------- statistics
 
 
-def _distribution(durations_s: Sequence[float]) -> dict[str, Any]:
+def duration_distribution(durations_s: Sequence[float]) -> dict[str, Any]:
+    """count, mean, median, p10, p90, max and total of durations in seconds (None when empty)."""
     if not durations_s:
-        return {"count": 0, "mean_s": None, "median_s": None, "p10_s": None, "p90_s": None, "total_s": 0.0}
+        return {"count": 0, "mean_s": None, "median_s": None, "p10_s": None, "p90_s": None, "max_s": None,
+                "total_s": 0.0}
     arr = np.asarray(durations_s, dtype=np.float64)
     return {
         "count": int(arr.size),
@@ -230,6 +232,7 @@ def _distribution(durations_s: Sequence[float]) -> dict[str, Any]:
         "median_s": round(float(np.median(arr)), 4),
         "p10_s": round(float(np.percentile(arr, 10)), 4),
         "p90_s": round(float(np.percentile(arr, 90)), 4),
+        "max_s": round(float(arr.max()), 4),
         "total_s": round(float(arr.sum()), 4),
     }
 
@@ -273,10 +276,10 @@ def session_event_stats(
         "overlap_ratio": round(overlap_frames / speech_frames, 6) if speech_frames else 0.0,
         "counts": {k: len(by_kind.get(k, [])) for k in ("turn", "gap", "pause", "overlap", "backchannel",
                                                        "interruption")},
-        "gaps": _distribution([seconds(e) for e in by_kind.get("gap", [])]),
-        "pauses": _distribution([seconds(e) for e in by_kind.get("pause", [])]),
-        "overlaps": _distribution([seconds(e) for e in by_kind.get("overlap", [])]),
-        "transition_offsets": _distribution(transfers),
+        "gaps": duration_distribution([seconds(e) for e in by_kind.get("gap", [])]),
+        "pauses": duration_distribution([seconds(e) for e in by_kind.get("pause", [])]),
+        "overlaps": duration_distribution([seconds(e) for e in by_kind.get("overlap", [])]),
+        "transition_offsets": duration_distribution(transfers),
         "turns_per_min": rate("turn"),
         "backchannels_per_min": rate("backchannel"),
         "interruptions_per_min": rate("interruption"),

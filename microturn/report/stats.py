@@ -23,25 +23,12 @@ from typing import Any, Optional
 import numpy as np
 
 from microturn.clock import GRID
+from microturn.pipeline.events import duration_distribution
 from microturn.report.corpus import Target, iter_samples, read_index
 from microturn.report.progress import progress
 from microturn.report.sample import EVENT_KINDS, SampleView
 
 DURATION_KINDS = ("turn", "gap", "pause", "overlap")
-
-
-def distribution(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"count": 0}
-    a = np.asarray(values, dtype=np.float64)
-    return {
-        "count": int(a.size),
-        "mean_s": round(float(a.mean()), 4),
-        "median_s": round(float(np.median(a)), 4),
-        "p10_s": round(float(np.percentile(a, 10)), 4),
-        "p90_s": round(float(np.percentile(a, 90)), 4),
-        "max_s": round(float(a.max()), 4),
-    }
 
 
 def entropy_bits(counts: np.ndarray) -> float:
@@ -178,10 +165,10 @@ def _finish(acc: _Accumulator, target: Target) -> dict[str, Any]:
         "stream_speech_ratio": round(acc.stream_speech_frames / acc.stream_frames, 6) if acc.stream_frames else 0.0,
         "words": acc.words,
         "events": counts,
-        "gaps": distribution(durations["gap"]),
-        "pauses": distribution(durations["pause"]),
-        "turns": distribution(durations["turn"]),
-        "overlaps": distribution(durations["overlap"]),
+        "gaps": duration_distribution(durations["gap"]),
+        "pauses": duration_distribution(durations["pause"]),
+        "turns": duration_distribution(durations["turn"]),
+        "overlaps": duration_distribution(durations["overlap"]),
         "turns_per_min": round(counts["turn"] / minutes, 4) if minutes else None,
         "backchannels_per_min": round(counts["backchannel"] / minutes, 4) if minutes else None,
         "interruptions_per_min": round(counts["interruption"] / minutes, 4) if minutes else None,
