@@ -24,8 +24,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, and benchmarks/tokenize.py would
-# shadow the standard library's ``tokenize`` (imported by inspect, linecache): put the repo there.
+# Run as a script, this folder would come first on sys.path: put the repo there instead.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))

@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# run as a script, this folder comes first on sys.path, and benchmarks/tokenize.py would shadow the
-# standard library's tokenize (imported by torch): drop it
+# Run as a script, this folder would come first on sys.path: put the repo and the test helpers there.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "train"))

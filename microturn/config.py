@@ -36,7 +36,12 @@ class DecodeConfig(Section):
     resize: Literal["crop", "pad", "stretch"] = "crop"
     duration_tolerance_s: float = Field(2.0, ge=0, description="max disagreement between a session's sources")
     min_duration_s: float = Field(0.2, ge=0)
-    max_duration_s: float = Field(4 * 3600, gt=0)
+    max_duration_s: float = Field(
+        4 * 3600, gt=0, description="longest session; decode's buffers never grow past it (+ duration_tolerance_s)"
+    )
+    max_frame_pixels: int = Field(
+        8192 * 8192, gt=0, description="largest video frame (width x height) accepted; larger is rejected at probe"
+    )
     window_s: float = Field(60.0, gt=0, description="decode long inputs in windows of this length")
     threads: int = Field(0, ge=0, description="decoder threads per stream (0 = FFmpeg's choice)")
 
@@ -55,11 +60,22 @@ class AlignConfig(Section):
     min_speech_ms: int = Field(120, ge=0)
     min_silence_ms: int = Field(150, ge=0)
     crosstalk_margin_db: float = Field(10.0, ge=0)
+    crosstalk: Literal["attribute", "dominance"] = Field(
+        "attribute", description="per-microphone attribution: the two-channel bleed model, or the old level rule"
+    )
+    speech_gate: bool = Field(
+        True, description="drop pyannote runs that are not speech-like (music, effects): vad.speech_like_runs"
+    )
     asr_model_dir: Optional[Path] = None
     align_model_dir: Optional[Path] = None
     diarization_dir: Optional[Path] = None
     nltk_data_dir: Optional[Path] = None
-    asr_batch_size: int = Field(8, gt=0)
+    asr_batch_size: int = Field(8, gt=0, description="30 s Whisper windows decoded together")
+    asr_beam_size: int = Field(5, gt=0)
+    asr_threads: int = Field(0, ge=0, description="CTranslate2 CPU threads (0 = torch's thread count: the task's CPU share)")
+    asr_pad_ms: int = Field(200, ge=0, description="audio kept around each speech region sent to ASR")
+    asr_fill_gap_ms: int = Field(3000, ge=0, description="pauses in a stream's speech no other stream "
+                                 "speaks in, up to this long, are sent to ASR too (quiet words the VAD missed)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     estimate_av_offset: bool = False
     av_offset_max_ms: float = Field(500.0, gt=0, description="search range of the A/V offset estimate")
@@ -180,14 +196,32 @@ class ShardConfig(Section):
 class JobConfig(Section):
     num_cpus: Optional[int] = Field(None, gt=0, description="embedded Ray size (None = all cores)")
     address: Optional[str] = None
-    session_timeout_s: float = Field(1800.0, gt=0)
-    max_in_flight: Optional[int] = Field(None, gt=0, description="sessions in flight (None = 2 x CPUs)")
+    # A session's budget is base + per media minute x its probed duration (docs/cluster.md, section 4):
+    # the timeout is there to catch hangs, not to reject long recordings.
+    session_timeout_base_s: float = Field(600.0, gt=0, description="fixed part of every session's time budget")
+    session_timeout_per_media_min_s: float = Field(
+        60.0, ge=0, description="budget per minute of probed media (60 = 1x realtime on top of the base)"
+    )
+    tokenizer_timeout_s: Optional[float] = Field(
+        None, gt=0, description="timeout of one call to a tokenizer actor (None = the session's budget)"
+    )
+    max_in_flight: Optional[int] = Field(None, gt=0, description="sessions in flight (None = the CPUs left for session tasks)")
     max_retries: int = Field(2, ge=0, description="retries of a task whose worker process died")
     object_store_mb: Optional[int] = Field(None, gt=0)
     tokenizer_actors: int = Field(
         0, ge=0, description="tokenizer actors; 0 = one per GPU on a GPU cluster, else tokenize inside session tasks"
     )
     gpus_per_tokenizer: float = Field(0.0, ge=0, description="GPUs per tokenizer actor (0 = 1 when the cluster has GPUs)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_timeout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "session_timeout_s" in data:
+            raise ValueError(
+                "job.session_timeout_s was replaced by job.session_timeout_base_s + "
+                "job.session_timeout_per_media_min_s x media minutes (a session's budget scales with its length)"
+            )
+        return data
 
 
 class RootConfig(Section):

@@ -9,6 +9,7 @@ without importing microturn.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -135,12 +136,17 @@ def decode_npy(data: bytes | bytearray | memoryview, *, where: str = "") -> np.n
     """A read-only array viewing ``data`` (no copy). Never unpickles: object dtypes are refused."""
     view = memoryview(data)
     dtype, shape, fortran, offset = _npy_layout(view, where)
+    if any(n < 0 for n in shape) or len(shape) > 32:  # numpy's own limit on dimensions is 32 (64 in 2.x)
+        raise FormatError("bad_npy", f"cannot read .npy: impossible shape {shape}", where=where)
     count = math.prod(shape)
     if len(view) - offset < count * dtype.itemsize:
         raise FormatError("bad_npy", f"cannot read .npy: {len(view) - offset} data bytes for shape {shape} "
                                      f"{dtype}", where=where)
-    arr = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
-    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    try:  # a zero-sized shape can still name dimensions numpy refuses (beyond intp)
+        arr = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+        arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    except ValueError as exc:
+        raise FormatError("bad_npy", f"cannot read .npy: {exc}", where=where) from None
     if arr.flags.writeable:  # a view of writable memory (bytearray): the caller must not write through it
         arr.flags.writeable = False
     return arr
@@ -171,15 +177,19 @@ def jsonable(obj: Any) -> Any:
 
 
 def decode_json(data: bytes | memoryview, *, where: str = "") -> Any:
+    """Parsed JSON; every way the bytes can fail to be JSON is ``FormatError("bad_json")``: bad
+    UTF-8, bad syntax, an integer past Python's digit limit (ValueError), too deep nesting."""
     try:
         return json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise FormatError("bad_json", "cannot read JSON: nested too deeply", where=where) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int max_str_digits
         raise FormatError("bad_json", f"cannot read JSON: {exc}", where=where) from None
 
 
 def sample_key(session_id: str, window_index: int) -> str:
     key = f"{session_id}-{window_index:06d}"
-    if not KEY_RE.match(key):
+    if not KEY_RE.fullmatch(key):
         raise FormatError("bad_key", f"session id {session_id!r} gives key {key!r} (letters, digits, _ and - only)")
     return key
 
@@ -305,6 +315,34 @@ def shape_problems(
     return out
 
 
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "format_version": (int,),
+    "session_id": (str,),
+    "window_index": (int,),
+    "start_frame": (int,),
+    "start_sample": (int,),
+    "num_frames": (int,),
+    "valid_frames": (int,),
+    "speakers": (list,),
+    "fingerprints": (dict,),
+    "stats": (dict,),
+}
+
+
+def meta_type_problems(meta: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the types of meta.json's required fields (bools are not integers; speaker
+    ids are strings), so that readers can index and compare them without guarding every use."""
+    out = []
+    for name, types in _META_TYPES.items():
+        value = meta.get(name)
+        if name in meta and (not isinstance(value, types) or isinstance(value, bool)):
+            out.append(f"{name} is {type(value).__name__}, expected {types[0].__name__}")
+    speakers = meta.get("speakers")
+    if isinstance(speakers, list) and not all(isinstance(s, str) for s in speakers):
+        out.append("speakers must be strings")
+    return out
+
+
 def decode_sample(members: Mapping[str, bytes], key: str = "") -> DecodedSample:
     """Decode a sample's members (suffix -> bytes). Raises ``FormatError`` on a missing member, an
     unreadable member, or a dtype/shape that disagrees with the grid."""
@@ -318,6 +356,9 @@ def decode_sample(members: Mapping[str, bytes], key: str = "") -> DecodedSample:
     absent = [k for k in META_REQUIRED if k not in meta]
     if absent:
         raise FormatError("bad_meta", f"meta.json lacks {', '.join(absent)}", where=key)
+    wrong = meta_type_problems(meta)
+    if wrong:
+        raise FormatError("bad_meta", f"meta.json: {'; '.join(wrong)}", where=key)
     arrays = {s: decode_npy(members[s], where=f"{where}.{s}") for s in MEMBER_ORDER if s.endswith(".npy")}
     words = decode_json(members["words.json"], where=f"{where}.words.json")
     events = decode_json(members["events.json"], where=f"{where}.events.json")
@@ -356,6 +397,9 @@ INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
     ("num_video_frames", "int32"),
     ("speech_ratio", "float32"),
     ("overlap_ratio", "float32"),
+    # session-level bleed flags (meta.quality; docs/crosstalk.md): null when not measured
+    ("session_overlap_ratio", "float32"),
+    ("activity_correlation", "float32"),
     ("word_count", "int32"),
     ("turns", "int32"),
     ("gaps", "int32"),
@@ -374,11 +418,21 @@ QUARANTINE_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _optional_float(value: Any) -> Optional[float]:
+    """A quality figure for a nullable float column (None: not measured, e.g. one stream)."""
+    return None if value is None else float(value)
+
+
 def index_row_from_meta(key: str, meta: Mapping[str, Any], nbytes: int) -> dict[str, Any]:
     """The index.parquet row of a sample (without ``shard``), derived from its meta.json only, so
     that an index can be rebuilt (and checked) from the shards."""
     stats = meta["stats"]
+    quality = meta.get("quality") or {}
+    if not isinstance(quality, dict):
+        raise ValueError("quality is not an object")
     events = stats.get("event_counts", {})
+    if not isinstance(events, dict):
+        raise ValueError("stats.event_counts is not an object")
     row = {
         "key": key,
         "session_id": meta["session_id"],
@@ -393,6 +447,8 @@ def index_row_from_meta(key: str, meta: Mapping[str, Any], nbytes: int) -> dict[
         "num_video_frames": int(stats["num_video_frames"]),
         "speech_ratio": float(stats["speech_ratio"]),
         "overlap_ratio": float(stats["overlap_ratio"]),
+        "session_overlap_ratio": _optional_float(quality.get("overlap_ratio")),
+        "activity_correlation": _optional_float(quality.get("activity_correlation")),
         "word_count": int(stats["word_count"]),
         "bytes": int(nbytes),
     }
@@ -416,6 +472,9 @@ _TAR_FILE_TYPES = frozenset((ord("0"), 0, ord("7")))  # regular file (ustar, v7)
 _TAR_SKIP_TYPES = frozenset(map(ord, "123456gK"))  # links, devices, folders, fifos, global pax, long link
 _TAR_CHKSUM_SPAN = np.arange(_TAR_BLOCK)
 _TAR_CHKSUM_FIELD = np.arange(148, 156)
+# A member larger than this is a damaged header, not a sample (ours are megabytes): refused before
+# any read, so a crafted size field never makes the reader buffer gigabytes.
+TAR_MAX_MEMBER_BYTES = 1 << 32
 
 
 def _tar_number(field: bytes, where: str) -> int:
@@ -484,6 +543,20 @@ def _header_name(buf: Any, pos: int) -> bytes:
     return name
 
 
+def _read_up_to(fileobj: IO[bytes], n: int) -> bytes:
+    """At most ``n`` bytes, read in bounded pieces: a member that claims more bytes than the file
+    holds costs what the file holds, never an ``n``-byte buffer allocated up front."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        part = fileobj.read(min(n - got, _TAR_READ_BYTES))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def _scan_tar(source: IO[bytes] | bytes | mmap.mmap, where: str) -> Iterator[tuple[memoryview, list]]:
     """The archive's regular-file members, one batch per buffer: ``(view, [(name bytes, start, size)])``
     where ``view[start:start + size]`` is the member's data (see ``iter_tar_members``)."""
@@ -505,8 +578,11 @@ def _scan_tar(source: IO[bytes] | bytes | mmap.mmap, where: str) -> Iterator[tup
                     finished = True  # end-of-archive: the rest is padding
                     break
                 size = _tar_number(buf[pos + 124 : pos + 136], where)
+            if not 0 <= size <= TAR_MAX_MEMBER_BYTES:
+                raise FormatError("bad_tar", f"unreadable tar: member size {size} at byte {pos} is negative or "
+                                             f"beyond {TAR_MAX_MEMBER_BYTES}", where=where)
             padded = size + (-size) % _TAR_BLOCK
-            if size < 0 or end - pos < _TAR_BLOCK + padded:
+            if end - pos < _TAR_BLOCK + padded:
                 need = _TAR_BLOCK + padded
                 break
             offsets.append(pos)
@@ -539,7 +615,7 @@ def _scan_tar(source: IO[bytes] | bytes | mmap.mmap, where: str) -> Iterator[tup
         # read on into a new buffer (views handed out keep the old one alive), the unparsed tail first
         assert fileobj is not None  # a whole archive is at_eof from the start
         try:
-            more = fileobj.read(max(_TAR_READ_BYTES, need - (end - pos)))
+            more = _read_up_to(fileobj, max(_TAR_READ_BYTES, need - (end - pos)))
         except OSError as exc:
             raise FormatError("bad_tar", f"unreadable tar: {exc}", where=where) from None
         at_eof = not more
@@ -611,8 +687,18 @@ def iter_samples(shard_uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Samples of one shard, in order, as ``(key, {suffix: bytes})``."""
     from microturn.storage import open_input
 
-    with open_input(shard_uri) as fh:
+    with _shard_exists(shard_uri), open_input(shard_uri) as fh:
         yield from iter_tar(fh, where=shard_uri)
+
+
+@contextlib.contextmanager
+def _shard_exists(shard_uri: str) -> Iterator[None]:
+    """A shard that is listed but absent is the corpus' problem (``FormatError("missing_shard")``),
+    like every other way a corpus can be damaged, not an ``OSError`` for the reader's caller."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise FormatError("missing_shard", "the shard does not exist", where=shard_uri) from None
 
 
 def iter_sample_views(
@@ -624,7 +710,7 @@ def iter_sample_views(
     from microturn.storage import is_remote, local_path, open_input
 
     if not is_remote(shard_uri):
-        with open(local_path(shard_uri), "rb") as fh:
+        with _shard_exists(shard_uri), open(local_path(shard_uri), "rb") as fh:
             try:
                 mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             except ValueError:  # an empty file cannot be mapped
@@ -634,7 +720,7 @@ def iter_sample_views(
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
             yield from iter_tar_views(mapped, where=shard_uri, suffixes=suffixes)
             return
-    with open_input(shard_uri) as fh:
+    with _shard_exists(shard_uri), open_input(shard_uri) as fh:
         yield from iter_tar_views(fh, where=shard_uri, suffixes=suffixes)
 
 
@@ -652,7 +738,36 @@ def read_dataset_json(dataset_uri: str) -> dict[str, Any]:
     if doc.get("format_version") != FORMAT_VERSION:
         raise FormatError("format_version", f"{uri} has format_version {doc.get('format_version')!r}, "
                                             f"this reader reads {FORMAT_VERSION}")
+    wrong = dataset_json_problems(doc)
+    if wrong:
+        raise FormatError("bad_dataset_json", f"{uri}: {'; '.join(wrong)}")
     return doc
+
+
+def is_plain_name(name: Any) -> bool:
+    """A file name with no folder part (shard names are joined to the shards folder)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def dataset_json_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Type problems of the dataset.json entries readers rely on (shards, tokenizers, totals)."""
+    out = []
+    shards = doc.get("shards", [])
+    if not isinstance(shards, list):
+        out.append("shards is not a list")
+    else:
+        for i, entry in enumerate(shards):
+            if not isinstance(entry, dict) or not is_plain_name(entry.get("name")):
+                out.append(f"shards[{i}] is not an object with a plain file name")
+            elif not (isinstance(entry.get("samples", 0), int) and isinstance(entry.get("bytes", 0), int)):
+                out.append(f"shards[{i}] has non-integer samples or bytes")
+    toks = doc.get("tokenizers", {})
+    if not isinstance(toks, dict) or not all(isinstance(t, dict) for t in toks.values()):
+        out.append("tokenizers is not an object of objects")
+    for name in ("totals", "files"):
+        if not isinstance(doc.get(name, {}), dict):
+            out.append(f"{name} is not an object")
+    return out
 
 
 def fingerprints_of(doc: Mapping[str, Any]) -> dict[str, str]:
@@ -683,7 +798,10 @@ def iter_dataset(
             for key, members in iter_samples(join(uri, SHARDS_DIR, shard["name"])):
                 if not allow_mixed:
                     meta = decode_json(members.get("meta.json", b"{}"), where=key)
-                    fp = {k: str(v) for k, v in sorted(meta.get("fingerprints", {}).items())}
+                    fps = meta.get("fingerprints") if isinstance(meta, dict) else None
+                    if not isinstance(fps, dict):
+                        raise FormatError("bad_meta", "meta.json has no fingerprints object", where=key)
+                    fp = {k: str(v) for k, v in sorted(fps.items())}
                     if fp != expected:
                         raise FormatError("mixed_fingerprints", f"sample fingerprints {fp} differ from the "
                                                                 f"dataset's {expected}", where=key)

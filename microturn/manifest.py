@@ -41,21 +41,27 @@ class _Row(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A source may start at most this far from the session clock's origin (both ways): a finite bound,
+# so that an offset can never ask decode for an astronomically long timeline (decode also refuses
+# timelines longer than ``decode.max_duration_s``).
+MAX_OFFSET_S = 7 * 24 * 3600.0
+
+
 class VideoSource(_Row):
     uri: str = Field(min_length=1)
-    offset_s: float = 0.0
+    offset_s: float = Field(0.0, allow_inf_nan=False, ge=-MAX_OFFSET_S, le=MAX_OFFSET_S)
 
 
 class AudioSource(_Row):
     uri: str = Field(min_length=1)
     channel: int = Field(0, ge=0)
     speaker: Optional[str] = None  # None = a mixed track to diarize
-    offset_s: float = 0.0
+    offset_s: float = Field(0.0, allow_inf_nan=False, ge=-MAX_OFFSET_S, le=MAX_OFFSET_S)
 
     @field_validator("speaker")
     @classmethod
     def _speaker_id(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not SESSION_ID_RE.match(v):
+        if v is not None and not SESSION_ID_RE.fullmatch(v):
             raise ValueError("speaker ids hold letters, digits, '_' and '-' (max 128)")
         return v
 
@@ -79,7 +85,7 @@ class SessionSpec(_Row):
     @classmethod
     def _safe_id(cls, v: str) -> str:
         # Keys become tar member names: no dots (webdataset splits keys at the first dot), no slashes.
-        if not SESSION_ID_RE.match(v):
+        if not SESSION_ID_RE.fullmatch(v):
             raise ValueError("session_id must match [A-Za-z0-9_][A-Za-z0-9_-]* (no dots, slashes or spaces)")
         return v
 
@@ -88,7 +94,7 @@ class SessionSpec(_Row):
     def _meta_from_text(cls, v: Any) -> Any:
         # Parquet manifests store the free-form meta as JSON text.
         if isinstance(v, str):
-            return json.loads(v) if v.strip() else {}
+            return loads_json_text(v) if v.strip() else {}
         return {} if v is None else v
 
     def model_post_init(self, _ctx: Any) -> None:
@@ -109,7 +115,18 @@ class SessionSpec(_Row):
         return list(dict.fromkeys(uris))
 
 
+def loads_json_text(text: str | bytes) -> Any:
+    """``json.loads`` whose every failure is a ``ValueError``: too deep nesting (``RecursionError``)
+    and over-long integers (int max_str_digits) included, so a bad row is that row's problem."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def _resolve(uri: str, base: str) -> str:
+    if "\0" in uri:
+        raise ValueError("a URI cannot hold a NUL character")
     if "://" in uri:
         return uri
     p = Path(uri)
@@ -158,6 +175,10 @@ def parse_rows(rows: Iterable[tuple[int, Any]], base: str) -> tuple[list[Session
         except ValidationError as err:
             problems.append(RowProblem(line, sid if isinstance(sid, str) else None, _describe(err)))
             continue
+        except (ValueError, RecursionError) as exc:  # from _resolve_row (a NUL in a URI), deep rows
+            message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            problems.append(RowProblem(line, sid if isinstance(sid, str) else None, message))
+            continue
         if spec.session_id in seen:
             problems.append(
                 RowProblem(line, spec.session_id, f"duplicate session_id (first on row {seen[spec.session_id]})")
@@ -190,8 +211,8 @@ def _read_rows(uri: str) -> Iterable[tuple[int, Any]]:
             if not raw.strip() or raw.lstrip().startswith("#"):
                 continue
             try:
-                yield i, json.loads(raw)
-            except json.JSONDecodeError as exc:
+                yield i, loads_json_text(raw)
+            except ValueError as exc:  # JSONDecodeError, too deep, too long an integer
                 yield i, _Unparsable(str(exc))
 
 
@@ -208,7 +229,7 @@ def load_manifest(uri: str | Path, *, strict: bool = False) -> tuple[list[Sessio
         rows = list(_read_rows(uri))
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {uri}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, a damaged Parquet file (ArrowInvalid)
         raise ManifestError(f"cannot read manifest {uri}: {exc}") from None
     fixed: list[tuple[int, Any]] = []
     problems: list[RowProblem] = []

@@ -112,7 +112,7 @@ class Word:
     start_sample: int  # 24 kHz, session clock
     end_sample: int
     stream: int  # index into the session's streams
-    timing: Literal["aligned", "asr", "source", "interpolated", "synthetic"] = "source"
+    timing: Literal["aligned", "asr", "whisper", "source", "interpolated", "synthetic"] = "source"
     score: Optional[float] = None
 
 

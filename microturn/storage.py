@@ -122,24 +122,19 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     """Write to a temporary name, then commit under ``uri`` only if the block succeeds.
 
     Local: tmp file in the same folder, fsync, ``os.replace``, fsync of the folder. Object stores: the
-    bytes are staged in a local temp file and uploaded only after the block succeeded (an upload is
-    invisible until it completes), so a failure never leaves a partial object.
+    bytes are staged in a local temp file, uploaded after the block succeeded to a temporary key beside
+    the target, and published by a server-side copy only once the upload is complete. (An S3 stream that
+    fails half way still *completes* what it sent when it is closed, so uploading straight to the final
+    key could leave a truncated object there.) Limits: S3's single-request copy stops at 5 GB per object;
+    a killed process can leave a temporary key behind, which ``cleanup_temporaries`` removes.
     """
     if is_remote(uri):
-        import tempfile
-
-        fs, path = filesystem(uri)
-        with tempfile.TemporaryFile() as staged:
+        with _staged_upload(uri) as staged:
             yield staged
-            staged.flush()
-            staged.seek(0)
-            with fs.open_output_stream(path) as out:
-                while block := staged.read(1 << 22):
-                    out.write(block)
         return
     target = local_path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = target.parent / _temporary_name(target.name)
     try:
         with open(tmp, "wb") as fh:
             yield fh
@@ -150,6 +145,37 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _temporary_name(name: str) -> str:
+    """``.NAME.tmp-<random>``: hidden, never matches a final name, found again by ``cleanup_temporaries``."""
+    return f".{name}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.contextmanager
+def _staged_upload(uri: str) -> Iterator[IO[bytes]]:
+    """Stage locally, upload to a temporary key, then move it onto ``uri`` (see ``atomic_writer``)."""
+    import tempfile
+
+    fs, path = filesystem(uri)
+    parent, _, name = path.rpartition("/")
+    tmp_path = f"{parent}/{_temporary_name(name)}"
+    with tempfile.TemporaryFile() as staged:
+        yield staged
+        staged.flush()
+        staged.seek(0)
+        try:
+            _upload(staged, fs, tmp_path)
+            fs.move(tmp_path, path)  # S3: CopyObject (atomic, all or nothing) + delete of the temporary key
+        finally:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fs.delete_file(tmp_path)
+
+
+def _upload(src: IO[bytes], fs, path: str, block_bytes: int = 1 << 22) -> None:
+    with fs.open_output_stream(path) as out:
+        while block := src.read(block_bytes):
+            out.write(block)
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
@@ -167,9 +193,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def cleanup_temporaries(folder: str, older_than_s: Optional[float] = None) -> int:
-    """Remove leftover ``.NAME.tmp-*`` files from a crashed run (local folders only)."""
+    """Remove leftover ``.NAME.tmp-*`` files (or object-store keys) from a crashed run.
+
+    Only safe while no other writer uses the folder: the build calls it under its output lock."""
     if is_remote(folder):
-        return 0
+        stale = [n for n in listdir(folder) if n.startswith(".") and ".tmp-" in n]
+        for name in stale:
+            remove(join(folder, name))
+        return len(stale)
     p = local_path(folder)
     if not p.is_dir():
         return 0

@@ -5,7 +5,8 @@ Each session is a set of real container files written with PyAV:
 - ``video.mp4``: H.264 (MPEG-4 Part 2 when libx264 is missing) video whose left half brightens with
   speaker A's loudness and right half with speaker B's, plus AAC audio holding the *mixed* conversation;
 - per-speaker audio (``A.wav``/``B.wav``; or one stereo file, or one mixed mono file, by ``layout``)
-  with a little cross-talk of the other speaker (``leakage_db``) and light background noise;
+  with cross-talk of the other speaker carried through a room (see *Cross-talk* below) and each
+  microphone's own noise floor;
 - ``transcript.json``: the words with times, as a JSON transcript sidecar;
 - ``truth.json``: everything the generator intended (``SessionTruth``): speech segments, words,
   turn-taking events, offsets.
@@ -28,6 +29,14 @@ Inside the MP4 the video stream may start later than the audio stream (``video_s
 legitimate container start time, honoured through PTS). ``av_offset_ms`` is a *sync error*: the frame
 shown at session time t displays the loudness at t - av_offset_ms. It is recorded only in the truth,
 never in the manifest, so alignment can be checked for estimating it.
+
+Cross-talk. With ``crosstalk="room"`` (the default) each voice reaches the other microphone through a
+room: convolved with a room impulse response (a synthetic one, exponentially decaying noise with early
+reflections and an RT60 of 0.2-0.7 s, or one of ``room_irs``, e.g. measured ones), delayed by the
+travel time (2-8 ms), at a level 6-20 dB below the talker's own microphone (``leakage_db``: one value,
+or ``None`` to draw each direction), and each microphone has its own gain (+-3 dB) and noise floor
+(``noise_db`` +-4 dB). ``crosstalk="direct"`` is the old, easy bleed: a delayed copy at ``leakage_db``.
+Everything drawn is recorded in ``truth.crosstalk``.
 
 Everything is planned on integer sample positions and rendered with vectorised numpy; every file is
 byte-identical for a given seed (bit-exact muxing, no timestamps, relative URIs).
@@ -151,6 +160,9 @@ class SessionTruth:
     events: tuple[TruthEvent, ...]
     version: int = TRUTH_VERSION
     speakers: tuple[str, ...] = field(default=SPEAKERS)
+    # how each voice reaches the other microphone: {"mode", "to_<mic>": {"from", "level_db",
+    # "delay_ms", "rir", "rt60_s"}, "gain_db": {mic: dB}, "noise_db": {mic: dB}} (see the module doc)
+    crosstalk: dict[str, Any] = field(default_factory=dict)
 
     def events_of(self, kind: EventKind) -> tuple[TruthEvent, ...]:
         return tuple(e for e in self.events if e.kind == kind)
@@ -198,6 +210,7 @@ class SessionTruth:
             events=tuple(TruthEvent(**e) for e in d["events"]),
             version=int(d["version"]),
             speakers=tuple(d["speakers"]),
+            crosstalk=dict(d.get("crosstalk", {})),
         )
 
 
@@ -643,8 +656,143 @@ def _background(rng: np.random.Generator, n: int, sr: int, level_db: float) -> n
     return x * (TARGET_RMS * 10 ** (level_db / 20) / max(float(np.sqrt(np.mean(x**2))), 1e-12))
 
 
+def synthetic_rir(rng: np.random.Generator, sr: int, rt60_s: float) -> np.ndarray:
+    """A room impulse response: direct path, a few early reflections (2-25 ms later), then
+    exponentially decaying noise reaching -60 dB at ``rt60_s`` (a diffuse late tail)."""
+    n = int(round(rt60_s * sr))
+    t = np.arange(n) / sr
+    h = rng.standard_normal(n) * 10 ** (-3.0 * t / rt60_s) * 0.3  # -60 dB at rt60
+    h[0] = 1.0
+    for _ in range(5):
+        k = int(rng.integers(int(0.002 * sr), int(0.025 * sr)))
+        h[k] += float(rng.uniform(-0.6, 0.6))
+    return h
+
+
+def trim_rir(h: np.ndarray) -> np.ndarray:
+    """A measured response from its direct path on (the propagation delay is set separately)."""
+    h = np.asarray(h, dtype=np.float64).reshape(-1)
+    start = int(np.argmax(np.abs(h) >= 0.1 * float(np.max(np.abs(h)))))
+    return h[start:]
+
+
+def _convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``x`` filtered by ``h``, same length as ``x`` (FFT convolution)."""
+    size = 1 << int(np.ceil(np.log2(x.size + h.size - 1)))
+    return np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(h, size), size)[: x.size]
+
+
+def room_bleed(source: np.ndarray, rir: Optional[np.ndarray], level_db: float, delay: int) -> np.ndarray:
+    """``source`` as another microphone hears it: through ``rir`` (None: unfiltered) scaled to unit
+    energy, ``delay`` samples later, ``level_db`` down (for a white source: its RMS relative to the
+    source's; a unit-energy response neither adds nor removes power on average, whatever the
+    source's spectrum, so a recording's rumble does not set the level of its speech)."""
+    heard = np.asarray(source, dtype=np.float64)
+    if rir is not None:
+        h = np.asarray(rir, dtype=np.float64)
+        heard = _convolve(heard, h / max(float(np.sqrt(np.sum(h**2))), 1e-12))
+    return 10 ** (level_db / 20) * _delayed(heard, delay)
+
+
+def _room_tracks(
+    rng: np.random.Generator,
+    clean: list[np.ndarray],
+    sr: int,
+    crosstalk: str,
+    leakage_db: Optional[float],
+    noise_db: float,
+    room_irs: Optional[Sequence[np.ndarray]],
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Each microphone: its speaker + the other speaker through the room + its own noise floor.
+
+    Levels are set on the clean voices (each at TARGET_RMS over its speech), so ``level_db`` is the
+    other voice's level at this microphone relative to this microphone's own talker."""
+    info: dict[str, Any] = {"mode": crosstalk, "gain_db": {}, "noise_db": {}}
+    tracks = []
+    for i, mic in enumerate(SPEAKERS):
+        other = clean[1 - i]
+        level = float(leakage_db) if leakage_db is not None else round(float(rng.uniform(-20.0, -6.0)), 2)
+        delay = int(round(float(rng.uniform(0.002, 0.008)) * sr))
+        gain = round(float(rng.uniform(-3.0, 3.0)), 2) if crosstalk == "room" else 0.0
+        floor = round(noise_db + float(rng.uniform(-4.0, 4.0)), 2) if crosstalk == "room" else noise_db
+        leak_info: dict[str, Any] = {"from": SPEAKERS[1 - i], "level_db": level, "delay_ms": round(1000 * delay / sr, 3)}
+        h: Optional[np.ndarray] = None
+        if crosstalk == "room":
+            if room_irs:
+                k = int(rng.integers(len(room_irs)))
+                h, leak_info["rir"] = trim_rir(room_irs[k]), f"room_irs[{k}]"
+            else:
+                rt60 = round(float(rng.uniform(0.2, 0.7)), 3)
+                h, leak_info["rir"], leak_info["rt60_s"] = synthetic_rir(rng, sr, rt60), "synthetic", rt60
+        leak = room_bleed(other, h, level, delay)
+        g = 10 ** (gain / 20)
+        tracks.append(g * (clean[i] + leak + _background(rng, clean[i].size, sr, floor)))
+        info[f"to_{mic}"] = leak_info
+        info["gain_db"][mic], info["noise_db"][mic] = gain, floor
+    return tracks, info
+
+
 def _delayed(x: np.ndarray, d: int) -> np.ndarray:
     return np.concatenate([np.zeros(d), x[: x.size - d]]) if d > 0 else x
+
+
+def _tone(t: np.ndarray, f0: float, partials: int, vibrato_hz: float = 0.0, depth: float = 0.0) -> np.ndarray:
+    """Harmonic tone (1/k partials) with a sinusoidal vibrato of ``depth`` (relative pitch)."""
+    phase = 2 * np.pi * f0 * (t - depth * np.cos(2 * np.pi * vibrato_hz * t) / (2 * np.pi * max(vibrato_hz, 1e-9)))
+    return sum(np.sin(k * phase) / k for k in range(1, partials + 1))
+
+
+def music_and_effects(seed: int = 0, sample_rate: int = 16000, seconds: float = 20.0) -> np.ndarray:
+    """float64 [samples]: audio with no speech in it, for checking that the VAD stays quiet.
+
+    In turn: a band (chords with vibrato, bass, kick and snare on a 2 Hz beat, hi-hat at 4 Hz, a
+    lead melody with vibrato: pitched notes at the syllable rate, the hard case), applause (dense
+    noise clicks), a bell and a whoosh (swept noise), then the band again. Deterministic per seed."""
+    rng = np.random.default_rng([seed, 18])
+    sr, n = sample_rate, int(round(seconds * sample_rate))
+    t = np.arange(n) / sr
+    x = np.zeros(n)
+    band = (t < 0.45 * seconds) | (t >= 0.75 * seconds)
+    chords = ([220.0, 277.2, 329.6], [196.0, 246.9, 293.7], [174.6, 220.0, 261.6], [164.8, 207.7, 246.9])
+    for k in range(int(np.ceil(seconds / 2))):  # a chord every 2 s
+        seg = (t >= 2 * k) & (t < 2 * k + 2) & band
+        tt = t[seg] - 2 * k
+        env = np.minimum(tt / 0.05, 1.0) * np.exp(-0.4 * tt)
+        notes = chords[k % len(chords)]
+        x[seg] += 0.05 * env * sum(_tone(tt, f, 8, 5.5, 0.012) for f in notes)
+        x[seg] += 0.08 * env * _tone(tt, notes[0] / 4, 4)  # bass
+    beat = 0.5
+    for b in np.arange(0, seconds, beat / 2):
+        s = int(b * sr)
+        if not band[min(s, n - 1)]:
+            continue
+        m = min(n - s, int(0.25 * sr))
+        tt = np.arange(m) / sr
+        if int(round(b / (beat / 2))) % 2 == 0:  # kick on the beat, snare between
+            x[s : s + m] += 0.3 * np.sin(2 * np.pi * (50 + 80 * np.exp(-tt / 0.03)) * tt) * np.exp(-tt / 0.08)
+        else:
+            x[s : s + m] += 0.1 * rng.standard_normal(m) * np.exp(-tt / 0.05)
+        h = min(n - s, int(0.04 * sr))  # hi-hat: a short bright tick every half beat
+        x[s : s + h] += 0.03 * np.diff(rng.standard_normal(h + 1)) * np.exp(-np.arange(h) / (0.01 * sr))
+    melody = [440.0, 493.9, 523.3, 587.3, 523.3, 493.9, 440.0, 392.0]
+    for k, start in enumerate(np.arange(0, seconds, 0.25)):  # a note every 250 ms (4 Hz)
+        seg = (t >= start) & (t < start + 0.24) & band
+        tt = t[seg] - start
+        x[seg] += 0.04 * np.minimum(tt / 0.02, 1.0) * np.exp(-3 * tt) * _tone(tt, melody[k % len(melody)], 6, 6.0, 0.02)
+    clap = (t >= 0.45 * seconds) & (t < 0.6 * seconds)  # applause: ~300 claps/s, each a 4 ms noise burst
+    for s in np.sort(rng.integers(int(0.45 * seconds * sr), int(0.6 * seconds * sr), int(300 * 0.15 * seconds))):
+        m = min(n - s, int(0.004 * sr))
+        x[s : s + m] += 0.2 * rng.uniform(0.3, 1.0) * rng.standard_normal(m) * np.exp(-np.arange(m) / (0.001 * sr))
+    x[clap] = np.convolve(x[clap], np.ones(3) / 3, mode="same")
+    bell = (t >= 0.6 * seconds) & (t < 0.675 * seconds)
+    tb = t[bell] - 0.6 * seconds
+    partials = (523.0, 1410.0, 2627.0, 3950.0)  # inharmonic, as a struck bell's
+    x[bell] += 0.2 * np.exp(-tb / 0.4) * sum(np.sin(2 * np.pi * f * tb) / (i + 1) for i, f in enumerate(partials))
+    whoosh = (t >= 0.675 * seconds) & (t < 0.75 * seconds)
+    tw = (t[whoosh] - 0.675 * seconds) / (0.075 * seconds)
+    noise = _band_noise(rng, int(whoosh.sum()), sr, 300.0, min(6000.0, 0.45 * sr))
+    x[whoosh] += 0.15 * np.sin(np.pi * tw) * noise / max(float(np.std(noise)), 1e-12)
+    return x / max(float(np.max(np.abs(x))), 1e-12) * 0.5
 
 
 def loudness_envelope(wave: np.ndarray, sample_rate: int, times_s: np.ndarray, window_s: float) -> np.ndarray:
@@ -845,25 +993,34 @@ def synthesize_session(
     sample_rate: int = 16000,
     frame_size: tuple[int, int] = (160, 120),
     fps: int = 15,
-    leakage_db: float = -25.0,
+    leakage_db: Optional[float] = None,
     noise_db: float = -45.0,
     vary_starts: bool = True,
     audio_format: Literal["wav", "flac"] = "wav",
+    crosstalk: Literal["room", "direct"] = "room",
+    room_irs: Optional[Sequence[np.ndarray]] = None,
 ) -> SessionTruth:
     """Write one session's media, transcript and truth into ``out_dir`` (created) and return the truth.
 
     The conversation depends only on (seed, index, duration_s, sample_rate), so session i of a corpus is
     the same whatever the number of sessions. ``vary_starts`` draws per-speaker file offsets (stated in
     the manifest) and a later video stream start inside the MP4; off, every source starts at 0.
+    Cross-talk (``crosstalk``, ``leakage_db``, ``noise_db``, ``room_irs`` at ``sample_rate``): see the
+    module doc; ``leakage_db=None`` draws each direction in -20..-6 dB (``"direct"``: -25 dB).
     """
     _check_args(duration_s, layout, sample_rate, frame_size, fps, audio_format)
+    if crosstalk not in ("room", "direct"):
+        raise ValueError(f"crosstalk must be room or direct, got {crosstalk!r}")
+    if leakage_db is not None and not leakage_db <= 0:
+        raise ValueError(f"leakage_db must be <= 0 (the other voice is quieter), got {leakage_db!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sr = sample_rate
     n = int(round(duration_s * sr))
     # Independent streams per purpose: changing how noise is drawn never changes the conversation.
-    children = np.random.SeedSequence([seed, index]).spawn(4)
-    plan_rng, voice_rng, noise_rng, start_rng = (np.random.default_rng(c) for c in children)
+    # spawn(5)[:4] == spawn(4): the room stream was added without changing the others
+    children = np.random.SeedSequence([seed, index]).spawn(5)
+    plan_rng, voice_rng, noise_rng, start_rng, room_rng = (np.random.default_rng(c) for c in children)
 
     voices = _voices(plan_rng)
     turns, bcs = _plan_conversation(plan_rng, sr, n)
@@ -875,13 +1032,10 @@ def synthesize_session(
         syls[bc.speaker].extend(bc.word)
     clean = [_render_voice(voice_rng, voices[i], syls[i], n, sr) for i in range(2)]
 
-    # Per-speaker tracks: own voice + delayed cross-talk of the other + room noise.
-    leak = 10 ** (leakage_db / 20)
-    delays = [int(round(float(noise_rng.uniform(0.001, 0.004)) * sr)) for _ in range(2)]
-    tracks = [
-        clean[i] + leak * _delayed(clean[1 - i], delays[i]) + _background(noise_rng, n, sr, noise_db)
-        for i in range(2)
-    ]
+    # Per-speaker tracks: own voice + the other through the room + this microphone's noise.
+    if leakage_db is None and crosstalk == "direct":
+        leakage_db = -25.0
+    tracks, room = _room_tracks(room_rng, clean, sr, crosstalk, leakage_db, noise_db, room_irs)
     mixed = clean[0] + clean[1] + _background(noise_rng, n, sr, noise_db)
 
     # One speaker's file starts with the session, the other's 20-350 ms later (whole milliseconds),
@@ -935,13 +1089,15 @@ def synthesize_session(
         av_offset_ms=float(av_offset_ms),
         video_start_s=video_start_s,
         audio_offsets_s=offsets,
-        leakage_db=float(leakage_db),
+        # the mean of the two directions' levels (each one is in crosstalk["to_<mic>"])
+        leakage_db=round(float(np.mean([room[f"to_{m}"]["level_db"] for m in SPEAKERS])), 3),
         noise_db=float(noise_db),
         voices=voices,
         files=files,
         segments=tuple(segments),
         words=tuple(words),
         events=tuple(events),
+        crosstalk=room,
     )
     _write_json(out_dir / "truth.json", truth.to_json())
     return truth
@@ -999,7 +1155,7 @@ def synthesize_corpus(
 
     ``av_offset_ms`` is one value for all sessions or one per session. Session folders are
     ``out_dir/<session_id>/``; ids are ``synth-<seed>-<index:03d>``. Extra keywords go to
-    ``synthesize_session`` (leakage_db, noise_db, vary_starts, audio_format).
+    ``synthesize_session`` (leakage_db, noise_db, vary_starts, audio_format, crosstalk, room_irs).
     """
     if sessions < 1:
         raise ValueError(f"sessions must be at least 1, got {sessions!r}")

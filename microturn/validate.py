@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -36,6 +37,7 @@ from microturn.format import (
     decode_json,
     decode_sample,
     index_row_from_meta,
+    is_plain_name,
     iter_samples,
     iter_tar,
 )
@@ -122,6 +124,17 @@ def _size_and_sha256(uri: str, block: int = 1 << 22) -> tuple[Optional[int], str
     return size, h.hexdigest()
 
 
+def _column_problem(schema: Any, column: str, typ: str) -> str:
+    """Why ``column`` of a table is not the one Arrow type the writer gives it ("" when it is)."""
+    import pyarrow as pa
+
+    i = schema.get_field_index(column)  # -1 when the name repeats
+    if i < 0:
+        return f"{column} appears more than once"
+    want = getattr(pa, typ)()
+    return "" if schema.field(i).type == want else f"{column} is {schema.field(i).type}, expected {want}"
+
+
 class _Validator:
     def __init__(self, uri: str, deep: bool):
         self.uri = uri
@@ -147,7 +160,7 @@ class _Validator:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             r.add("bad_dataset_json", DATASET_JSON, f"not a {FORMAT_NAME} dataset.json")
             return
-        self.doc = doc
+        self.doc = doc = self._sanitized(doc)
         if doc.get("format_version") != FORMAT_VERSION:
             r.add("format_version", DATASET_JSON,
                   f"format_version {doc.get('format_version')!r}, this validator checks {FORMAT_VERSION}")
@@ -163,10 +176,44 @@ class _Validator:
                 r.add("missing_fingerprint", DATASET_JSON, f"tokenizers.{name}.fingerprint is missing")
             if not isinstance(tok.get("vocab_size"), int) or tok["vocab_size"] <= 0:
                 r.add("missing_vocab", DATASET_JSON, f"tokenizers.{name}.vocab_size is missing or not positive")
-        names = [s.get("name") for s in doc.get("shards", [])]
+        names = [s["name"] for s in doc["shards"]]
         if len(set(names)) != len(names):
             r.add("duplicate_shard", DATASET_JSON, "a shard is listed twice")
         self.shard_names = [n for n in names if isinstance(n, str)]
+
+    def _sanitized(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """``doc`` with every entry the checks read made the expected type: an entry of the wrong
+        type is reported (``bad_dataset_json``) and left out, or its field set to None, so that
+        the checks below report on what is left instead of crashing on it."""
+        r = self.report
+        out = dict(doc)
+        for key in ("tokenizers", "totals", "files"):
+            if not isinstance(doc.get(key, {}), dict):
+                r.add("bad_dataset_json", DATASET_JSON, f"{key} is {type(doc[key]).__name__}, expected an object")
+                out[key] = {}
+        for key in ("tokenizers", "files"):  # each entry an object (a missing tokenizer is reported later)
+            entries = out.get(key, {})
+            odd = sorted(str(k) for k, v in entries.items() if not isinstance(v, dict))
+            if odd and key == "files":
+                r.add("bad_dataset_json", DATASET_JSON, f"files entries {odd} are not objects")
+            out[key] = {k: v for k, v in entries.items() if isinstance(v, dict)}
+        shards = doc.get("shards", [])
+        if not isinstance(shards, list):
+            r.add("bad_dataset_json", DATASET_JSON, f"shards is {type(shards).__name__}, expected a list")
+            shards = []
+        out["shards"] = []
+        for i, entry in enumerate(shards):
+            if not isinstance(entry, dict) or not is_plain_name(entry.get("name")):
+                r.add("bad_dataset_json", DATASET_JSON, f"shards[{i}] is not an object with a plain file name")
+                continue
+            entry = dict(entry)
+            for field_name, types in (("bytes", int), ("samples", int), ("sha256", str)):
+                value = entry.get(field_name)
+                if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                    r.add("bad_dataset_json", DATASET_JSON, f"shards[{i}].{field_name} is {value!r:.40}")
+                    entry[field_name] = None
+            out["shards"].append(entry)
+        return out
 
     # ----------------------------------------------------------- shards (fast)
 
@@ -175,7 +222,7 @@ class _Validator:
         folder = storage.join(self.uri, SHARDS_DIR)
         present = storage.listdir(folder)
         for entry in self.doc.get("shards", []):
-            name = entry.get("name", "?")
+            name = entry["name"]
             size, digest = _size_and_sha256(storage.join(folder, name))
             if size is None:
                 r.add("missing_shard", name, f"listed in dataset.json but {SHARDS_DIR}/{name} does not exist")
@@ -210,14 +257,24 @@ class _Validator:
             r.add(f"{files_key}_checksum", name, f"sha256 differs from dataset.json's files.{files_key}")
         try:
             table = pq.read_table(io.BytesIO(data))
+            names = table.column_names  # decoded from the file's metadata: may not be UTF-8
         except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for damaged files
             r.add(f"bad_{files_key}", name, f"unreadable Parquet: {exc}")
             return None
-        missing = [c for c, _ in columns if c not in table.column_names]
+        missing = [c for c, _ in columns if c not in names]
         if missing:
             r.add(f"{files_key}_schema", name, f"missing columns {missing}")
             return None
-        return table.to_pylist()
+        wrong = [_column_problem(table.schema, c, t) for c, t in columns]
+        wrong = [w for w in wrong if w]
+        if wrong:  # the checks below hash and compare these values: they must be what the writer writes
+            r.add(f"{files_key}_schema", name, f"wrong column types: {'; '.join(wrong)}")
+            return None
+        try:
+            return table.to_pylist()
+        except (ValueError, OverflowError) as exc:  # damaged values: a string column that is not UTF-8
+            r.add(f"bad_{files_key}", name, f"unreadable values: {type(exc).__name__}: {exc}")
+            return None
 
     def index_table(self) -> None:
         r = self.report
@@ -226,9 +283,8 @@ class _Validator:
             return
         self.index = rows
         r.checked["index_rows"] = len(rows)
-        keys = [row["key"] for row in rows]
-        dup = sorted({k for k in keys if keys.count(k) > 1}) if len(set(keys)) != len(keys) else []
-        for k in dup:
+        counts = Counter(row["key"] for row in rows)  # linear: a count per key, not a scan per key
+        for k in sorted(k for k, n in counts.items() if n > 1):
             r.add("duplicate_key", INDEX_PARQUET, f"key {k} appears more than once")
         per_shard: dict[str, int] = {}
         for row in rows:
@@ -271,7 +327,7 @@ class _Validator:
                             f"sessions_in {t['sessions_in']} != sessions_in_shards {t['sessions_in_shards']} "
                             f"+ quarantined {t['quarantined']}: {t['sessions_in'] - t['sessions_in_shards'] - t['quarantined']}"
                             " session(s) unaccounted for")
-        listed = sum(int(s.get("samples", 0)) for s in self.doc.get("shards", []))
+        listed = sum(s.get("samples") or 0 for s in self.doc.get("shards", []))
         if t["samples"] != listed:
             self.report.add("totals_samples", DATASET_JSON, f"totals.samples {t['samples']} != {listed} in the shard list")
 
@@ -324,7 +380,7 @@ class _Validator:
             self.report.add("index_mismatch", where, f"index says shard {row.get('shard')}, found in {shard}")
         try:
             expected = index_row_from_meta(key, sample.meta, sum(len(b) for b in members.values()))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             self.report.add("bad_meta", where, f"meta.json lacks index fields: {exc}")
             return
         differ = []
@@ -340,7 +396,7 @@ class _Validator:
 
     def sample(self, where: str, key: str, members: Mapping[str, bytes]) -> Optional[DecodedSample]:
         r = self.report
-        if not KEY_RE.match(key):
+        if not KEY_RE.fullmatch(key):
             r.add("bad_key", where, "keys hold letters, digits, '_' and '-' only (no dots)")
         unknown = sorted(set(members) - set(MEMBERS))
         if unknown:
@@ -410,7 +466,7 @@ class _Validator:
                 try:
                     a, b = int(item["start_frame"]), int(item["end_frame"])
                     stream = item.get("stream")
-                except (KeyError, TypeError, ValueError):
+                except (KeyError, TypeError, ValueError, OverflowError):
                     r.add("bad_json", where, f"{label}[{i}] lacks integer start_frame/end_frame")
                     break
                 if not 0 <= a <= b <= F:

@@ -23,6 +23,14 @@ def make_corpus(dir: Path, sessions: int = 2, seed: int = 0, duration_s: float =
     return synthesize_corpus(Path(dir), sessions, seed, duration_s, **kw)
 
 
+@pytest.fixture(autouse=True)
+def _no_outside_ray_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never run on a cluster the user's shell points at: builds without an address start their own
+    embedded Ray (tests that need a head start one of their own, tests/jobs/ray_head.py)."""
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Manifest of 2 synthetic 12 s sessions (seed 0, per-speaker WAVs + MP4 at 15 fps).

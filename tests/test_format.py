@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from microturn.format import (
     MEMBER_ORDER,
     FormatError,
+    decode_json,
     decode_sample,
     encode_json,
     encode_sample,
@@ -151,3 +152,21 @@ def test_reading_datasets_with_different_tokenizers_needs_allow_mixed(tmp_path):
     with pytest.raises(FormatError, match="sample fingerprints"):
         list(iter_dataset(str(tmp_path / "b")))
     assert len(list(iter_dataset([str(tmp_path / "a"), str(tmp_path / "b")], allow_mixed=True))) == 4
+
+
+@pytest.mark.parametrize("data", [b"[" * 100_000, b"9" * 5000, b'{"a": NaN, "b": ' + b"[" * 5000])
+def test_deep_huge_or_broken_json_is_a_format_error(data):
+    with pytest.raises(FormatError) as err:
+        decode_json(data)
+    assert err.value.code == "bad_json"
+
+
+@pytest.mark.parametrize("field, value", [("window_index", "3"), ("num_frames", True), ("speakers", "AB"),
+                                          ("speakers", ["A", 2]), ("fingerprints", []), ("stats", None),
+                                          ("session_id", 7)])
+def test_meta_fields_of_the_wrong_type_are_bad_meta(field, value):
+    members = encoded()
+    members["meta.json"] = json.dumps({**meta(), "format_version": 1, field: value}).encode()
+    with pytest.raises(FormatError) as err:
+        decode_sample(members, "abc-000003")
+    assert err.value.code == "bad_meta" and field in err.value.message

@@ -87,3 +87,45 @@ def test_a_truncated_npy_is_a_format_error():
     np.save(buf, np.zeros(100, np.int32), allow_pickle=False)
     with pytest.raises(FormatError, match="data bytes"):
         decode_npy(buf.getvalue()[:-4])
+
+
+class _CountingReader(io.BytesIO):
+    """A stream that remembers the largest read asked of it."""
+
+    largest = 0
+
+    def read(self, n=-1):
+        self.largest = max(self.largest, n)
+        return super().read(n)
+
+
+def _with_size_field(data: bytes, field: bytes) -> bytes:
+    """``data`` with its first header's size field replaced and the checksum made right again."""
+    head = bytearray(data[:512])
+    head[124:136] = field
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+    return bytes(head) + data[512:]
+
+
+@pytest.mark.parametrize("field", [b"77777777777\0", b"\x80" + (1 << 40).to_bytes(11, "big"), b"\xff" * 12])
+def test_a_member_size_beyond_the_file_or_negative_is_a_bad_tar_without_allocating_it(field):
+    # 8 GiB, 1 TiB (GNU base-256) and -1: the header is refused, or the read stays bounded by the file
+    data = _with_size_field(_tar(MEMBERS[:2], tarfile.GNU_FORMAT), field)
+    stream = _CountingReader(data)
+    with pytest.raises(FormatError) as err:
+        list(iter_tar_members(stream))
+    assert err.value.code == "bad_tar"
+    assert stream.largest <= 1 << 22, f"asked for {stream.largest} bytes at once"
+    with pytest.raises(FormatError):
+        list(iter_tar_members(data))
+
+
+@pytest.mark.parametrize("shape", ["(-1,)", "(2, -3)", "(0, 10**30)"])
+def test_npy_headers_with_impossible_shapes_are_format_errors(shape):
+    header = ("{'descr': '<i2', 'fortran_order': False, 'shape': %s, }" % shape).encode()
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(64)
+    with pytest.raises(FormatError) as err:
+        decode_npy(data)
+    assert err.value.code == "bad_npy"

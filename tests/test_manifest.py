@@ -81,3 +81,37 @@ def test_parquet_manifest_matches_jsonl(tmp_path):
     again, problems = load_manifest(pq_path)
     assert problems == []
     assert again == sessions
+
+
+def test_crafted_rows_are_row_problems_never_a_crash(tmp_path):
+    rows = [
+        GOOD,
+        "[" * 100_000,  # RecursionError in json
+        '{"session_id": "s3", "n": %s}' % ("9" * 5000),  # ValueError: int past the digit limit
+        {**GOOD, "session_id": "s4", "meta": "[" * 100_000},  # Parquet-style meta text, too deep
+        {**GOOD, "session_id": "s5", "audio": [{"uri": "a\u0000b.wav", "speaker": "A"}]},
+        {**GOOD, "session_id": "s6\n"},  # ids must match in full: a trailing newline is not an id
+        {**GOOD, "session_id": "s7", "audio": [{"uri": "a.wav", "speaker": "A\n"}]},
+    ]
+    p = tmp_path / "m.jsonl"
+    p.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    sessions, problems = load_manifest(p)
+    assert [s.session_id for s in sessions] == ["s1"]
+    assert [pr.line for pr in problems] == [2, 3, 4, 5, 6, 7]
+    assert "nested too deeply" in problems[0].message and "NUL" in problems[3].message
+
+
+@pytest.mark.parametrize("offset", [float("inf"), float("nan"), 1e300, -1e300])
+def test_offsets_must_be_finite_and_bounded(tmp_path, offset):
+    row = {**GOOD, "audio": [{"uri": "a.wav", "speaker": "A", "offset_s": offset}]}
+    p = tmp_path / "m.jsonl"
+    p.write_text(json.dumps(row) + "\n")  # json writes Infinity/NaN, and Python reads them back
+    sessions, problems = load_manifest(p)
+    assert sessions == [] and "audio.0.offset_s" in problems[0].message
+
+
+def test_a_damaged_parquet_manifest_is_a_manifest_error(tmp_path):
+    p = tmp_path / "m.parquet"
+    p.write_bytes(b"PAR1" + b"\x00" * 100 + b"PAR1")
+    with pytest.raises(ManifestError):
+        load_manifest(p)

@@ -189,3 +189,91 @@ def test_missing_dataset_json_and_unlisted_files(copy):
 
 def test_a_single_shard_can_be_checked_alone(good):
     assert validate_shard(str(good / "shards" / "shard-000000.tar")).ok
+
+
+def _edit_doc(copy: Path, **changes) -> None:
+    doc = json.loads((copy / "dataset.json").read_text())
+    doc.update(changes)
+    (copy / "dataset.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("changes", [
+    {"shards": "shard-000000.tar"},
+    {"shards": [1, None, {"name": 5}, {"name": "../x.tar"}, {"name": "a\u0000b"}]},
+    {"shards": [{"name": "shard-000000.tar", "bytes": "12", "samples": 1.5, "sha256": []}]},
+    {"tokenizers": []},
+    {"tokenizers": {"audio": "x", "frames": None, "text": 3}},
+    {"totals": [1, 2]},
+    {"files": {"index": "abc"}},
+    {"files": 7},
+])
+@pytest.mark.parametrize("deep", [False, True])
+def test_odd_dataset_json_entries_are_reported_not_a_crash(copy, changes, deep):
+    _edit_doc(copy, **changes)
+    report = validate_dataset(str(copy), deep=deep)
+    assert not report.ok
+    assert "bad_dataset_json" in report.codes() or "missing_tokenizer" in report.codes(), report.problems
+
+
+def test_the_duplicate_key_check_is_linear(copy):
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(copy / "index.parquet")
+    first = table.to_pylist()[0]
+    n = 60_000  # a check that counts each key's copies with a scan takes minutes here
+    rows = [{**first, "key": f"k{i}"} for i in range(n)] + [{**first, "key": "k7"}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), copy / "index.parquet")
+    t0 = time.perf_counter()
+    report = validate_dataset(str(copy))
+    assert time.perf_counter() - t0 < 20
+    assert [p.message for p in report.problems if p.code == "duplicate_key"] == ["key k7 appears more than once"]
+
+
+def test_index_columns_of_the_wrong_type_are_a_schema_problem(copy):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(copy / "index.parquet").to_pylist()
+    pq.write_table(pa.Table.from_pylist([{**r, "key": [r["key"]]} for r in rows]), copy / "index.parquet")
+    assert "index_schema" in validate_dataset(str(copy), deep=True).codes()
+
+
+def _retar(src: Path, dst: Path, rename=lambda name: name, edit=lambda name, data: data) -> None:
+    import tarfile
+
+    with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.GNU_FORMAT) as tout:
+        for info in tin.getmembers():
+            data = edit(info.name, tin.extractfile(info).read())
+            new = tarfile.TarInfo(rename(info.name))
+            new.size = len(data)
+            tout.addfile(new, io.BytesIO(data))
+
+
+def test_keys_must_match_in_full(good, tmp_path):
+    # re.match with "$" accepts a key ending in a newline
+    src = good / "shards" / "shard-000000.tar"
+    _retar(src, tmp_path / "s.tar", rename=lambda n: n.replace("-000000.", "-000000\n.") if "s0-000000." in n else n)
+    report = validate_shard(str(tmp_path / "s.tar"))
+    assert any(p.code == "bad_key" and "letters, digits" in p.message for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("meta_edit", [
+    lambda m: {**m, "window_index": "0"},
+    lambda m: {**m, "fingerprints": ["a"]},
+    lambda m: {**m, "stats": {**m["stats"], "event_counts": [1]}},
+    lambda m: {**m, "stats": {**m["stats"], "num_video_frames": float("inf")}},
+])
+def test_meta_json_of_odd_types_is_a_problem_not_a_crash(copy, meta_edit):
+    shard = copy / "shards" / "shard-000000.tar"
+
+    def edit(name: str, data: bytes) -> bytes:
+        return json.dumps(meta_edit(json.loads(data))).encode() if name.endswith("s0-000000.meta.json") else data
+
+    _retar(shard, copy / "t.tar", edit=edit)
+    (copy / "t.tar").replace(shard)
+    report = validate_dataset(str(copy), deep=True)
+    where = "shard-000000.tar:s0-000000"
+    assert any(p.where == where and p.code == "bad_meta" for p in report.problems), report.problems

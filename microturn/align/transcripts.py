@@ -41,11 +41,48 @@ def _level(text: str) -> Literal["word", "utterance"]:
     return "word" if len(text.split()) <= 1 else "utterance"
 
 
-def parse_json(text: str, uri: str) -> list[Segment]:
+# Bounds on a time as written: ``Fraction("1e999999999")`` builds a 10**999999999 integer (hours of CPU,
+# gigabytes), so a number is refused before it is converted when its text is long or its exponent large.
+MAX_TIME_CHARS = 40
+MAX_TIME_EXPONENT = 18
+MAX_TIME_S = Fraction(10**9)  # ~31 years: no recording is longer; larger times are typos or attacks
+_TIME_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+))?")
+
+
+def parse_time(value: object) -> Fraction:
+    """Exact seconds from a transcript time (a decimal string, an int or a float), with bounded cost.
+
+    Raises ``ValueError`` for anything that is not a plain decimal number of at most
+    ``MAX_TIME_CHARS`` characters with an exponent of at most ``MAX_TIME_EXPONENT``, or whose
+    magnitude exceeds ``MAX_TIME_S``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > MAX_TIME_CHARS:
+            raise ValueError(f"time {text[:MAX_TIME_CHARS]!r}... is longer than {MAX_TIME_CHARS} characters")
+        m = _TIME_RE.fullmatch(text)
+        if m is None:
+            raise ValueError(f"{text!r} is not a decimal number")
+        if m.group(1) is not None and abs(int(m.group(1))) > MAX_TIME_EXPONENT:
+            raise ValueError(f"time {text!r} has an exponent beyond +-{MAX_TIME_EXPONENT}")
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        raise ValueError("time is out of range")
+    t = to_fraction(value)  # type: ignore[arg-type]
+    if abs(t) > MAX_TIME_S:
+        raise ValueError(f"time {float(t):.6g} s is out of range (|t| <= {MAX_TIME_S} s)")
+    return t
+
+
+def _load_json(text: str, uri: str) -> object:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        return json.loads(text)
+    except RecursionError:
+        raise _bad(uri, "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and over-long integers (int max_str_digits)
         raise _bad(uri, f"not valid JSON: {exc}") from None
+
+
+def parse_json(text: str, uri: str) -> list[Segment]:
+    data = _load_json(text, uri)
     items = data.get("words") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise _bad(uri, 'expected {"words": [...]}')
@@ -57,8 +94,8 @@ def parse_json(text: str, uri: str) -> list[Segment]:
         if not isinstance(word, str) or "start" not in w or "end" not in w:
             raise _bad(uri, f"words[{i}] needs word, start and end")
         try:
-            start, end = to_fraction(w["start"]), to_fraction(w["end"])
-        except (TypeError, ValueError, ZeroDivisionError) as exc:
+            start, end = parse_time(w["start"]), parse_time(w["end"])
+        except (TypeError, ValueError) as exc:
             raise _bad(uri, f"words[{i}]: bad time: {exc}") from None
         spk = w.get("speaker")
         out.append(Segment(str(spk) if spk is not None else None, word.strip(), start, end, "word"))
@@ -67,9 +104,9 @@ def parse_json(text: str, uri: str) -> list[Segment]:
 
 def _number(tok: str, uri: str, line: int) -> Fraction:
     try:
-        return to_fraction(tok)
-    except (ValueError, ZeroDivisionError):
-        raise _bad(uri, f"line {line}: {tok!r} is not a time") from None
+        return parse_time(tok)
+    except ValueError as exc:
+        raise _bad(uri, f"line {line}: {exc}") from None
 
 
 def parse_stm(text: str, uri: str) -> list[Segment]:
@@ -163,16 +200,16 @@ def parse_textgrid(text: str, uri: str) -> list[Segment]:
             size = int(take("n"))
             for _ in range(size):
                 if tier_class == "IntervalTier":
-                    xmin, xmax, label = to_fraction(take("n")), to_fraction(take("n")), take("s")
+                    xmin, xmax, label = parse_time(take("n")), parse_time(take("n")), take("s")
                 else:  # point tier: a time and a mark
-                    xmin = to_fraction(take("n"))
+                    xmin = parse_time(take("n"))
                     xmax, label = xmin, take("s")
                 words = " ".join(w for w in label.split() if w.lower() not in _IGNORE)
                 if tier_class != "IntervalTier" or not words or name.lower().endswith("phones"):
                     continue
                 speaker = name.rsplit(" - ", 1)[0] if name.lower().endswith(" - words") else name
                 out.append(Segment(speaker, words, xmin, xmax, _level(words)))
-    except (ValueError, ZeroDivisionError) as exc:
+    except ValueError as exc:
         raise _bad(uri, f"TextGrid: {exc}") from None
     return out
 

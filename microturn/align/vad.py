@@ -5,6 +5,9 @@ Two detectors share one post-processing step (hysteresis + minimum speech / sile
   16 kHz waveforms (speech probability = max over its speaker outputs, as pyannote's VAD pipeline).
 - ``energy``: frame RMS against a per-stream adaptive threshold; the fallback when the model cannot
   load, and the signal the cross-talk rule compares.
+
+With pyannote, ``speech_like_runs`` then drops the runs that are not speech-like (music and effects
+the model half-believes: a low peak probability and a level that does not move with syllables).
 """
 
 from __future__ import annotations
@@ -67,12 +70,44 @@ def energy_probability(wave_24k: np.ndarray, num_frames: int, threshold_db: floa
     return (1.0 / (1.0 + np.exp(-(db - thr) / 3.0))).astype(np.float32)
 
 
+SPEECH_BANDS_HZ = np.geomspace(100.0, 8000.0, 13)  # 12 bands over the speech range (hum and rumble out)
+
+
+def band_powers(wave_24k: np.ndarray, num_frames: int, block: int = 2048) -> np.ndarray:
+    """float64 [bands, num_frames]: power per ``SPEECH_BANDS_HZ`` band in a 640-sample Hann window
+    centred on each codec frame (computed ``block`` frames at a time: an hour is 270k frames)."""
+    win = 2 * HOP
+    padded = np.zeros((num_frames + 1) * HOP + HOP, dtype=np.float64)
+    n = min(wave_24k.shape[0], num_frames * HOP)
+    padded[HOP // 2 : HOP // 2 + n] = wave_24k[:n]  # frame i's window: samples [i*HOP - HOP/2, i*HOP + 3HOP/2)
+    freqs = np.fft.rfftfreq(win, 1.0 / CODEC_RATE)
+    band = np.digitize(freqs, SPEECH_BANDS_HZ) - 1
+    out = np.zeros((len(SPEECH_BANDS_HZ) - 1, num_frames), dtype=np.float64)
+    taper = np.hanning(win)[None, :]
+    for start in range(0, num_frames, block):
+        stop = min(start + block, num_frames)
+        idx = np.arange(start, stop)[:, None] * HOP + np.arange(win)[None, :]
+        spec = np.abs(np.fft.rfft(padded[idx] * taper, axis=1)) ** 2  # [frames, bins]
+        for b in range(out.shape[0]):
+            out[b, start:stop] = spec[:, band == b].sum(axis=1)
+    return out
+
+
+def speech_band_db(wave_24k: np.ndarray, num_frames: int) -> np.ndarray:
+    """float32 [num_frames]: level (dB, relative) of each frame within 100 Hz - 8 kHz."""
+    win = np.hanning(2 * HOP)
+    # one-sided spectrum sum = N * sum((x w)^2) / 2 (Parseval): back to a mean square, dBFS
+    mean_square = 2.0 * band_powers(wave_24k, num_frames).sum(axis=0) / (win.size * float(np.sum(win**2)))
+    return (10.0 * np.log10(mean_square + _EPS)).astype(np.float32)
+
+
 def energy_gate(wave_24k: np.ndarray, num_frames: int, above_floor_db: float = 8.0) -> np.ndarray:
     """bool [num_frames]: frames clearly above the stream's noise floor (10th percentile level).
 
     pyannote hears speech in faint cross-talk and room tone too; a model-detected frame that is
-    no louder than the floor is not this stream's speaker."""
-    db = smooth(frame_energy_db(wave_24k, num_frames), 15)
+    no louder than the floor is not this stream's speaker. Measured within the speech band: a
+    recording's hum or rumble would otherwise set the floor and hide a quiet voice."""
+    db = smooth(speech_band_db(wave_24k, num_frames), 15)
     real = db[: GRID.valid_frames(wave_24k.shape[0])]
     if real.size == 0:
         return np.zeros(num_frames, dtype=bool)
@@ -152,6 +187,44 @@ def binarize(
         on = p > offset if on else p > onset
         active[i] = on
     return clean_runs(active, min_speech_ms, min_silence_ms)
+
+
+# Speech-likeness of a detected run (``speech_like_runs``), set on music, effects and speech
+# recordings (docs/crosstalk.md, benchmarks/crosstalk.py --only nonspeech):
+RUN_PEAK = 0.7  # pyannote's probability must reach this somewhere in the run ...
+RUN_SURE = 0.9  # ... and this, unless the run's level moves at the syllable rate:
+RUN_CONTEXT = 19  # frames (0.25 s) of context either side of a run for its modulation
+RUN_MIN_MODULATION_DB = 2.5  # std of the level minus its 0.5 s mean, run +-0.25 s (see docs/crosstalk.md)
+
+
+def syllable_modulation_db(wave_24k: np.ndarray, num_frames: int) -> np.ndarray:
+    """float64 [num_frames]: speech-band level (dB) minus its 0.5 s moving average.
+
+    Speech rises and falls with its syllables (4-5 per second) by 5-15 dB; sustained music and
+    steady noise stay within a few dB of their local mean."""
+    db = speech_band_db(wave_24k, num_frames).astype(np.float64)
+    return db - smooth(db, 37).astype(np.float64)
+
+
+def speech_like_runs(active: np.ndarray, prob: np.ndarray, wave_24k: np.ndarray) -> np.ndarray:
+    """uint8: the runs of ``active`` (from ``prob``) that look like speech; the others dropped.
+
+    Speech drives pyannote's probability to 0.9-1.0 in every utterance. Music, applause and effects
+    that it half-believes hover around its onset (measured: peaks 0.53-0.83) for seconds. A run is
+    kept when its peak reaches ``RUN_PEAK`` and either ``RUN_SURE`` or a syllable-rate modulation of
+    ``RUN_MIN_MODULATION_DB`` (a voice the model is less sure of, e.g. over noise)."""
+    out = active.astype(np.uint8).copy()
+    spans = [(s, e) for value, s, e in runs(out) if value == 1]
+    if not spans:
+        return out
+    modulation = syllable_modulation_db(wave_24k, out.shape[0])
+    for s, e in spans:
+        peak = float(np.max(prob[s:e]))
+        # with 0.25 s either side: a word's rise from and fall into a pause is its modulation too
+        around = modulation[max(s - RUN_CONTEXT, 0) : e + RUN_CONTEXT]
+        if peak < RUN_PEAK or (peak < RUN_SURE and float(np.std(around)) < RUN_MIN_MODULATION_DB):
+            out[s:e] = 0
+    return out
 
 
 def runs(active: np.ndarray) -> list[tuple[int, int, int]]:

@@ -9,6 +9,8 @@ whisperX's aligner needs NLTK's ``punkt_tab`` data; ``ensure_punkt_tab`` provide
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import functools
 import logging
 import os
@@ -105,37 +107,179 @@ def align_segments(
     return [w for w in words if w[0]]
 
 
-@functools.lru_cache(maxsize=1)
-def load_asr(model_dir: str, device: str, language: Optional[str], batch_size: int) -> Any:
+@functools.lru_cache(maxsize=2)
+def load_whisper(model_dir: str, device: str, threads: int = 0) -> Any:
+    """whisperX's CTranslate2 Whisper model (a faster-whisper ``WhisperModel``): int8 on CPU,
+    float16 on CUDA. ``threads`` 0 follows torch's thread count, which a build task sets to its CPU
+    share (CTranslate2's own default of 4 would oversubscribe a one-CPU Ray task)."""
     _offline()
+    if not threads:
+        import torch
+
+        threads = torch.get_num_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from whisperx.asr import WhisperModel
+
+        compute = "float16" if device == "cuda" else "int8"
+        try:
+            return WhisperModel(model_dir, device=device, compute_type=compute, cpu_threads=threads, local_files_only=True)
+        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError on a bad folder
+            raise StageError("align", "model_unloadable", f"cannot load ASR model {model_dir}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=1)
+def load_asr(model_dir: str, device: str, language: Optional[str], threads: int = 0) -> Any:
+    """whisperX's own pipeline (its pyannote VAD, then batched decoding without timestamps) over the
+    model of ``load_whisper``; kept for comparison (benchmarks/asr.py), the build uses
+    ``transcribe_regions``."""
     from microturn.align.vad import bundled_vad_path
 
+    model = load_whisper(model_dir, device, threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import whisperx
         from whisperx.vads.pyannote import Pyannote
 
         vad = Pyannote(device, model_fp=str(bundled_vad_path()), vad_onset=0.5, vad_offset=0.363)
-        compute = "float16" if device == "cuda" else "int8"
         return whisperx.load_model(
-            model_dir, device, compute_type=compute, language=language, vad_model=vad, local_files_only=True
+            model_dir, device, language=language, vad_model=vad, model=model, local_files_only=True
         )
 
 
 def transcribe(
-    wave_16k: np.ndarray, model_dir: Path, device: str, language: Optional[str], batch_size: int
+    wave_16k: np.ndarray, model_dir: Path, device: str, language: Optional[str], batch_size: int, threads: int = 0
 ) -> tuple[list[tuple[str, float, float]], str]:
-    """Whisper segments (text, start_s, end_s) and the language used."""
+    """whisperX's own ``transcribe`` of a whole waveform: segments (text, start_s, end_s) and the language."""
     model_dir = _require_dir(model_dir, "ASR (CTranslate2 Whisper) model directory")
     try:
-        model = load_asr(str(model_dir), device, language, batch_size)
+        model = load_asr(str(model_dir), device, language, threads)
     except StageError:
         raise
     except Exception as exc:
         raise StageError("align", "model_unloadable", f"cannot load ASR model {model_dir}: {exc}") from exc
-    result = model.transcribe(np.ascontiguousarray(wave_16k, dtype=np.float32), batch_size=batch_size, language=language)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = model.transcribe(np.ascontiguousarray(wave_16k, dtype=np.float32), batch_size=batch_size, language=language)
     segs = [(s["text"].strip(), float(s["start"]), float(s["end"])) for s in result.get("segments", [])]
     return [s for s in segs if s[0]], result.get("language") or language or "en"
+
+
+# ---------------------------------------------------------------- ASR of speech regions, word timestamps
+
+CHUNK_S = 30.0  # Whisper's window: one batch item
+GAP_S = 0.2  # silence put between two regions joined into one window (keeps words from fusing)
+
+
+@dataclasses.dataclass(frozen=True)
+class AsrWord:
+    text: str
+    start_s: float  # on the input waveform's clock
+    end_s: float
+    probability: float
+    region: int  # index of the speech region it came from
+
+
+@dataclasses.dataclass(frozen=True)
+class Compacted:
+    """Speech regions cut out of a waveform and laid end to end (``GAP_S`` of silence between them),
+    packed into windows of at most ``CHUNK_S``: only the regions are ever decoded."""
+
+    wave: np.ndarray  # float32, ASR_RATE
+    spans: tuple[tuple[float, float, float, int], ...]  # (compact start, source start, duration, region)
+    clips: tuple[tuple[float, float], ...]  # windows (compact start, compact end), each <= CHUNK_S
+
+    @functools.cached_property
+    def _starts(self) -> list[float]:
+        return [s[0] for s in self.spans]
+
+    def to_source(self, t: float, side: str) -> tuple[float, int]:
+        """A compact time back on the source clock. A time in a gap goes to the next region's start
+        (``side="start"``) or the previous region's end (``side="end"``)."""
+        i = max(bisect.bisect_right(self._starts, t) - 1, 0)
+        c0, src, dur, region = self.spans[i]
+        if t <= c0 + dur:
+            return src + max(t - c0, 0.0), region
+        if side == "start" and i + 1 < len(self.spans):
+            return self.spans[i + 1][1], self.spans[i + 1][3]
+        return src + dur, region
+
+
+def compact_regions(
+    wave_16k: np.ndarray, regions: Sequence[tuple[float, float]], rate: int = ASR_RATE
+) -> Compacted:
+    """Cut ``regions`` (source seconds, sorted, disjoint) out of ``wave_16k`` and pack them into windows."""
+    n = wave_16k.shape[0]
+    pieces: list[tuple[int, int, int]] = []  # (a, b, region) in source samples, each <= CHUNK_S
+    limit = int(CHUNK_S * rate)
+    for r, (start, end) in enumerate(regions):
+        a, b = max(int(round(start * rate)), 0), min(int(round(end * rate)), n)
+        for x in range(a, b, limit):  # a region longer than a window is cut (rare: 30 s without a pause)
+            pieces.append((x, min(x + limit, b), r))
+    gap = int(GAP_S * rate)
+    parts: list[np.ndarray] = []
+    spans: list[tuple[float, float, float, int]] = []
+    clips: list[tuple[int, int]] = []
+    pos = 0
+    for a, b, r in pieces:
+        if clips and pos + gap + (b - a) - clips[-1][0] <= limit:
+            parts.append(np.zeros(gap, dtype=np.float32))
+            pos += gap
+            clips[-1] = (clips[-1][0], pos + b - a)
+        else:
+            clips.append((pos, pos + b - a))
+        spans.append((pos / rate, a / rate, (b - a) / rate, r))
+        parts.append(np.asarray(wave_16k[a:b], dtype=np.float32))
+        pos += b - a
+    wave = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return Compacted(wave, tuple(spans), tuple((a / rate, b / rate) for a, b in clips))
+
+
+def transcribe_regions(
+    wave_16k: np.ndarray,
+    regions: Sequence[tuple[float, float]],
+    model_dir: Path,
+    device: str,
+    language: Optional[str],
+    batch_size: int,
+    beam_size: int = 5,
+    threads: int = 0,
+) -> tuple[list[AsrWord], Optional[str]]:
+    """Whisper words, with Whisper's own word timestamps, of the speech ``regions`` of one stream.
+
+    Only the regions are decoded (never what lies between them, e.g. another speaker's bleed), in
+    batches of 30 s windows through the model whisperX loads. whisperX's pipeline decodes without
+    timestamps, so the batches go through faster-whisper's batched pipeline over that same model
+    with ``word_timestamps=True``. ``language`` None: detected from the regions (returned)."""
+    model_dir = _require_dir(model_dir, "ASR (CTranslate2 Whisper) model directory")
+    packed = compact_regions(wave_16k, regions)
+    if not packed.clips:
+        return [], language
+    model = load_whisper(str(model_dir), device, threads)
+    from faster_whisper import BatchedInferencePipeline
+
+    clips = [{"start": a, "end": b} for a, b in packed.clips]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        segments, info = BatchedInferencePipeline(model).transcribe(
+            packed.wave,
+            language=language,
+            clip_timestamps=clips,
+            word_timestamps=True,
+            batch_size=batch_size,
+            beam_size=beam_size,
+        )
+        segments = list(segments)
+    words: list[AsrWord] = []
+    for seg in segments:
+        for w in seg.words or ():
+            text = w.word.strip()
+            if not text:
+                continue
+            start, region = packed.to_source(float(w.start), "start")
+            end, _ = packed.to_source(float(w.end), "end")
+            words.append(AsrWord(text, start, max(start, end), float(w.probability), region))
+    return words, info.language
 
 
 def diarize(wave_16k: np.ndarray, pipeline_dir: Path, device: str) -> list[tuple[str, float, float]]:
@@ -154,4 +298,15 @@ def diarize(wave_16k: np.ndarray, pipeline_dir: Path, device: str) -> list[tuple
     return [(str(r.speaker), float(r.start), float(r.end)) for r in df.itertuples()]
 
 
-__all__ = ["ASR_RATE", "align_segments", "diarize", "ensure_punkt_tab", "resolve_device", "transcribe"]
+__all__ = [
+    "ASR_RATE",
+    "AsrWord",
+    "align_segments",
+    "compact_regions",
+    "diarize",
+    "ensure_punkt_tab",
+    "load_whisper",
+    "resolve_device",
+    "transcribe",
+    "transcribe_regions",
+]

@@ -2,15 +2,19 @@
 
 Execution model (Ray Core; why not Ray Data: see docs/architecture.md):
 
-* one Ray task per session runs every stage (``pipeline.session.process_session``) and writes the
+* the build holds an exclusive lock on its output (``jobs.lock``): one writer per corpus.
+* one Ray task per session runs every stage (``jobs.outcomes.run_one_session``) and writes the
   session's samples to a *part* (``_work/sessions/<id>.tar``, atomic) plus a small summary, or a
-  reject marker with the reason. A part that exists is never recomputed: that is the resume state.
-* the driver keeps a bounded number of tasks in flight (backpressure), cuts off sessions that run
-  past ``job.session_timeout_s``, and feeds finished parts to the shard sink **in session-id
-  order**, so which sample lands in which shard depends only on the data, never on timing or worker
-  count. Shards hold whole sessions and are committed atomically with a marker listing them.
+  reject marker with the reason. A part that exists is never recomputed: that is the resume state, and
+  it records the config hash it was built with (a resume under another config is refused).
+* the driver keeps a bounded number of tasks in flight (backpressure), gives each session a time
+  budget that scales with its probed length (``jobs.budget``) and cuts off the ones that run past it,
+  and feeds finished parts to the shard sink **in session-id order**, so which sample lands in which
+  shard depends only on the data, never on timing or worker count. Shards hold whole sessions and are
+  committed atomically with a marker listing them.
 * at the end: index.parquet, quarantine.parquet, dataset.json, stats.json. Every manifest row is in
-  a shard or in quarantine; the job fails only for reasons that are not about one input.
+  a shard or in quarantine; the job fails only for reasons that are not about one input. Every per-task
+  Ray failure (a crash, an OOM kill, a lost object...) is a quarantine row, not an aborted build.
 """
 
 from __future__ import annotations
@@ -18,20 +22,38 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from microturn import storage
 from microturn.config import BuildConfig
+from microturn.jobs.budget import SessionBudget, session_budget
+from microturn.jobs.lock import output_lock
+from microturn.jobs.outcomes import (
+    WORK_DIR,
+    SessionHook,
+    check_config,
+    discard_all,
+    discard_outcome,
+    part_uri,
+    read_outcome,
+    run_one_session,
+    sessions_uri,
+    write_reject,
+)
+from microturn.jobs.progress import Progress, Running
 from microturn.manifest import SessionSpec, load_manifest
 from microturn.records import Rejection
 
 log = logging.getLogger("microturn.build")
 
-WORK_DIR = "_work"
-SESSIONS_DIR = "sessions"
+SLOWEST_SHOWN = 5
+TRANSIENT_REASONS = ("timeout", "worker_crashed", "out_of_memory", "cancelled")
+# Environment variables the workers get through runtime_env: only ones that are not secrets. Credentials
+# reach the workers the way they reach any process on a node (instance roles, the nodes' environment,
+# ~/.aws): see docs/cluster.md. Ray stores runtime_env in its GCS and shows it in its dashboard.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_ENDPOINT")
 
 
 @dataclass
@@ -49,6 +71,7 @@ class BuildSummary:
     resumed_sessions: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)
+    slowest_sessions: list[dict[str, Any]] = field(default_factory=list)  # run by this build, slowest first
 
     @property
     def throughput(self) -> float:
@@ -63,162 +86,18 @@ class BuildSummary:
         return d
 
 
-# ---------------------------------------------------------------- the worker side
+@dataclass
+class _Plan:
+    """What this run has to do: the sessions in order, the outcomes already on storage, the rest."""
 
-
-def part_uri(work_uri: str, session_id: str, suffix: str) -> str:
-    return storage.join(work_uri, SESSIONS_DIR, f"{session_id}{suffix}")
-
-
-def run_one_session(
-    spec_json: str, cfg_json: str, work_uri: str, tokenizer_pool: Any = None, torch_threads: int = 1
-) -> dict[str, Any]:
-    """Process one session and leave its outcome on storage; returns the outcome summary.
-
-    Data problems become a reject marker. The outcome files are written atomically, so a worker killed
-    here leaves nothing behind and the task is simply run again.
-    """
-    from microturn.pipeline.session import LocalTokenizer, process_session
-    from microturn.pipeline.shard import write_part
-    from microturn.records import StageError
-    from microturn.tokenizers import load_tokenizers
-
-    if torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(torch_threads)
-    spec = SessionSpec.model_validate_json(spec_json)
-    cfg = BuildConfig.model_validate_json(cfg_json)
-    try:
-        if tokenizer_pool is not None:
-            from microturn.jobs.tokenizer_pool import PooledTokenizer
-
-            tokenizer = PooledTokenizer(tokenizer_pool, spec.session_id)
-        else:  # cached per worker process: models load once, not once per session
-            tokenizer = LocalTokenizer(load_tokenizers(cfg.tokenizers))
-        result = process_session(spec, cfg, tokenizer)
-    except StageError as err:
-        rejection = Rejection(spec.session_id, err.source or ";".join(spec.source_uris()), err.stage, err.reason, err.message)
-        return _write_reject(work_uri, rejection)
-    _fault_injection_point(spec.session_id)
-    write_part(part_uri(work_uri, spec.session_id, ".tar"), result.samples)
-    summary = result.summary()
-    summary["status"] = "ok"
-    summary["tokenizers"] = tokenizer.describe()
-    storage.write_bytes_atomic(
-        part_uri(work_uri, spec.session_id, ".json"), json.dumps(summary, sort_keys=True).encode()
-    )
-    return summary
-
-
-def _fault_injection_point(session_id: str) -> None:
-    """Crash-test hook: ``MICROTURN_CRASH_ONCE=<session_id>:<marker file>`` kills this worker process
-    (as an OOM kill or a lost node would) the first time that session reaches this point. Used by the
-    tests that prove a killed worker changes nothing in the output."""
-    spec = os.environ.get("MICROTURN_CRASH_ONCE", "")
-    sid, _, marker = spec.partition(":")
-    if sid == session_id and marker and not os.path.exists(marker):
-        with open(marker, "w") as fh:
-            fh.write(str(os.getpid()))
-        os._exit(137)
-
-
-def _write_reject(work_uri: str, r: Rejection) -> dict[str, Any]:
-    outcome = {"status": "rejected", "session_id": r.session_id, "rejection": r.__dict__}
-    storage.write_bytes_atomic(
-        part_uri(work_uri, r.session_id, ".reject.json"), json.dumps(outcome, sort_keys=True).encode()
-    )
-    return outcome
-
-
-def read_outcome(work_uri: str, session_id: str) -> Optional[dict[str, Any]]:
-    """The recorded outcome of a session from an earlier (possibly killed) run, if any."""
-    for suffix in (".json", ".reject.json"):
-        uri = part_uri(work_uri, session_id, suffix)
-        if storage.exists(uri):
-            outcome = json.loads(storage.read_bytes(uri))
-            if outcome.get("status") == "ok" and not storage.exists(part_uri(work_uri, session_id, ".tar")):
-                return None  # summary without its part: recompute
-            return outcome
-    return None
-
-
-# ---------------------------------------------------------------- the driver side
-
-
-def _init_ray(cfg: BuildConfig, address: Optional[str]) -> bool:
-    """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start an embedded one.
-    Returns True when we started Ray here (and so must shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or cfg.job.address or os.environ.get("RAY_ADDRESS")
-    env_vars = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env_vars.update({k: v for k, v in os.environ.items() if k.startswith(("MICROTURN_", "AWS_"))})
-    env = {"env_vars": env_vars}
-    if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True, configure_logging=False)
-        return True
-    num_cpus = cfg.job.num_cpus or os.cpu_count() or 1
-    # Small machines: cap the object store; results are small summaries, parts go to storage.
-    store = (cfg.job.object_store_mb or 512) * 1024 * 1024
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=store,
-        runtime_env=env,
-        log_to_driver=True,
-        configure_logging=False,
-    )
-    return True
-
-
-class _Progress:
-    """Live progress: a rich bar on a terminal, a log line every 10 s otherwise (Ray job logs)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.media_s, self.t0 = total, 0, 0.0, time.perf_counter()
-        self.enabled = enabled
-        self._last_log = 0.0
-        self._bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                TextColumn("[bold]build"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(), transient=False,
-            )
-            self._task = self._bar.add_task("sessions", total=total, rate="")
-            self._bar.start()
-
-    def advance(self, media_s: float) -> None:
-        self.done += 1
-        self.media_s += media_s
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        rate = f"{self.media_s / 3600:.3f} h media, {self.media_s / elapsed:.1f}x realtime"
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, rate=rate)
-        elif self.enabled and (time.perf_counter() - self._last_log > 10 or self.done == self.total):
-            self._last_log = time.perf_counter()
-            left = self.total - self.done
-            eta = elapsed / self.done * left if self.done else float("nan")
-            print(f"[microturn] {self.done}/{self.total} sessions, {rate}, ETA {eta:.0f}s", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-def _remote_session_fn(cfg: BuildConfig):
-    import ray
-
-    return ray.remote(num_cpus=1, max_retries=cfg.job.max_retries, retry_exceptions=False)(run_one_session)
-
-
-def _failure_outcome(spec: SessionSpec, reason: str, message: str, work_uri: str) -> dict[str, Any]:
-    r = Rejection(spec.session_id, ";".join(spec.source_uris()), "job", reason, message)
-    return _write_reject(work_uri, r)
+    out_uri: str
+    work_uri: str
+    sessions: list[SessionSpec]
+    rejections: list[Rejection]  # bad manifest rows
+    rows_in: int
+    outcomes: dict[str, dict[str, Any]]
+    resumed: int
+    todo: list[SessionSpec]
 
 
 def run_build(
@@ -229,131 +108,295 @@ def run_build(
     address: Optional[str] = None,
     progress: bool = True,
     retry_failed: bool = False,
+    rebuild: bool = False,
     on_session_done: Optional[Callable[[str], None]] = None,
+    session_hooks: Sequence[SessionHook] = (),
 ) -> BuildSummary:
     """Build (or resume building) the corpus for ``manifest_uri`` under ``out_uri``.
 
-    With ``retry_failed`` a resumed build runs again the sessions an earlier run rejected for reasons
-    that are not about their data (``internal:*`` errors, ``timeout``, ``worker_crashed``)."""
-    import ray
-
-    from microturn.pipeline.shard import ShardSink, finalize_dataset, read_part
+    Raises ``OutputLocked`` when another build writes ``out_uri``, ``ConfigMismatch`` when the work
+    already there was built with another config (``rebuild`` discards it). With ``retry_failed`` a
+    resumed build runs again the sessions an earlier run rejected for reasons that are not about their
+    data (``internal:*`` errors, timeouts, dead workers, other Ray failures). ``session_hooks`` run at the
+    start of every session task (fault injection in tests)."""
+    from microturn.pipeline.shard import ShardSink
 
     t0 = time.perf_counter()
+    storage.makedirs(out_uri)
+    with output_lock(out_uri):
+        plan = _plan(manifest_uri, out_uri, cfg, retry_failed=retry_failed, rebuild=rebuild)
+        sink = ShardSink.resume(out_uri, cfg.shard)
+        feeder = _InOrderFeeder(plan, sink)
+        try:
+            timings = _schedule(plan, cfg, feeder, address=address, progress=progress,
+                                on_session_done=on_session_done, hooks=tuple(session_hooks))
+        except BaseException:
+            sink.abort()  # the open shard stays invisible; committed ones are kept for the next run
+            raise
+        return _summarise(plan, cfg, sink, timings, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- plan
+
+
+def _plan(manifest_uri: str, out_uri: str, cfg: BuildConfig, *, retry_failed: bool, rebuild: bool) -> _Plan:
     sessions, row_problems = load_manifest(manifest_uri)
     sessions.sort(key=lambda s: s.session_id)
     rejections = [
         Rejection(p.session_id or f"row-{p.line}", f"{manifest_uri}:{p.line}", "manifest", "invalid_row", p.message)
         for p in row_problems
     ]
-    storage.makedirs(out_uri)
     work_uri = storage.join(out_uri, WORK_DIR)
-    storage.makedirs(storage.join(work_uri, SESSIONS_DIR))
-    storage.cleanup_temporaries(storage.join(work_uri, SESSIONS_DIR))
+    if rebuild:
+        discard_all(out_uri)
+    storage.makedirs(sessions_uri(out_uri))
+    storage.cleanup_temporaries(sessions_uri(out_uri))
     storage.cleanup_temporaries(storage.join(out_uri, "shards"))
-    storage.write_bytes_atomic(storage.join(out_uri, "config.yaml"), cfg.dump_yaml().encode())
+    storage.cleanup_temporaries(out_uri)
 
     outcomes: dict[str, dict[str, Any]] = {}
     for spec in sessions:
         prior = read_outcome(work_uri, spec.session_id)
         if prior is not None and retry_failed and _is_transient(prior):
-            storage.remove(part_uri(work_uri, spec.session_id, ".reject.json"))
+            discard_outcome(work_uri, spec.session_id)  # the reject and any late part of a cut-off task
             prior = None
         if prior is not None:
             outcomes[spec.session_id] = prior
-    resumed = len(outcomes)
+    check_config(out_uri, outcomes, cfg.config_hash())
+    storage.write_bytes_atomic(storage.join(out_uri, "config.yaml"), cfg.dump_yaml().encode())
     todo = [s for s in sessions if s.session_id not in outcomes]
-    log.info("%d sessions (%d done earlier, %d to run), %d bad manifest rows", len(sessions), resumed, len(todo), len(rejections))
+    log.info("%d sessions (%d done earlier, %d to run), %d bad manifest rows",
+             len(sessions), len(outcomes), len(todo), len(rejections))
+    return _Plan(out_uri, work_uri, sessions, rejections, len(sessions) + len(row_problems), outcomes,
+                 len(outcomes), todo)
 
-    # Shards already committed by an earlier run hold a prefix of the ok sessions, in order.
-    sink = ShardSink.resume(out_uri, cfg.shard)
-    in_committed = sink.sessions_committed
-    order = [s.session_id for s in sessions]
-    cursor = 0
 
-    def drain() -> None:
-        """Feed every finished session at the head of the order to the sink."""
-        nonlocal cursor
-        while cursor < len(order) and order[cursor] in outcomes:
-            sid = order[cursor]
-            cursor += 1
-            if outcomes[sid]["status"] != "ok" or sid in in_committed:
-                continue
-            sink.add_session(read_part(part_uri(work_uri, sid, ".tar")))
+class _InOrderFeeder:
+    """Feeds finished sessions to the shard sink in session-id order, whatever order they finish in."""
 
-    started_ray = False
-    bar = _Progress(len(todo), progress)
+    def __init__(self, plan: _Plan, sink: Any) -> None:
+        self.plan, self.sink = plan, sink
+        self.order = [s.session_id for s in plan.sessions]
+        self.cursor = 0
+        # Shards already committed by an earlier run hold a prefix of the ok sessions, in order.
+        self.in_committed = sink.sessions_committed
+
+    def drain(self) -> None:
+        from microturn.pipeline.shard import read_part
+
+        outcomes = self.plan.outcomes
+        while self.cursor < len(self.order) and self.order[self.cursor] in outcomes:
+            sid = self.order[self.cursor]
+            self.cursor += 1
+            if outcomes[sid]["status"] == "ok" and sid not in self.in_committed:
+                self.sink.add_session(read_part(part_uri(self.plan.work_uri, sid, ".tar")))
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def worker_env_vars(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The environment the session tasks get through Ray's runtime_env: never a credential."""
+    environ = dict(os.environ) if environ is None else environ
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.update({k: environ[k] for k in FORWARDED_ENV if k in environ})
+    return env
+
+
+def _init_ray(cfg: BuildConfig, address: Optional[str]) -> bool:
+    """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start an embedded one.
+    Returns True when we started Ray here (and so must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or cfg.job.address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": worker_env_vars()}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True, configure_logging=False)
+        return True
+    num_cpus = cfg.job.num_cpus or os.cpu_count() or 1
+    # Small machines: cap the object store; results are small summaries, parts go to storage.
+    store = (cfg.job.object_store_mb or 512) * 1024 * 1024
+    # address="local": always a new embedded instance. Without it ray.init() joins the newest cluster
+    # started on this machine (/tmp/ray/ray_current_cluster), someone else's cluster included.
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=store,
+        runtime_env=env,
+        log_to_driver=True,
+        configure_logging=False,
+    )
+    return True
+
+
+@dataclass
+class _Flight:
+    spec: SessionSpec
+    budget: SessionBudget
+    start: float  # time.monotonic() at submission
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+class _Scheduler:
+    """Keeps ``max_in_flight`` session tasks running, collects their outcomes, cuts off the ones that
+    run past their budget. Every outcome, whatever happened, lands in ``plan.outcomes``."""
+
+    def __init__(self, plan: _Plan, cfg: BuildConfig, pool: list[Any], max_in_flight: int,
+                 hooks: tuple[SessionHook, ...], bar: Progress) -> None:
+        import ray
+
+        self.plan, self.cfg, self.pool, self.max_in_flight, self.hooks, self.bar = plan, cfg, pool, max_in_flight, hooks, bar
+        self.task = ray.remote(num_cpus=1, max_retries=cfg.job.max_retries, retry_exceptions=False)(run_one_session)
+        self.cfg_json = cfg.model_dump_json()
+        self.queue = list(plan.todo)
+        self.pending: dict[Any, _Flight] = {}
+        self.timings: list[dict[str, Any]] = []
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.pending)
+
+    def submit(self) -> None:
+        while self.queue and len(self.pending) < self.max_in_flight:
+            spec = self.queue.pop(0)
+            budget = session_budget(spec, self.cfg)  # probes headers: cheap, and overlaps running tasks
+            ref = self.task.remote(spec.model_dump_json(), self.cfg_json, self.plan.work_uri, self.pool or None,
+                                   1, budget.seconds, self.hooks)
+            self.pending[ref] = _Flight(spec, budget, time.monotonic())
+
+    def collect(self, wait_s: float = 1.0) -> list[str]:
+        """Outcomes of the tasks that finished (waiting up to ``wait_s``); returns their session ids."""
+        import ray
+
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=wait_s)
+        done = []
+        for ref in ready:
+            flight = self.pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                outcome = self._reject(flight, *ray_failure(exc, self.cfg.job.max_retries))
+            self._finish(flight, outcome)
+            done.append(flight.spec.session_id)
+        return done
+
+    def cut_off(self) -> list[str]:
+        """Cancel the tasks past their budget; they are quarantined as ``timeout``."""
+        import ray
+
+        late = [(ref, f) for ref, f in self.pending.items() if f.elapsed() > f.budget.seconds]
+        for ref, flight in late:
+            ray.cancel(ref, force=True)
+            self.pending.pop(ref)
+            self._finish(flight, self._reject(flight, "timeout", flight.budget.timeout_message()))
+        return [f.spec.session_id for _, f in late]
+
+    def running(self) -> list[Running]:
+        return [Running(f.spec.session_id, f.elapsed(), f.budget.seconds, f.budget.media_s) for f in self.pending.values()]
+
+    def _reject(self, flight: _Flight, reason: str, message: str) -> dict[str, Any]:
+        spec = flight.spec
+        r = Rejection(spec.session_id, ";".join(spec.source_uris()), "job", reason, message)
+        return write_reject(self.plan.work_uri, r, self.cfg.config_hash())
+
+    def _finish(self, flight: _Flight, outcome: dict[str, Any]) -> None:
+        self.plan.outcomes[flight.spec.session_id] = outcome
+        status = outcome["status"] if outcome["status"] == "ok" else outcome["rejection"]["reason"]
+        self.timings.append({"session_id": flight.spec.session_id, "wall_s": round(flight.elapsed(), 3),
+                             "budget_s": flight.budget.seconds, "media_s": flight.budget.media_s, "outcome": status})
+        self.bar.advance(float(outcome.get("media_s", 0.0)))
+
+
+# Errors that say the cluster itself is gone or refuses us: no session can succeed, so the build stops
+# (its finished work is kept for the resume) instead of quarantining every remaining session.
+_CLUSTER_FATAL = ("AuthenticationError", "LocalRayletDiedError")
+
+
+def ray_failure(exc: Exception, max_retries: int) -> tuple[str, str]:
+    """(reason, message) of the quarantine row for a session whose task failed in Ray.
+
+    Messages are fixed texts (plus the error of our own code for ``internal:*``), never Ray's own
+    text, which names process ids and addresses: quarantine.parquet stays identical across runs. The
+    full error goes to the log."""
+    import ray.exceptions as rex
+
+    if type(exc).__name__ in _CLUSTER_FATAL:
+        raise exc
+    log.warning("session task failed in Ray: %r", exc)
+    if isinstance(exc, rex.RayTaskError):
+        cause = exc.cause
+        return "internal:" + type(cause).__name__, str(cause) or repr(cause)
+    if isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError)):
+        return "worker_crashed", f"the worker process died {max_retries + 1} time(s) (killed, crashed, or its node was lost)"
+    if isinstance(exc, rex.OutOfMemoryError):
+        return "out_of_memory", ("Ray's memory monitor killed the task (the node ran out of memory); lower "
+                                 "job.max_in_flight or give the nodes more memory, then re-run with --retry-failed")
+    if isinstance(exc, rex.TaskCancelledError):
+        return "cancelled", "the task was cancelled"
+    return f"ray:{type(exc).__name__}", f"Ray failed the task with {type(exc).__name__} (see the driver log)"
+
+
+def _schedule(plan: _Plan, cfg: BuildConfig, feeder: _InOrderFeeder, *, address: Optional[str], progress: bool,
+              on_session_done: Optional[Callable[[str], None]], hooks: tuple[SessionHook, ...]) -> list[dict[str, Any]]:
+    """Run every session of ``plan.todo`` and feed the sink as the order allows; returns the timings."""
+    feeder.drain()
+    if not plan.todo:
+        return []
+    import ray
+
+    from microturn.jobs.tokenizer_pool import start_pool
+
+    bar = Progress(len(plan.todo), progress)
+    started_ray = _init_ray(cfg, address)
     try:
-        drain()
-        if todo:
-            started_ray = _init_ray(cfg, address)
-            from microturn.jobs.tokenizer_pool import start_pool
-
-            task = _remote_session_fn(cfg)
-            resources = ray.cluster_resources()
-            pool = start_pool(cfg, resources.get("GPU", 0.0))
-            # Pool actors hold a CPU each; the session tasks get the rest.
-            cpus = max(1, int(resources.get("CPU", 1)) - len(pool))
-            max_in_flight = cfg.job.max_in_flight or cpus
-            cfg_json = cfg.model_dump_json()
-            pending: dict[Any, tuple[SessionSpec, float]] = {}
-            queue = list(todo)
-            while queue or pending:
-                while queue and len(pending) < max_in_flight:
-                    spec = queue.pop(0)
-                    ref = task.remote(spec.model_dump_json(), cfg_json, work_uri, pool or None)
-                    pending[ref] = (spec, time.monotonic())
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    spec, _start = pending.pop(ref)
-                    try:
-                        outcome = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
-                        outcome = _failure_outcome(spec, "internal:" + type(exc.cause).__name__, str(exc.cause), work_uri)
-                    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
-                        outcome = _failure_outcome(spec, "worker_crashed", f"worker died {cfg.job.max_retries + 1} times: {exc}", work_uri)
-                    outcomes[spec.session_id] = outcome
-                    bar.advance(float(outcome.get("media_s", 0.0)))
-                    if on_session_done:
-                        on_session_done(spec.session_id)
-                now = time.monotonic()
-                for ref, (spec, start) in list(pending.items()):
-                    if now - start > cfg.job.session_timeout_s:
-                        ray.cancel(ref, force=True)
-                        pending.pop(ref)
-                        outcomes[spec.session_id] = _failure_outcome(
-                            spec, "timeout", f"session ran longer than {cfg.job.session_timeout_s:g} s", work_uri
-                        )
-                        bar.advance(0.0)
-                drain()
-        drain()
-    except BaseException:
-        sink.abort()  # the open shard stays invisible; committed ones are kept for the next run
-        raise
+        resources = ray.cluster_resources()
+        pool = start_pool(cfg, resources.get("GPU", 0.0))
+        # Pool actors hold a CPU each; the session tasks get the rest.
+        cpus = max(1, int(resources.get("CPU", 1)) - len(pool))
+        sched = _Scheduler(plan, cfg, pool, cfg.job.max_in_flight or cpus, hooks, bar)
+        while sched.busy():
+            sched.submit()
+            finished = sched.collect() + sched.cut_off()
+            bar.tick(sched.running())
+            for sid in finished:
+                if on_session_done:
+                    on_session_done(sid)
+            feeder.drain()
+        feeder.drain()
+        return sched.timings
     finally:
         bar.close()
         if started_ray:
             ray.shutdown()
 
+
+# ---------------------------------------------------------------- summarise
+
+
+def _summarise(plan: _Plan, cfg: BuildConfig, sink: Any, timings: list[dict[str, Any]], wall_s: float) -> BuildSummary:
+    from microturn.pipeline.shard import finalize_dataset
+
+    outcomes = plan.outcomes
+    order = [s.session_id for s in plan.sessions]
     ok = [sid for sid in order if outcomes.get(sid, {}).get("status") == "ok"]
-    for sid in order:
-        if outcomes.get(sid, {}).get("status") == "rejected":
-            rejections.append(Rejection(**outcomes[sid]["rejection"]))
-    stage_s: dict[str, float] = {}
-    for sid in ok:
-        for k, v in outcomes[sid].get("stage_s", {}).items():
-            stage_s[k] = stage_s.get(k, 0.0) + v
+    rejections = list(plan.rejections)
+    rejections += [Rejection(**outcomes[sid]["rejection"]) for sid in order
+                   if outcomes.get(sid, {}).get("status") == "rejected"]
     doc = finalize_dataset(
-        out_uri,
+        plan.out_uri,
         sink,
         config_hash=cfg.config_hash(),
         tokenizers=_agreed_tokenizers([outcomes[s] for s in ok]),
         rejections=rejections,
-        sessions_in=len(sessions) + len(row_problems),
+        sessions_in=plan.rows_in,
     )
     summary = BuildSummary(
-        out_uri=out_uri,
-        sessions_in=len(sessions) + len(row_problems),
+        out_uri=plan.out_uri,
+        sessions_in=plan.rows_in,
         sessions_ok=len(ok),
         quarantined=len(rejections),
         media_s_in=sum(float(outcomes[s].get("media_s", 0.0)) for s in order if s in outcomes),
@@ -361,23 +404,32 @@ def run_build(
         samples=doc["totals"]["samples"],
         shards=doc["totals"]["shards"],
         shard_bytes=doc["totals"]["bytes"],
-        wall_s=time.perf_counter() - t0,
-        resumed_sessions=resumed,
+        wall_s=wall_s,
+        resumed_sessions=plan.resumed,
         rejects_by_reason=_count_reasons(rejections),
-        stage_s={k: round(v, 3) for k, v in sorted(stage_s.items())},
+        stage_s=_stage_seconds([outcomes[s] for s in ok]),
+        slowest_sessions=sorted(timings, key=lambda t: (-t["wall_s"], t["session_id"]))[:SLOWEST_SHOWN],
     )
     storage.write_bytes_atomic(
-        storage.join(out_uri, "stats.json"), json.dumps(summary.to_json(), indent=2, sort_keys=True).encode()
+        storage.join(plan.out_uri, "stats.json"), json.dumps(summary.to_json(), indent=2, sort_keys=True).encode()
     )
     return summary
 
 
+def _stage_seconds(outcomes: list[dict[str, Any]]) -> dict[str, float]:
+    stage_s: dict[str, float] = {}
+    for o in outcomes:
+        for k, v in o.get("stage_s", {}).items():
+            stage_s[k] = stage_s.get(k, 0.0) + v
+    return {k: round(v, 3) for k, v in sorted(stage_s.items())}
+
+
 def _is_transient(outcome: dict[str, Any]) -> bool:
-    """A reject that says nothing about the data: a bug, a timeout or a dead worker."""
+    """A reject that says nothing about the data: a bug, a timeout, a dead worker, another Ray failure."""
     if outcome.get("status") != "rejected":
         return False
     reason = outcome["rejection"]["reason"]
-    return reason.startswith("internal:") or reason in ("timeout", "worker_crashed")
+    return reason.startswith(("internal:", "ray:")) or reason in TRANSIENT_REASONS
 
 
 def _count_reasons(rejections: list[Rejection]) -> dict[str, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Optional
 
 from microturn.config import BuildConfig
 from microturn.records import AlignedSession, TokenizedSession
@@ -63,20 +63,24 @@ def actor_for(pool: list[Any], session_id: str) -> Any:
 
 
 class PooledTokenizer:
-    """The ``SessionTokenizer`` a session task uses when tokenization runs in the actor pool."""
+    """The ``SessionTokenizer`` a session task uses when tokenization runs in the actor pool.
 
-    def __init__(self, pool: list[Any], session_id: str) -> None:
+    Every call waits at most ``timeout_s`` (``ray.exceptions.GetTimeoutError`` past it), so a hung or
+    overloaded actor fails this session, with a reason, instead of holding its task forever."""
+
+    def __init__(self, pool: list[Any], session_id: str, timeout_s: Optional[float] = None) -> None:
         import ray
 
         self._actor = actor_for(pool, session_id)
-        info = ray.get(self._actor.info.remote())
+        self._timeout_s = timeout_s
+        info = ray.get(self._actor.info.remote(), timeout=timeout_s)
         self.text_pad_id = info["text_pad_id"]
         self._describe = info["describe"]
 
     def tokenize(self, aligned: AlignedSession) -> TokenizedSession:
         import ray
 
-        return ray.get(self._actor.tokenize.remote(aligned))
+        return ray.get(self._actor.tokenize.remote(aligned), timeout=self._timeout_s)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self._describe

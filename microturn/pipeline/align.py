@@ -6,9 +6,11 @@ Steps (each a small function below):
    energy detector when the model cannot load (flag ``vad:energy_fallback``);
 3. mixed tracks: diarized from a local pyannote pipeline when configured (one stream per speaker,
    the mixture gated by that speaker's turns), else kept whole and flagged ``undiarized_mixed``;
-4. cross-talk: for one-speaker-per-channel audio, leakage of the other speakers is removed;
+4. cross-talk: for one-speaker-per-channel audio, each frame is attributed to the microphones whose
+   own talker is the source (``align/crosstalk.py``: a two-channel bleed model; docs/crosstalk.md);
 5. words: sidecar transcript (own times, or whisperX-aligned when an alignment model is set), or
-   whisperX ASR when a Whisper model is set;
+   whisperX ASR when a Whisper model is set: per stream, only where its speaker is active, timed by
+   whisperX alignment or by Whisper's word timestamps corrected by the activity;
 6. quality measures and filters (``filtered:<rule>``);
 7. optional residual A/V offset estimate (re-picks the video frames when confident).
 """
@@ -23,9 +25,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from microturn.align import quality as q
-from microturn.align.crosstalk import suppress_crosstalk
+from microturn.align.crosstalk import attribute_activity, suppress_crosstalk
 from microturn.align.transcripts import Segment, channel_base, read_transcript, speaker_to_stream, to_words
-from microturn.align.vad import ONSET, OFFSET, VadUnavailable, binarize, energy_probability
+from microturn.align.vad import ONSET, OFFSET, VadUnavailable, binarize, energy_probability, speech_like_runs
 from microturn.clock import ASR_RATE, CODEC_RATE, GRID, to_fraction
 from microturn.config import AlignConfig, QualityFilters
 from microturn.manifest import SessionSpec
@@ -96,6 +98,11 @@ def all_duplicates(streams: Sequence[AudioStream], threshold: float) -> tuple[bo
 # ---------------------------------------------------------------- 2. activity
 
 
+def is_per_channel(decoded: DecodedSession) -> bool:
+    """Several streams, each one speaker's microphone (cross-talk attribution applies)."""
+    return len(decoded.streams) >= 2 and all(s.speaker != MIXED for s in decoded.streams)
+
+
 def detect_activity(decoded: DecodedSession, cfg: AlignConfig, flags: list[str]) -> np.ndarray:
     """uint8 [streams, frames] raw VAD decisions (before cross-talk suppression)."""
     frames = num_frames_of(decoded)
@@ -112,18 +119,22 @@ def detect_activity(decoded: DecodedSession, cfg: AlignConfig, flags: list[str])
             flags.append("vad:energy_fallback")
     else:
         flags.append("vad:energy")
+    # per-microphone sessions: the bleed model (step 4) explains the other talkers and each
+    # microphone's noise from both channels; a one-channel energy gate there cuts a quiet talker
+    attributed = cfg.crosstalk == "attribute" and is_per_channel(decoded)
     for s in decoded.streams:
         if inference is not None:
-            from microturn.align.vad import pyannote_probability
+            from microturn.align.vad import energy_gate, pyannote_probability
 
-            from microturn.align.vad import energy_gate
-
-            probs.append(pyannote_probability(inference, s.wave_16k, frames) * energy_gate(s.wave_24k, frames))
+            prob = pyannote_probability(inference, s.wave_16k, frames)
+            probs.append(prob if attributed else prob * energy_gate(s.wave_24k, frames))
         else:
             probs.append(energy_probability(s.wave_24k, frames, cfg.energy_threshold_db))
+    act = [binarize(p, ONSET, OFFSET, cfg.min_speech_ms, cfg.min_silence_ms) for p in probs]
     if inference is not None:
         flags.append("vad:pyannote")
-    act = [binarize(p, ONSET, OFFSET, cfg.min_speech_ms, cfg.min_silence_ms) for p in probs]
+        if cfg.speech_gate:  # music and effects the model half-believes stay non-speech
+            act = [speech_like_runs(a, p, s.wave_24k) for a, p, s in zip(act, probs, decoded.streams)]
     return np.stack(act) if act else np.zeros((0, frames), dtype=np.uint8)
 
 
@@ -223,7 +234,110 @@ def _aligned_words(
     return words
 
 
-def find_words(decoded: DecodedSession, spec: SessionSpec, cfg: AlignConfig, flags: list[str]) -> list[Word]:
+def _runs(row: np.ndarray) -> list[tuple[int, int]]:
+    from microturn.align.vad import runs
+
+    return [(a, b) for on, a, b in runs(row) if on]
+
+
+_ASR_BRIDGE_FRAMES = 38  # ~0.5 s: a pause this short is inside one's own turn, whoever else speaks in it
+
+
+def asr_mask(activity: np.ndarray, k: int, pad_frames: int, fill_frames: int) -> np.ndarray:
+    """bool [frames]: where stream ``k`` is sent to ASR. Its own activity, with pauses filled when
+    they are no longer than ``fill_frames`` and no other stream speaks in them (a missed quiet word
+    costs more than a silence Whisper skips) or shorter than half a second (cross-talk suppression
+    hands overlapped speech to the louder speaker: cutting the quieter one there cuts words in two),
+    widened by ``pad_frames`` each side (Whisper needs the onset; the quieter of two overlapping
+    speakers is often detected late). What another stream's speaker says at length never reaches
+    this stream's ASR."""
+    own = activity[k].astype(bool)
+    others = np.delete(activity, k, axis=0).astype(bool).any(axis=0) if activity.shape[0] > 1 else np.zeros_like(own)
+    mask = own.copy()
+    runs = _runs(own)
+    for (_, b), (a, _) in zip(runs, runs[1:]):
+        if a - b <= _ASR_BRIDGE_FRAMES or (a - b <= fill_frames and not others[b:a].any()):
+            mask[b:a] = True
+    if pad_frames:
+        grown = np.convolve(mask.astype(np.int32), np.ones(2 * pad_frames + 1, dtype=np.int32), mode="same") > 0
+        mask |= grown
+    return mask
+
+
+def speech_regions(mask: np.ndarray, duration_s: float) -> list[tuple[float, float]]:
+    """The runs of a frame mask in seconds, clipped to the stream."""
+    out = []
+    for a, b in _runs(mask):
+        start, end = GRID.frame_to_sample(a) / CODEC_RATE, min(GRID.frame_to_sample(b) / CODEC_RATE, duration_s)
+        if end > start:
+            out.append((float(start), float(end)))
+    return out
+
+
+def snap_to_activity(start: int, end: int, active: np.ndarray) -> tuple[int, int]:
+    """A word's samples moved inside its speech: a start in a pause moves to the next onset and an end
+    in a pause to the last offset, when that onset/offset lies inside the word. Whisper's timestamps
+    often begin a segment's first word hundreds of ms before the voice does."""
+    hop = GRID.hop
+    n = active.shape[0]
+    fs, fe = start // hop, max(end - 1, start) // hop
+    if 0 <= fs < n and not active[fs]:
+        on = np.flatnonzero(active[fs:min(fe + 1, n)])
+        if on.size:
+            start = (fs + int(on[0])) * hop
+    if 0 <= fe < n and not active[fe] and fe >= fs:
+        on = np.flatnonzero(active[max(fs, 0):fe + 1])
+        if on.size:
+            end = max(start, (max(fs, 0) + int(on[-1]) + 1) * hop)
+    return start, end
+
+
+def _asr_words(
+    k: int,
+    wave_16k: np.ndarray,
+    activity: np.ndarray,
+    language: Optional[str],
+    cfg: AlignConfig,
+    origin: Fraction,
+    flags: list[str],
+) -> list[Word]:
+    """ASR of one stream where its speaker is active (never the other speakers' bleed), timed by
+    whisperX alignment when an alignment model is set, else by Whisper's own word timestamps
+    corrected by the stream's activity (``timing="whisper"``)."""
+    from microturn.align.whisperx_words import resolve_device, transcribe_regions
+
+    per_frame = 1000 / float(GRID.frame_rate)
+    mask = asr_mask(activity, k, round(cfg.asr_pad_ms / per_frame), round(cfg.asr_fill_gap_ms / per_frame))
+    regions = speech_regions(mask, wave_16k.shape[0] / ASR_RATE)
+    asr, lang = transcribe_regions(
+        wave_16k, regions, cfg.asr_model_dir, resolve_device(cfg.device), language,
+        cfg.asr_batch_size, cfg.asr_beam_size, cfg.asr_threads,
+    )
+    if language is None and lang and f"asr_language:{lang}" not in flags:
+        flags.append(f"asr_language:{lang}")  # detected, not given by the manifest
+    if cfg.align_model_dir is not None:
+        utts = []
+        for r, (a, b) in enumerate(regions):
+            text = " ".join(w.text for w in asr if w.region == r)
+            if text:
+                utts.append((text, to_fraction(a) + origin, to_fraction(b) + origin))
+        return _aligned_words(k, wave_16k, utts, cfg, lang or "en", origin)
+    words = []
+    for w in asr:
+        s, e = snap_to_activity(GRID.seconds_to_samples(w.start_s), GRID.seconds_to_samples(w.end_s), activity[k])
+        words.append(Word(w.text, s, e, k, "whisper", round(w.probability, 4)))
+    return words
+
+
+def find_words(
+    decoded: DecodedSession,
+    spec: SessionSpec,
+    cfg: AlignConfig,
+    flags: list[str],
+    activity: Optional[np.ndarray] = None,
+) -> list[Word]:
+    """Words of every stream. ``activity`` (uint8 [streams, frames], after cross-talk suppression)
+    limits ASR to where each stream's speaker is active."""
     origin = to_fraction(decoded.sources.get("origin", decoded.sources.get("origin_s", 0)))
     speakers = [s.speaker for s in decoded.streams]
     channels = [s.channel for s in decoded.streams]
@@ -247,17 +361,11 @@ def find_words(decoded: DecodedSession, spec: SessionSpec, cfg: AlignConfig, fla
             words = to_words(segs, streams_of, -origin)
             flags.append("words:interpolated" if any(w.timing == "interpolated" for w in words) else "words:source")
     elif cfg.asr_model_dir is not None:
-        from microturn.align.whisperx_words import resolve_device, transcribe
-
+        if activity is None:  # no activity known: every stream is speech from end to end
+            activity = np.ones((len(decoded.streams), num_frames_of(decoded)), dtype=np.uint8)
         for k, stream in enumerate(decoded.streams):
-            segs_asr, lang = transcribe(stream.wave_16k, cfg.asr_model_dir, resolve_device(cfg.device), spec.language, cfg.asr_batch_size)
-            utts = [(t, to_fraction(a) + origin, to_fraction(b) + origin) for t, a, b in segs_asr]
-            if cfg.align_model_dir is not None:
-                words += _aligned_words(k, stream.wave_16k, utts, cfg, lang, origin)
-            else:
-                asr_segs = [Segment(None, t, a, b, "utterance") for t, a, b in utts]
-                words += [dataclasses.replace(w, timing="asr") for w in to_words(asr_segs, [k] * len(asr_segs), -origin)]
-        flags.append("words:asr_aligned" if cfg.align_model_dir is not None else "words:asr")
+            words += _asr_words(k, stream.wave_16k, activity, spec.language, cfg, origin, flags)
+        flags.append("words:asr_aligned" if cfg.align_model_dir is not None else "words:asr_whisper")
     else:
         flags.append("words:none")
     limit = decoded.num_samples
@@ -304,13 +412,14 @@ def align_session(decoded: DecodedSession, spec: SessionSpec, cfg: AlignConfig) 
     flags += dup_flags
     activity = detect_activity(decoded, cfg, flags)
     decoded, activity = diarize_mixed(decoded, activity, cfg, flags)
-    per_channel = len(decoded.streams) >= 2 and all(s.speaker != MIXED for s in decoded.streams)
-    if per_channel and "diarized_mixed" not in flags:
-        activity = suppress_crosstalk(
-            activity, [s.wave_24k for s in decoded.streams], cfg.crosstalk_margin_db, cfg.min_speech_ms, cfg.min_silence_ms
-        )
-        flags.append("crosstalk_suppressed")
-    words = find_words(decoded, spec, cfg, flags)
+    if is_per_channel(decoded) and "diarized_mixed" not in flags:
+        waves = [s.wave_24k for s in decoded.streams]
+        if cfg.crosstalk == "attribute":
+            activity = attribute_activity(activity, waves, cfg.min_speech_ms, cfg.min_silence_ms)
+        else:
+            activity = suppress_crosstalk(activity, waves, cfg.crosstalk_margin_db, cfg.min_speech_ms, cfg.min_silence_ms)
+        flags += ["crosstalk_suppressed", f"crosstalk:{cfg.crosstalk}"]
+    words = find_words(decoded, spec, cfg, flags, activity)
     quality = q.session_quality([s.wave_24k for s in decoded.streams], activity, decoded.num_samples, [s.speaker for s in decoded.streams])
     q.apply_filters(quality, cfg.filters, decoded.session_id)
     av_offset, av_conf = 0, None

@@ -41,6 +41,25 @@ _FLOAT_FORMATS = ("flt", "fltp", "dbl", "dblp")
 _GAP_TOLERANCE_S = Fraction(1, 10)  # timestamp jumps larger than this are filled with silence
 _MAX_ERROR_FRACTION = 0.5  # more packets than this failing -> the stream is corrupt, not noisy
 _MAX_PENDING_FRAMES = 48  # decoded video frames held while a file's first audio frame is awaited
+_MAX_INITIAL_FLOATS = 1 << 26  # first allocation of an audio buffer (256 MB), whatever a header claims
+
+
+def max_timeline_s(cfg: DecodeConfig) -> Fraction:
+    """The longest timeline decode builds, for a file or a session: ``max_duration_s`` plus the
+    disagreement allowed between sources. Buffers are checked against it as they grow, so a
+    crafted file (timestamps that jump by hours, a last frame lasting a day, a huge manifest
+    offset) is refused before its silence or its frames are allocated."""
+    return to_fraction(cfg.max_duration_s) + to_fraction(cfg.duration_tolerance_s)
+
+
+def _too_long(what: str, seconds: Fraction, cfg: DecodeConfig, source: Optional[str]) -> StageError:
+    return StageError(
+        "decode",
+        "too_long",
+        f"{what} reaches {float(seconds):.1f} s (> max_duration_s {cfg.max_duration_s:g} s "
+        f"+ duration_tolerance_s {cfg.duration_tolerance_s:g} s)",
+        source=source,
+    )
 
 
 # ---------------------------------------------------------------- small helpers
@@ -211,7 +230,9 @@ class _AudioSink:
         self.uri = uri
         self.warnings: list[str] = []
         self.start: Optional[Fraction] = None  # known from the first frame with samples on
-        self._est = int((expected_s or cfg.window_s) * CODEC_RATE) + CODEC_RATE
+        self._cfg = cfg
+        self._max_s = max_timeline_s(cfg)
+        self._est = int(min(expected_s or cfg.window_s, float(self._max_s)) * CODEC_RATE) + CODEC_RATE
         self._step = int(cfg.window_s * CODEC_RATE)
         self._r24: Any = None
         self._r16: Any = None
@@ -239,8 +260,9 @@ class _AudioSink:
             channels = len(frame.layout.channels)
             self._r24 = av.AudioResampler(format="fltp", layout=layout, rate=CODEC_RATE)
             self._r16 = av.AudioResampler(format="fltp", layout=layout, rate=ASR_RATE)
-            self._b24 = _Growable(channels, self._est, self._step)
-            self._b16 = _Growable(channels, self._est * 2 // 3, self._step * 2 // 3)
+            est = min(self._est, _MAX_INITIAL_FLOATS // max(channels, 1))  # grows by doubling past this
+            self._b24 = _Growable(channels, est, self._step)
+            self._b16 = _Growable(channels, est * 2 // 3, self._step * 2 // 3)
             self.start = t if t is not None else Fraction(0)
             # NaN/inf survive resampling (NaN * 0 is NaN), so the 24 kHz output is checked rather
             # than converting every input frame a second time
@@ -249,11 +271,16 @@ class _AudioSink:
             assert self.start is not None and self._b24 is not None and self._b16 is not None
             gap = t - (self.start + self._consumed_s)
             if gap > _GAP_TOLERANCE_S:  # a hole in the timeline: keep later audio at its time
+                if self._consumed_s + gap > self._max_s:  # checked before the silence is allocated
+                    raise _too_long(f"audio timestamps jump by {float(gap):.1f} s: the track", self._consumed_s + gap,
+                                    self._cfg, self.uri)
                 self.warnings.append(f"audio_gap:{float(gap):.3f}s")
                 self._b24.pad(round(gap * CODEC_RATE))
                 self._b16.pad(round(gap * ASR_RATE))
                 self._consumed_s += gap
         self._consumed_s += Fraction(frame.samples, frame.sample_rate)
+        if self._consumed_s > self._max_s:  # a file with no (or a false) declared duration
+            raise _too_long("the audio track", self._consumed_s, self._cfg, self.uri)
         try:
             self._append_24k(self._r24.resample(frame))
             for out in self._r16.resample(frame):
@@ -337,8 +364,16 @@ class _VideoPicker:
         self._prev_rgb: Optional[np.ndarray] = None
         self._intervals: list[int] = []
         self._skipped = 0
+        self._max_sample = GRID.seconds_to_samples(max_timeline_s(cfg))
 
     def feed(self, frame: Any) -> None:
+        if frame.width * frame.height > self.cfg.max_frame_pixels:  # a resolution change mid-stream
+            raise StageError(
+                "decode",
+                "frame_too_large",
+                f"a {frame.width}x{frame.height} frame exceeds max_frame_pixels {self.cfg.max_frame_pixels}",
+                source=self.uri,
+            )
         if self.origin is not None:
             self._pick(frame)
         elif frame.pts is not None or self.pending:  # untimed frames before the first are useless
@@ -373,6 +408,8 @@ class _VideoPicker:
         else:
             t = Fraction(frame.pts) * Fraction(frame.time_base)
             s = round((self.offset_s + t - self.origin) * CODEC_RATE)  # type: ignore[operator]
+        if s > self._max_sample:  # before any chunk is filled up to it
+            raise _too_long("a video frame's timestamp", GRID.samples_to_seconds(s), self.cfg, self.uri)
         if prev is not None and s <= self._prev_sample:
             self._skipped += 1  # out-of-order or duplicate timestamp: keep the earlier frame
             return
@@ -400,6 +437,8 @@ class _VideoPicker:
         if prev.duration and prev.time_base:
             last_len = max(1, round(Fraction(prev.duration) * Fraction(prev.time_base) * CODEC_RATE))
         end_sample = self._prev_sample + last_len
+        if end_sample > self._max_sample:  # a last frame that claims to last for hours
+            raise _too_long("the last video frame's duration", GRID.samples_to_seconds(end_sample), self.cfg, self.uri)
         while GRID.chunk_to_sample(self._next_c) < end_sample:
             self._take(self._next_c, prev)
             self._next_c += 1
@@ -608,6 +647,9 @@ def _decode_probed(
     offsets = [round((st - origin) * CODEC_RATE) for st in starts]
     ends = [off + decoded[row[0]].wave_24k.shape[1] for off, row in zip(offsets, rows)]
     num_samples = max(ends + ([video.end_sample] if video is not None else []))
+    if num_samples > GRID.seconds_to_samples(max_timeline_s(cfg)):  # manifest offsets: before placing
+        raise _too_long("the session's timeline (sources placed by their offsets)",
+                        GRID.samples_to_seconds(num_samples), cfg, spec.session_id)
     if num_samples < GRID.seconds_to_samples(cfg.min_duration_s):
         raise StageError(
             "decode", "too_short", f"{num_samples / CODEC_RATE:.3f} s of media (< {cfg.min_duration_s} s)", source=spec.session_id

@@ -8,7 +8,7 @@ decode (its single decoding pass proves decodability, ``StageError("decode", "un
 
 Reason codes (``StageError("probe", reason, ...)``): ``not_found``, ``empty_file``, ``unreadable``,
 ``not_media``, ``no_media_streams``, ``no_audio_stream``, ``no_video_stream``, ``zero_duration``,
-``too_short``, ``too_long``, ``undecodable``, ``duration_mismatch``.
+``too_short``, ``too_long``, ``undecodable``, ``duration_mismatch``, ``frame_too_large``.
 """
 
 from __future__ import annotations
@@ -228,6 +228,19 @@ def media_duration_s(info: MediaInfo, kind: Optional[str] = None) -> Optional[fl
     return info.duration_s
 
 
+def _check_frame_size(stream: StreamInfo, cfg: "DecodeConfig", uri: str) -> None:
+    """Refuse a picture larger than ``max_frame_pixels`` before any frame is decoded (decode checks
+    every frame too: a stream can change resolution mid-way)."""
+    pixels = (stream.width or 0) * (stream.height or 0)
+    if pixels > cfg.max_frame_pixels:
+        raise StageError(
+            "probe",
+            "frame_too_large",
+            f"{stream.width}x{stream.height} frames exceed max_frame_pixels {cfg.max_frame_pixels}",
+            source=uri,
+        )
+
+
 def probe_session(
     spec: "SessionSpec",
     cfg: "DecodeConfig",
@@ -273,6 +286,7 @@ def probe_session(
         info = infos[spec.video.uri]
         if info.first("video") is None:
             raise StageError("probe", "no_video_stream", "video source has no video stream", source=spec.video.uri)
+        _check_frame_size(info.first("video"), cfg, spec.video.uri)  # type: ignore[arg-type]
         if not spec.audio and info.first("audio") is None:
             raise StageError(
                 "probe",

@@ -109,6 +109,19 @@ def _with_original_uris(decoded: Any, local: SessionSpec, original: SessionSpec)
     return replace(decoded, streams=streams, video=video, sources=swap(decoded.sources))
 
 
+def _with_original_source(err: StageError, local: SessionSpec, original: SessionSpec) -> StageError:
+    """The error as the quarantine shows it: naming the manifest's URIs, never the temporary local
+    copies (whose random folder names would also make quarantine.parquet differ between runs)."""
+    if local is original:
+        return err
+    mapping = dict(zip(local.source_uris(), original.source_uris()))
+    message = err.message
+    for tmp, uri in mapping.items():
+        message = message.replace(tmp, uri)
+    source = mapping.get(err.source, err.source) if err.source else None
+    return StageError(err.stage, err.reason, message, source=source)
+
+
 class SessionTokenizer(Protocol):
     """What the session runner needs from tokenization: in this process or in a Ray actor pool."""
 
@@ -153,6 +166,7 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionToken
     from microturn.pipeline.events import detect_events, session_event_stats
 
     clock = _StageClock()
+    local_spec = spec
     try:
         with contextlib.ExitStack() as stack:
             with clock.stage("fetch"):
@@ -167,10 +181,11 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionToken
             events = detect_events(aligned.activity, cfg.events)
             samples = make_samples(tokenized, events, cfg.chunk, text_pad_id=tokenizer.text_pad_id)
             event_stats = session_event_stats(aligned.activity, events, cfg.events)
-    except StageError:
-        raise
+    except StageError as err:
+        raise _with_original_source(err, local_spec, spec) from err
     except Exception as exc:  # a bug or an unforeseen input: keep the job alive, name the stage
-        raise StageError(clock.current, f"internal:{type(exc).__name__}", str(exc) or repr(exc)) from exc
+        err = StageError(clock.current, f"internal:{type(exc).__name__}", str(exc) or repr(exc))
+        raise _with_original_source(err, local_spec, spec) from exc
     media_s = float(GRID.samples_to_seconds(decoded.num_samples))
     stats = {
         "events": event_stats,

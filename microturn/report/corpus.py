@@ -226,8 +226,11 @@ def read_index(dataset_uri: Optional[str]) -> list[dict[str, Any]]:
         return []
     import pyarrow.parquet as pq
 
-    with storage.open_input(uri) as fh:
-        return pq.read_table(fh).to_pylist()
+    try:
+        with storage.open_input(uri) as fh:
+            return pq.read_table(fh).to_pylist()
+    except (OSError, ValueError) as exc:  # a damaged index (ArrowInvalid is a ValueError)
+        raise UserError(f"{uri}: unreadable index ({exc.__class__.__name__}: {exc}); run `microturn validate`") from None
 
 
 def find_sample(target: Target, key: str) -> SampleView:

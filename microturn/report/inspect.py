@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Optional
 
+from microturn.report import safe
 from microturn.report.corpus import Target, iter_samples, read_index, sha256_of, size_of
 from microturn.report.progress import progress
 from microturn.report.sample import EVENT_COLUMNS
@@ -109,10 +110,10 @@ def print_inspect(report: dict[str, Any], console) -> None:
     ds = report.get("dataset") or {}
     if ds:
         fps = {k: v.get("fingerprint") if isinstance(v, dict) else v for k, v in (ds.get("tokenizers") or {}).items()}
-        console.print(f"[bold]{report['uri']}[/]  format {ds.get('format')} v{ds.get('format_version')}  "
-                      f"config {str(ds.get('config_hash', ''))[:12]}")
+        console.print(f"[bold]{safe(report['uri'])}[/]  format {safe(ds.get('format'))} "
+                      f"v{safe(ds.get('format_version'))}  config {safe(str(ds.get('config_hash', ''))[:12])}")
         for name, fp in fps.items():
-            console.print(f"  {name:<7}{fp}", soft_wrap=True)
+            console.print(f"  {safe(f'{name:<7}')}{safe(fp)}", soft_wrap=True)
     if "shards" in report:
         table = Table(title=f"{len(report['shards'])} shard(s)")
         for col, just in (("shard", "left"), ("samples", "right"), ("sessions", "right"), ("MB", "right"),
@@ -122,7 +123,7 @@ def print_inspect(report: dict[str, Any], console) -> None:
             status = r["checksum"]
             style = {"ok": "green", CHECK_MISMATCH: "bold red", CHECK_MISSING: "bold red"}.get(status, "yellow")
             table.add_row(
-                r["shard"], _n(r.get("samples")), _n(r.get("sessions")),
+                safe(r["shard"]), _n(r.get("samples")), _n(r.get("sessions")),
                 "-" if r.get("bytes") is None else f"{r['bytes'] / 1e6:.2f}",
                 "-" if r.get("hours") is None else f"{r['hours']:.4f}", f"[{style}]{status}[/]",
             )
@@ -138,7 +139,7 @@ def print_inspect(report: dict[str, Any], console) -> None:
         for r in report["samples"]:
             events = " ".join(f"{SHORT[kind]}{r[col]}" for kind, col in EVENT_COLUMNS.items() if r.get(col))
             table.add_row(
-                r["key"], f"{r['start_s']:.1f}", f"{r['duration_s']:.1f}", f"{r['speech_ratio']:.2f}",
+                safe(r["key"]), f"{r['start_s']:.1f}", f"{r['duration_s']:.1f}", f"{r['speech_ratio']:.2f}",
                 "/".join(f"{x:.2f}" for x in r["stream_speech_ratio"]), f"{r['overlap_ratio']:.2f}",
                 str(r["word_count"]), events,
             )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from microturn.clock import CODEC_RATE, GRID
+from microturn.report import safe
 from microturn.report.sample import SampleView
 
 LEVELS = " ▁▃▅▇█"  # fraction of the chunk spoken, 0 .. 1
@@ -155,7 +156,7 @@ def show_sample(view: SampleView, console, *, width_chunks: int = 50) -> None:
         ent = codebook_entropy_bits(codes)
         text_ids = view.text[s, : view.valid_frames]
         tokens.add_row(
-            str(s), spk, f"{view.codes.shape[1]} x {view.codes.shape[2]}",
+            str(s), safe(spk), f"{view.codes.shape[1]} x {view.codes.shape[2]}",
             f"{min(distinct, default=0)}..{max(distinct, default=0)}",
             f"{min(ent, default=0):.1f}..{max(ent, default=0):.1f}",
             f"{int((text_ids != pad).sum())} non-PAD", str(sum(1 for w in view.words if w.get("stream") == s)),
@@ -172,7 +173,7 @@ def show_sample(view: SampleView, console, *, width_chunks: int = 50) -> None:
 
     fp = Table(title="fingerprints", show_header=False)
     for k, v in sorted((view.meta.get("fingerprints") or {}).items()):
-        fp.add_row(k, str(v), style="yellow" if "untrained" in str(v) else None)
+        fp.add_row(safe(k), safe(v), style="yellow" if "untrained" in str(v) else None)
     console.print(fp)
     console.print(_provenance(view))
 
@@ -182,15 +183,15 @@ def _header(view: SampleView):
 
     m = view.meta
     lines = [
-        f"session [bold]{view.session_id}[/]  window {view.window_index}  "
+        f"session [bold]{safe(view.session_id)}[/]  window {view.window_index}  "
         f"start {view.start_s:.2f} s (sample {m.get('start_sample', '?')})  "
         f"duration {view.duration_s:.2f} s of {float(GRID.frames_to_seconds(view.num_frames)):.1f}",
-        f"speakers {', '.join(view.speakers)}  speech {view.speech_ratio():.2f}  overlap {view.overlap_ratio():.2f}  "
-        f"words {len(view.words)}  language {m.get('language') or '-'}",
+        f"speakers {safe(', '.join(view.speakers))}  speech {view.speech_ratio():.2f}  overlap {view.overlap_ratio():.2f}  "
+        f"words {len(view.words)}  language {safe(m.get('language') or '-')}",
     ]
     if m.get("flags"):
-        lines.append(f"flags {', '.join(map(str, m['flags']))}")
-    return Panel("\n".join(lines), title=view.key)
+        lines.append(f"flags {safe(', '.join(map(str, m['flags'])))}")
+    return Panel("\n".join(lines), title=safe(view.key))
 
 
 def _provenance(view: SampleView):
@@ -202,12 +203,12 @@ def _provenance(view: SampleView):
         table.add_column(col, overflow="fold")
     for i, a in enumerate(src.get("audio") or []):
         off = int(a.get("offset_sample", 0))
-        table.add_row(str(i), str(a.get("speaker")), str(a.get("uri")), str(a.get("channel", "")),
+        table.add_row(str(i), safe(a.get("speaker")), safe(a.get("uri")), safe(a.get("channel", "")),
                       f"{off / CODEC_RATE:+.3f} s ({off})")
     video = src.get("video")
     if video:
         off = int(video.get("offset_sample", 0))
-        table.add_row("video", "", str(video.get("uri")), "", f"{off / CODEC_RATE:+.3f} s ({off})")
+        table.add_row("video", "", safe(video.get("uri")), "", f"{off / CODEC_RATE:+.3f} s ({off})")
     return table
 
 

@@ -197,7 +197,9 @@ def public(stats: dict[str, Any]) -> dict[str, Any]:
 def print_stats(stats: dict[str, Any], console) -> None:
     from rich.table import Table
 
-    top = Table(title=f"corpus {stats['uri']}", show_header=False)
+    from microturn.report import safe
+
+    top = Table(title=f"corpus {safe(stats['uri'])}", show_header=False)
     top.add_column("what", style="bold")
     top.add_column("value", justify="right")
     for label, value in (

@@ -86,14 +86,34 @@ class HFTokenizer:
         self.pad_id, self.epad_id, self.bos_id, self.eos_id = base, base + 1, base + 2, base + 3
         self.vocab_size = base + 4
         digest = hashlib.sha256(blob).hexdigest()[:16]
-        self.fingerprint = f"hf/V{self.vocab_size}/sha256:{digest}"
+        self.space_prefix = _byte_level_without_prefix_space(blob)
+        # the prefix changes every token of a word: it is part of what the fingerprint names
+        self.fingerprint = f"hf/V{self.vocab_size}/sha256:{digest}" + ("/space" if self.space_prefix else "")
 
     def encode(self, text: str) -> list[int]:
+        """Tokens of one word (or a text). Byte-level BPE vocabularies (GPT-2, Whisper) learned words
+        with their leading space (``" hello"`` is one Whisper token, ``"hello"`` two): such a
+        tokenizer gets the space, so words are tokenized as the model that owns the vocabulary
+        sees them mid-sentence, and decoding a stream gives spaced text."""
+        if self.space_prefix and text and not text[0].isspace():
+            text = " " + text
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         base = self.pad_id
         return str(self._tok.decode([int(i) for i in ids if 0 <= int(i) < base]))
+
+
+def _byte_level_without_prefix_space(blob: bytes) -> bool:
+    """Whether a tokenizer.json pre-tokenizes with ByteLevel and does not add the prefix space itself."""
+    import json
+
+    try:
+        pre = json.loads(blob).get("pre_tokenizer") or {}
+    except (ValueError, AttributeError):
+        return False
+    parts = pre.get("pretokenizers", [pre]) if isinstance(pre, dict) else []
+    return any(isinstance(p, dict) and p.get("type") == "ByteLevel" and not p.get("add_prefix_space", True) for p in parts)
 
 
 def load_text_tokenizer(kind: str = "bytes", tokenizer_json: Optional[Path] = None) -> TextTokenizer:

@@ -31,6 +31,11 @@ class DataConfig(Section):
     eval_shards: int = Field(1, ge=0, description="the last N shards (sorted by name) are held out for eval")
     eval_data: Optional[str] = Field(None, description="a separate corpus for eval (overrides eval_shards)")
     check_fingerprints: bool = Field(True, description="refuse samples whose tokenizer fingerprints differ")
+    max_bad_fraction: float = Field(
+        0.05, ge=0, le=1,
+        description="samples that fail to parse are skipped and counted; the run fails once the distinct "
+                    "bad samples exceed this fraction of the samples dataset.json lists",
+    )  # fmt: skip
 
 
 class ModelConfig(Section):

@@ -7,8 +7,12 @@ What it guarantees, and how:
   model uses are kept. ``.npy`` members go through ``format.decode_npy`` (header parsed once per distinct
   header, object dtypes refused, data viewed with ``np.frombuffer``), JSON through ``json.loads``.
   No webdataset decoders run (the default ones unpickle ``.pyd``); webdataset lists and splits shards.
-* **Fast.** Samples are laid out straight into preallocated batch arrays (``BatchBuilder``); token
-  ranges are checked once per batch.
+* **Fast.** Samples are laid out straight into preallocated batch arrays (``BatchBuilder``).
+* **A bad sample is skipped and counted, never fatal by itself.** Every member the model reads is
+  checked when a sample is parsed (dtype as docs/format.md says, never cast; shapes; token ranges; a
+  bounded meta.json). A sample that fails, and the rest of a shard after tar damage, is skipped and
+  recorded by reason (``BadSamples``); the run fails only once the distinct bad samples exceed
+  ``data.max_bad_fraction`` of the samples dataset.json lists (``too_many_bad_samples``, with counts).
 * **Deterministic order from (seed, epoch).** Each epoch shuffles the shard list with
   ``default_rng([seed, epoch])``, splits it with ``wds.split_by_node`` then ``wds.split_by_worker``,
   shuffles examples inside each shard with a seeded buffer, and crops windows at offsets drawn from
@@ -32,9 +36,10 @@ import json
 import logging
 import math
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -54,11 +59,83 @@ _MEMBERS = ("meta.json", "codes.npy", "text.npy", "frames.npy", "frame_chunks.np
 class TrainDataError(ValueError):
     """The corpus cannot be trained on as configured (``reason`` is a short machine-readable code)."""
 
-    def __init__(self, reason: str, message: str, *, source: Optional[str] = None):
+    def __init__(self, reason: str, message: Optional[str] = None, *, source: Optional[str] = None):
+        if message is None:
+            # rebuilt from its text alone: torch's DataLoader re-raises a worker's error as ``type(text)``
+            found = re.findall(r"\[train\] (\w+): ", reason)  # the last one raised (the others are context)
+            super().__init__(reason)
+            self.reason, self.message, self.source = (found[-1] if found else "worker_error"), reason, None
+            return
         super().__init__(f"[train] {reason}: {message}" + (f" ({source})" if source else ""))
         self.reason = reason
         self.message = message
         self.source = source
+
+
+class SampleError(TrainDataError):
+    """One sample (or the rest of one shard) cannot be read: it is skipped and counted, not fatal."""
+
+
+# meta.json of one window is a few KiB; a much larger one is not ours, and parsing it costs time and memory
+MAX_META_BYTES = 1 << 20
+
+
+class BadSamples:
+    """Distinct samples that failed to parse: ``id -> (reason, count)``, where ``id`` is
+    ``"<shard file>:<key>"`` for one sample (count 1) or ``"<shard file>:@<n>"`` for the unreadable rest of
+    a shard after its first ``n`` samples (count: the samples dataset.json lists for it that were not
+    read). Entries added since the last ``drain()`` are kept apart, to be sent on (worker -> loader ->
+    rank 0) without resending the whole table."""
+
+    def __init__(self, entries: Optional[dict[str, Any]] = None):
+        self.entries: dict[str, tuple[str, int]] = {}
+        self.total = 0  # samples, summed over entries (checked after every batch: kept, not recomputed)
+        self._new: list[list[Any]] = []
+        for ident, (reason, count) in (entries or {}).items():
+            self.add(str(ident), str(reason), int(count))
+
+    def add(self, ident: str, reason: str, count: int = 1) -> bool:
+        """Record a bad sample; False when it was already known (seen in an earlier epoch)."""
+        if ident in self.entries:
+            return False
+        self.entries[ident] = (reason, count)
+        self.total += count
+        self._new.append([ident, reason, count])
+        return True
+
+    def merge(self, items: list[list[Any]]) -> None:
+        for ident, reason, count in items:
+            self.add(ident, reason, count)
+
+    def drain(self) -> list[list[Any]]:
+        new, self._new = self._new, []
+        return new
+
+    def by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for reason, count in self.entries.values():
+            out[reason] = out.get(reason, 0) + count
+        return dict(sorted(out.items()))
+
+    def state_dict(self) -> dict[str, list[Any]]:
+        return {ident: [reason, count] for ident, (reason, count) in sorted(self.entries.items())}
+
+    def check(self, limit: int, *, expected: int, fraction: float) -> None:
+        """Raise ``too_many_bad_samples`` (with the counts by reason) once the total exceeds ``limit``."""
+        total = self.total
+        if total <= limit:
+            return
+        examples = ", ".join(sorted(self.entries)[:5])
+        raise TrainDataError(
+            "too_many_bad_samples",
+            f"{total} bad samples {self.by_reason()} of {expected} listed in dataset.json, above "
+            f"data.max_bad_fraction={fraction} ({limit} allowed); first: {examples}",
+        )
+
+
+def bad_sample_limit(fraction: float, expected: int) -> int:
+    """How many bad samples of ``expected`` are tolerated (exactly ``fraction`` of them is still fine)."""
+    return int(math.floor(fraction * expected + 1e-9))
 
 
 # ---------------------------------------------------------------- corpus description
@@ -74,6 +151,7 @@ class CorpusInfo:
     vocab: dict[str, int] = field(default_factory=dict)  # audio / frames / text
     codebooks: Optional[int] = None  # audio codebooks per stream in the shards
     samples: Optional[int] = None
+    shard_samples: dict[str, int] = field(default_factory=dict)  # uri -> samples dataset.json lists
 
 
 def _required(doc: dict[str, Any], path: str, kind: type, source: str) -> Any:
@@ -114,6 +192,8 @@ def read_corpus(data_uri: str) -> CorpusInfo:
         raise TrainDataError("bad_dataset_json", f"shard names must be plain file names, got {bad[:3]}", source=source)
     totals = doc.get("totals") if isinstance(doc.get("totals"), dict) else {}
     samples = totals.get("samples")
+    # listed sample counts: the denominator of data.max_bad_fraction and what a damaged shard loses
+    listed = {storage.join(root, SHARDS_DIR, n): e.get("samples") for n, e in zip(names, entries)}
     return CorpusInfo(
         root=root,
         shard_uris=tuple(storage.join(root, SHARDS_DIR, n) for n in sorted(names)),
@@ -121,6 +201,7 @@ def read_corpus(data_uri: str) -> CorpusInfo:
         vocab=vocab,
         codebooks=codebooks,
         samples=samples if isinstance(samples, int) else None,
+        shard_samples={u: n for u, n in listed.items() if isinstance(n, int) and not isinstance(n, bool) and n >= 0},
     )
 
 
@@ -164,7 +245,9 @@ def load_npy(data: bytes | memoryview, name: str = "array") -> np.ndarray:
     try:
         return decode_npy(data, where=name)
     except FormatError as exc:
-        raise TrainDataError("bad_npy", exc.message, source=name) from None
+        raise SampleError("bad_npy", exc.message, source=name) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a crafted header numpy accepts (negative dims)
+        raise SampleError("bad_npy", f"cannot read .npy: {exc}", source=name) from None
 
 
 @dataclass(frozen=True)
@@ -206,46 +289,95 @@ class _Parsed:
 
 
 def _parse(raw: dict[str, Any], spec: ExampleSpec, expected_fp: dict[str, Optional[str]], where: str) -> _Parsed:
+    """Decode and check the members the model reads, once per sample read (both roles share it).
+
+    Raises ``SampleError`` (skipped and counted) for anything that is not a sample of docs/format.md,
+    and ``TrainDataError("fingerprint_mismatch")`` (fatal: data from other tokenizers, not damage)."""
     parsed = raw.get("__parsed__")
     if parsed is not None:
         return parsed
-    missing = [m for m in ("meta.json", "codes.npy", "text.npy") if m not in raw]
-    if missing:
-        raise TrainDataError("missing_member", f"sample lacks {', '.join(missing)}", source=where)
+    failed = raw.get("__error__")
+    if failed is not None:
+        raise failed
     try:
-        meta = json.loads(bytes(raw["meta.json"]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TrainDataError("bad_meta", f"meta.json is not valid JSON: {exc}", source=where) from None
-    if not isinstance(meta, dict):
-        raise TrainDataError("bad_meta", "meta.json is not an object", source=where)
-    check_fingerprints(expected_fp, meta.get("fingerprints", {}), where)
-    codes_SKF = load_npy(raw["codes.npy"], f"{where}.codes.npy")  # views: nothing copied yet
-    text_SF = load_npy(raw["text.npy"], f"{where}.text.npy")
-    if codes_SKF.ndim != 3 or text_SF.ndim != 2 or codes_SKF.shape[0] != text_SF.shape[0] \
-            or codes_SKF.shape[2] != text_SF.shape[1]:  # fmt: skip
-        raise TrainDataError("bad_shape", f"codes {codes_SKF.shape} / text {text_SF.shape} disagree", source=where)
-    if codes_SKF.shape[1] < spec.codebooks:
-        raise TrainDataError(
-            "too_few_codebooks", f"sample has {codes_SKF.shape[1]} codebooks, model wants {spec.codebooks}", source=where
-        )
-    frames_N = chunks_N = None
-    if spec.video and "frames.npy" in raw and "frame_chunks.npy" in raw:
-        frames = load_npy(raw["frames.npy"], f"{where}.frames.npy")
-        chunks_N = load_npy(raw["frame_chunks.npy"], f"{where}.frame_chunks.npy")
-        if frames.ndim < 2 or chunks_N.shape != frames.shape[:1]:
-            raise TrainDataError("bad_shape", f"frames {frames.shape} / frame_chunks {chunks_N.shape} disagree",
-                                 source=where)  # fmt: skip
-        frames_N = frames.reshape(len(frames), -1)
-        if len(frames_N) and frames_N.shape[1] != spec.frame_tokens:
-            raise TrainDataError(
-                "bad_shape", f"frames hold {frames_N.shape[1]} tokens, model expects {spec.frame_tokens}", source=where
-            )
-    valid_frames = meta.get("valid_frames", codes_SKF.shape[2])
-    if not isinstance(valid_frames, int):
-        raise TrainDataError("bad_meta", f"valid_frames is {valid_frames!r}", source=where)
-    parsed = _Parsed(meta, codes_SKF, text_SF, frames_N, chunks_N, min(valid_frames, codes_SKF.shape[2]))
+        parsed = _parse_checked(raw, spec, expected_fp, where)
+    except SampleError as exc:
+        raw["__error__"] = exc
+        raise
     raw["__parsed__"] = parsed
     return parsed
+
+
+def _array(raw: dict[str, Any], member: str, where: str) -> np.ndarray:
+    """A member array with exactly the dtype and rank of docs/format.md (checked, never cast)."""
+    from microturn.format import MEMBERS
+
+    spec = MEMBERS[member]
+    arr = load_npy(raw[member], f"{where}.{member}")
+    if arr.dtype != np.dtype(spec.dtype):
+        raise SampleError("bad_dtype", f"{member} has dtype {arr.dtype}, expected {spec.dtype}", source=where)
+    if arr.ndim != len(spec.dims):
+        raise SampleError("bad_shape", f"{member} has shape {arr.shape}, expected [{', '.join(spec.dims)}]",
+                          source=where)  # fmt: skip
+    return arr
+
+
+def _check_tokens(arr: np.ndarray, vocab: int, name: str, where: str) -> None:
+    # stored tokens lie in [0, vocab) (vocab itself is our absent token, never stored); one pass: negatives
+    # read as unsigned are huge
+    if arr.size and int(arr.view(np.dtype(f"u{arr.dtype.itemsize}")).max()) >= vocab:
+        raise SampleError("token_out_of_range", f"{name} tokens span [{arr.min()}, {arr.max()}], vocab is {vocab}",
+                          source=where)  # fmt: skip
+
+
+def _parse_checked(
+    raw: dict[str, Any], spec: ExampleSpec, expected_fp: dict[str, Optional[str]], where: str
+) -> _Parsed:
+    needed = ("meta.json", "codes.npy", "text.npy") + (("frames.npy", "frame_chunks.npy") if spec.video else ())
+    missing = [m for m in needed if m not in raw]
+    if missing:
+        raise SampleError("missing_member", f"sample lacks {', '.join(missing)}", source=where)
+    if len(raw["meta.json"]) > MAX_META_BYTES:
+        raise SampleError("bad_meta", f"meta.json is {len(raw['meta.json'])} bytes (at most {MAX_META_BYTES})",
+                          source=where)  # fmt: skip
+    try:
+        meta = json.loads(bytes(raw["meta.json"]))
+    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError; RecursionError: deep nesting
+        raise SampleError("bad_meta", f"meta.json is not valid JSON: {type(exc).__name__}: {exc}"[:300],
+                          source=where) from None  # fmt: skip
+    if not isinstance(meta, dict):
+        raise SampleError("bad_meta", "meta.json is not an object", source=where)
+    fingerprints = meta.get("fingerprints", {})
+    check_fingerprints(expected_fp, fingerprints if isinstance(fingerprints, dict) else {}, where)
+    codes_SKF = _array(raw, "codes.npy", where)  # views: nothing copied yet
+    text_SF = _array(raw, "text.npy", where)
+    S, K, F = codes_SKF.shape
+    if S == 0 or F == 0:
+        raise SampleError("bad_shape", f"codes {codes_SKF.shape} hold no stream or no frame", source=where)
+    if text_SF.shape != (S, F):
+        raise SampleError("bad_shape", f"codes {codes_SKF.shape} / text {text_SF.shape} disagree", source=where)
+    if K < spec.codebooks:
+        raise SampleError("too_few_codebooks", f"sample has {K} codebooks, model wants {spec.codebooks}", source=where)
+    valid_frames = meta.get("valid_frames", F)
+    if not isinstance(valid_frames, int) or isinstance(valid_frames, bool) or not 0 < valid_frames <= F:
+        raise SampleError("bad_meta", f"valid_frames is {valid_frames!r}, expected 1..{F}", source=where)
+    _check_tokens(codes_SKF[:, : spec.codebooks], spec.audio_vocab, "codes", where)
+    _check_tokens(text_SF, spec.text_vocab, "text", where)
+    frames_N = chunks_N = None
+    if spec.video:
+        frames = _array(raw, "frames.npy", where)
+        chunks = _array(raw, "frame_chunks.npy", where)
+        if chunks.shape != frames.shape[:1]:
+            raise SampleError("bad_shape", f"frames {frames.shape} / frame_chunks {chunks.shape} disagree",
+                              source=where)  # fmt: skip
+        # no frames (an audio-only session: [0, h, w]) leaves every chunk with the "no frame" token
+        if len(frames):
+            if frames.shape[1] * frames.shape[2] != spec.frame_tokens:
+                raise SampleError("bad_shape", f"frames {frames.shape} hold {frames.shape[1] * frames.shape[2]} "
+                                               f"tokens each, model expects {spec.frame_tokens}", source=where)
+            frames_N, chunks_N = frames.reshape(len(frames), spec.frame_tokens), chunks
+            _check_tokens(frames_N, spec.frame_vocab, "frames", where)
+    return _Parsed(meta, codes_SKF, text_SF, frames_N, chunks_N, valid_frames)
 
 
 def token_dtype(vocab: int) -> np.dtype:
@@ -267,7 +399,6 @@ class BatchBuilder:
         self.spec = spec
         self.size = batch_size
         self.count = 0
-        self._where: list[str] = []
         self._arrays = self._allocate()
 
     def _allocate(self) -> dict[str, np.ndarray]:
@@ -329,20 +460,13 @@ class BatchBuilder:
             # one frame per chunk: with several, the first one of the chunk wins (reversed assignment)
             idx = np.nonzero((rel >= 0) & (rel < C))[0][::-1]
             frames[rel[idx]] = p.frames_N[idx]
-        self._where.append(where)
         self.count += 1
         return self.count == self.size
 
     def take(self) -> dict[str, np.ndarray]:
-        """The filled rows (range-checked) as a batch; the builder starts a fresh one."""
+        """The filled rows as a batch (token ranges were checked per sample); the builder starts afresh."""
         out = {k: v[: self.count] for k, v in self._arrays.items()}
-        sp = self.spec
-        for name, vocab, keys in (("codes", sp.audio_vocab, ("model_codes", "user_codes")),
-                                  ("text", sp.text_vocab, ("model_text", "user_text")),
-                                  ("frames", sp.frame_vocab, ("frames",))):  # fmt: skip
-            for k in keys:
-                _check_range(out[k], vocab, name, self._where)
-        self._arrays, self._where, self.count = self._allocate(), [], 0
+        self._arrays, self.count = self._allocate(), 0
         return out
 
 
@@ -354,19 +478,6 @@ def build_example(
     builder = BatchBuilder(spec, 1)
     builder.add(raw, role, seed=seed, epoch=epoch, expected_fp=expected_fp)
     return {k: v[0] for k, v in builder.take().items()}
-
-
-def _check_range(arr: np.ndarray, vocab: int, name: str, where: list[str]) -> None:
-    # the value == vocab is our absent token; anything else outside [0, vocab) is bad data. One pass per
-    # batch (negatives read as unsigned are huge); only a failing batch is searched for the sample to blame.
-    if not arr.size or int(arr.view(np.dtype(f"u{arr.dtype.itemsize}")).max()) <= vocab:
-        return
-    flat = arr.reshape(len(arr), -1)
-    row = int(np.nonzero((flat.min(axis=1) < 0) | (flat.max(axis=1) > vocab))[0][0])
-    raise TrainDataError(
-        "token_out_of_range", f"{name} tokens span [{flat[row].min()}, {flat[row].max()}], vocab is {vocab}",
-        source=where[row],
-    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- the stream
@@ -412,29 +523,39 @@ def shards_for(
     return [s["url"] for s in mine]
 
 
-def iter_raw_samples(uri: str) -> Iterator[dict[str, Any]]:
+ShardErrorHook = Callable[[str, int, str, str], None]  # (shard uri, samples read before, reason, message)
+
+
+def iter_raw_samples(uri: str, on_error: Optional[ShardErrorHook] = None) -> Iterator[dict[str, Any]]:
     """Samples of one shard as {member: read-only bytes view} (plus ``__key__``/``__url__``); only the
-    members the loader uses are kept, nothing is decoded. A damaged shard is logged and the rest of it
-    skipped (the samples before the damage are kept): one bad file must not stop a training run."""
+    members the loader uses are kept, nothing is decoded. A damaged or unreadable shard ends early (the
+    samples before the damage are kept: one bad file must not stop a training run) and is reported to
+    ``on_error`` (logged when there is none)."""
     from microturn.format import FormatError, iter_sample_views
 
+    read = 0
     try:
         for key, members in iter_sample_views(uri, suffixes=_MEMBERS):
             members["__key__"] = key
             members["__url__"] = uri
+            read += 1
             yield members
-    except FormatError as exc:
-        log.warning("skipping the rest of shard %s after a read error: %s", uri, exc)
+    except (FormatError, OSError) as exc:
+        reason = exc.code if isinstance(exc, FormatError) else "unreadable_shard"
+        if on_error is None:
+            log.warning("skipping the rest of shard %s after a read error: %s", uri, exc)
+        else:
+            on_error(uri, read, reason, str(exc))
 
 
 def _shard_items(
-    uri: str, *, roles: str, seed: int, epoch: int, buffer: int
+    uri: str, *, roles: str, seed: int, epoch: int, buffer: int, on_error: Optional[ShardErrorHook] = None
 ) -> Iterator[tuple[dict[str, Any], int]]:
     """(raw sample, role) pairs of one shard, role-expanded and shuffled with a buffer seeded per shard."""
     rng = _rng(seed, epoch, _key_hash(uri.rsplit("/", 1)[-1]), 7)
 
     def expanded() -> Iterator[tuple[dict[str, Any], int]]:
-        for raw in iter_raw_samples(uri):
+        for raw in iter_raw_samples(uri, on_error):
             if roles == "both":
                 yield raw, 0
                 yield raw, 1
@@ -479,6 +600,8 @@ class ExampleStream:
         expected_fp: dict[str, Optional[str]],
         start: Optional[dict[int, Position]] = None,
         worker_offset: int = 0,
+        shard_samples: Optional[Mapping[str, int]] = None,
+        max_bad_fraction: float = 0.0,
     ):
         if not shard_uris:
             raise TrainDataError("no_shards", "the loader was given no shards")
@@ -493,6 +616,11 @@ class ExampleStream:
         self.expected_fp = dict(expected_fp)
         self.start = dict(start or {})
         self.worker_offset = worker_offset
+        self.shard_samples = dict(shard_samples or {})
+        self.max_bad_fraction = max_bad_fraction
+        # listed samples of these shards: the denominator of the bad-sample limit
+        self.expected = sum(self.shard_samples.get(u, 0) for u in set(self.shard_uris))
+        self.bad_limit = bad_sample_limit(max_bad_fraction, self.expected)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -500,11 +628,24 @@ class ExampleStream:
         worker = (physical + self.worker_offset) % num_workers
         return self.batches(worker, num_workers)
 
+    def _record(self, bad: BadSamples, ident: str, reason: str, count: int, message: str) -> None:
+        """Count a bad sample (once per run of this reader; logged the first time) and enforce the limit."""
+        if bad.add(ident, reason, count):
+            log.warning("skipping %s (%d sample(s)): %s", ident, count, message)
+        bad.check(self.bad_limit, expected=self.expected, fraction=self.max_bad_fraction)
+
     def batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         pos = self.start.get(worker, Position())
         builder = BatchBuilder(self.spec, self.batch_size)
+        bad = BadSamples()  # what this reader found bad; sent on with the next batch it yields
         epoch = pos.epoch
         first = True
+
+        def shard_error(uri: str, read: int, reason: str, message: str) -> None:
+            # the rest of the shard is lost: the samples dataset.json lists for it that were not read
+            lost = max(1, self.shard_samples.get(uri, 0) - read)
+            self._record(bad, f"{uri.rsplit('/', 1)[-1]}:@{read}", reason, lost, message)
+
         while True:
             shards = shards_for(
                 self.shard_uris, seed=self.seed, epoch=epoch, rank=self.rank, world=self.world,
@@ -515,20 +656,28 @@ class ExampleStream:
                 skip = pos.item if first and si == pos.shard else 0
                 first = False
                 items = _shard_items(
-                    shards[si], roles=self.roles, seed=self.seed, epoch=epoch, buffer=self.shuffle_buffer
-                )
+                    shards[si], roles=self.roles, seed=self.seed, epoch=epoch, buffer=self.shuffle_buffer,
+                    on_error=shard_error,
+                )  # fmt: skip
                 for taken, (raw, role) in enumerate(items, start=1):
                     if taken <= skip:
                         continue  # resuming: bytes are read, nothing is decoded
                     produced += 1
-                    if builder.add(raw, role, seed=self.seed, epoch=epoch, expected_fp=self.expected_fp):
+                    try:
+                        full = builder.add(raw, role, seed=self.seed, epoch=epoch, expected_fp=self.expected_fp)
+                    except SampleError as exc:  # nothing of it was laid out: skip it, count it
+                        name = f"{shards[si].rsplit('/', 1)[-1]}:{raw.get('__key__', '?')}"
+                        self._record(bad, name, exc.reason, 1, str(exc))
+                        continue
+                    if full:
                         batch: dict[str, Any] = {k: torch.from_numpy(v) for k, v in builder.take().items()}
                         batch["_worker"] = worker
                         batch["_position"] = (epoch, si, taken)
+                        batch["_bad"] = bad.drain()
                         yield batch
                 produced += skip
             first = False
-            if produced == 0:
+            if produced == 0 and not bad.entries:
                 raise TrainDataError(
                     "no_samples", f"epoch {epoch} of rank {self.rank} worker {worker} found no samples in {shards}"
                 )
@@ -554,8 +703,15 @@ class TrainLoader:
         state: Optional[dict[str, Any]] = None,
         num_workers: Optional[int] = None,
         pin_memory: Optional[bool] = None,
+        shard_samples: Optional[Mapping[str, int]] = None,
     ):
         self.shard_uris = tuple(shard_uris)
+        # samples dataset.json lists per shard (``CorpusInfo.shard_samples``); without them no bad sample
+        # is tolerated, since its fraction cannot be known
+        self.shard_samples = dict(shard_samples or {})
+        self.expected = sum(self.shard_samples.get(u, 0) for u in set(self.shard_uris))
+        self.bad_limit = bad_sample_limit(cfg.data.max_bad_fraction, self.expected)
+        self.bad = BadSamples()
         self.spec = spec
         self.cfg = cfg
         self.rank = rank
@@ -577,6 +733,7 @@ class TrainLoader:
             "rank": self.rank,
             "world": self.world,
             "positions": {str(w): [p.epoch, p.shard, p.item] for w, p in sorted(self.positions.items())},
+            "bad": self.bad.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -588,6 +745,7 @@ class TrainLoader:
             )
         self.batches_seen = int(state.get("batches_seen", 0))
         self.positions = {int(w): Position(*map(int, p)) for w, p in state.get("positions", {}).items()}
+        self.bad = BadSamples(state.get("bad"))
         self._iter = None
 
     # iteration --------------------------------------------------------
@@ -606,6 +764,8 @@ class TrainLoader:
             expected_fp=self.expected_fp,
             start=self.positions,
             worker_offset=self.batches_seen % workers,
+            shard_samples=self.shard_samples,
+            max_bad_fraction=d.max_bad_fraction,
         )
         if self.num_workers == 0:
             it = stream.batches(0, 1)
@@ -633,6 +793,9 @@ class TrainLoader:
         batch = next(self._iter)
         worker = int(batch.pop("_worker"))
         self.positions[worker] = Position(*(int(x) for x in batch.pop("_position")))
+        # every reader enforces the limit on what it saw; here it holds for all this rank's readers together
+        self.bad.merge(batch.pop("_bad"))
+        self.bad.check(self.bad_limit, expected=self.expected, fraction=self.cfg.data.max_bad_fraction)
         self.batches_seen += 1
         return batch
 

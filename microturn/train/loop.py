@@ -17,8 +17,8 @@ import contextlib
 import datetime
 import json
 import logging
-import math
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +30,10 @@ import torch.distributed as dist
 from microturn.clock import FRAMES_PER_CHUNK
 from microturn.train.config import TrainConfig, load_train_config
 from microturn.train.loader import (
+    BadSamples,
     CorpusInfo,
     ExampleSpec,
+    SampleError,
     TrainDataError,
     TrainLoader,
     check_fingerprints,
@@ -95,18 +97,33 @@ def _all_reduce(t: torch.Tensor, d: Dist, op: Any = None) -> torch.Tensor:
 # ---------------------------------------------------------------- resolving the config against the corpus
 
 
-def _peek_first_sample(corpus: CorpusInfo) -> dict[str, Any]:
+def _frame_tokens_in(corpus: CorpusInfo, *, look_at: int = 64) -> Optional[int]:
+    """Tokens per video frame (h * w) from the first readable ``frames.npy`` among the first ``look_at``
+    samples. An audio-only sample still says its grid (frames ``[0, h, w]``); damaged samples are passed
+    over (the loader skips and counts them later)."""
+    seen = 0
     for uri in corpus.shard_uris:
         for raw in iter_raw_samples(uri):
-            return raw
-    raise TrainDataError("no_samples", f"no samples in any shard of {corpus.root}")
+            seen += 1
+            if "frames.npy" in raw:
+                try:
+                    frames = load_npy(raw["frames.npy"], "frames.npy")
+                except SampleError:
+                    frames = None
+                if frames is not None and frames.ndim == 3 and frames.shape[1] * frames.shape[2] > 0:
+                    return int(frames.shape[1] * frames.shape[2])
+            if seen >= look_at:
+                return None
+    if not seen:
+        raise TrainDataError("no_samples", f"no samples in any shard of {corpus.root}")
+    return None
 
 
 def resolve_config(cfg: TrainConfig, corpus: CorpusInfo) -> TrainConfig:
     """Fill vocab sizes, tokens per frame and fingerprints from the corpus; refuse disagreements.
 
     Vocab sizes, codebooks and fingerprints come from dataset.json; tokens per video frame (h * w) from
-    the first sample's ``frames.npy``.
+    the first readable ``frames.npy``.
     """
     m, fp = cfg.model, cfg.fingerprints
     # a config that names fingerprints must match the corpus (a resumed run saved them)
@@ -119,10 +136,7 @@ def resolve_config(cfg: TrainConfig, corpus: CorpusInfo) -> TrainConfig:
         )
     frame_tokens = m.frame_tokens
     if frame_tokens is None:
-        first = _peek_first_sample(corpus)
-        if "frames.npy" in first:
-            frames = load_npy(first["frames.npy"], "frames.npy")
-            frame_tokens = int(math.prod(frames.shape[1:])) if frames.ndim == 3 else None
+        frame_tokens = _frame_tokens_in(corpus)
     vocab = {"audio_vocab": corpus.vocab.get("audio"), "text_vocab": corpus.vocab.get("text"),
              "frame_vocab": corpus.vocab.get("frames")}  # fmt: skip
     for name, corpus_value in vocab.items():
@@ -161,16 +175,33 @@ def _checkpoint_dir(out_dir: Path) -> Path:
     return out_dir / "checkpoints"
 
 
+def checkpoints(out_dir: Path) -> list[Path]:
+    """Committed checkpoints, oldest first. Temporary files (``.step-*.tmp-*``: a write that never
+    finished) are never listed."""
+    return sorted(_checkpoint_dir(out_dir).glob("step-*.pt"))
+
+
 def latest_checkpoint(out_dir: Path) -> Optional[Path]:
-    found = sorted(_checkpoint_dir(out_dir).glob("step-*.pt"))
+    found = checkpoints(out_dir)
     return found[-1] if found else None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename (or unlink) inside ``folder`` durable: fsync the folder itself."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(
     out_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, tokens_seen: int,
     loaders: list[dict[str, Any]], cfg: TrainConfig, keep: int,
 ) -> Path:  # fmt: skip
-    """Write-then-rename (a crash never leaves a half checkpoint under a final name); keep the last N."""
+    """Commit a checkpoint durably, then prune: write a temporary file, fsync it, rename it to its
+    final name, fsync the folder. Only then are checkpoints beyond the last ``keep`` deleted, so the
+    previous one stays on disk until the new one would survive a crash or power loss."""
     folder = _checkpoint_dir(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:08d}.pt"
@@ -183,11 +214,28 @@ def save_checkpoint(
         "loaders": json.dumps(loaders),  # one state per rank
         "config": json.dumps(cfg.to_plain()),
     }
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    for old in sorted(folder.glob("step-*.pt"))[:-keep]:
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    for old in checkpoints(out_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def remove_partial_checkpoints(out_dir: Path) -> list[Path]:
+    """Delete temporary checkpoint files left by a run that died while writing (never resumed from)."""
+    partial = sorted(_checkpoint_dir(out_dir).glob(".step-*.pt.tmp-*"))
+    for p in partial:
+        log.warning("removing %s: a checkpoint write that never finished", p)
+        p.unlink(missing_ok=True)
+    return partial
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
@@ -195,6 +243,22 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     state["loaders"] = json.loads(state["loaders"])
     state["config"] = json.loads(state["config"])
     return state
+
+
+def load_latest_checkpoint(out_dir: Path, device: torch.device) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+    """The newest checkpoint that loads, newest first: one that cannot be read (cut short by a crash
+    before checkpoints were fsync'd, damaged on disk) is reported and the one before it used."""
+    found = checkpoints(out_dir)
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path, device)
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+            log.warning("cannot resume from %s (%s: %s); trying the checkpoint before it",
+                        path, type(exc).__name__, str(exc)[:200])  # fmt: skip
+    if found:
+        raise TrainDataError("bad_checkpoint", f"none of the {len(found)} checkpoints in "
+                                               f"{_checkpoint_dir(out_dir)} can be read")  # fmt: skip
+    return None, None
 
 
 # ---------------------------------------------------------------- helpers
@@ -265,6 +329,16 @@ def evaluate(model: torch.nn.Module, loader: TrainLoader, batches: int, cfg: Tra
     return {f"eval_{k}": float(v) / n for k, v in zip(keys, sums.tolist())}
 
 
+def _gather_bad(new: list[list[Any]], into: BadSamples, d: Dist) -> None:
+    """Rank 0 learns the bad samples every rank found since the last call (only new ones travel): a
+    sample found bad on two ranks, in different epochs, is counted once."""
+    if d.world > 1:
+        gathered: list[Any] = [None] * d.world
+        dist.all_gather_object(gathered, new)
+        new = [item for part in gathered for item in part]
+    into.merge(new)
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -288,8 +362,9 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. resume point (its saved config wins for model and fingerprints: the weights were made with it)
-    ckpt_path = latest_checkpoint(out) if cfg.run.resume else None
-    ckpt = load_checkpoint(ckpt_path, d.device) if ckpt_path else None
+    if d.is_main:
+        remove_partial_checkpoints(out)
+    ckpt_path, ckpt = load_latest_checkpoint(out, d.device) if cfg.run.resume else (None, None)
     if ckpt is not None:
         saved = TrainConfig.model_validate(ckpt["config"])
         cfg = cfg.replace(model=saved.model.model_dump(), fingerprints=saved.fingerprints.model_dump())
@@ -297,8 +372,10 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
     # 2. data: corpus description, held-out shards, config resolved against the corpus
     corpus = read_corpus(data_uri)
     train_shards, eval_shards = split_train_eval(corpus, cfg)
+    eval_samples = corpus.shard_samples
     if cfg.data.eval_data:
-        eval_shards = read_corpus(cfg.data.eval_data).shard_uris
+        eval_corpus = read_corpus(cfg.data.eval_data)
+        eval_shards, eval_samples = eval_corpus.shard_uris, eval_corpus.shard_samples
     cfg = resolve_config(cfg, corpus)
     spec = example_spec(cfg)
     expected_fp = cfg.fingerprints.model_dump() if cfg.data.check_fingerprints else {}
@@ -326,7 +403,8 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
         log.info("resumed from %s at step %d", ckpt_path, step)
         del ckpt
     loader = TrainLoader(train_shards, spec, cfg, rank=d.rank, world=d.world, expected_fp=expected_fp,
-                         state=loader_state)  # fmt: skip
+                         state=loader_state, shard_samples=corpus.shard_samples)  # fmt: skip
+    bad_seen = BadSamples()  # rank 0: bad samples found by any rank (distinct), for metrics.jsonl
 
     dispatch = model.blocks[0].moe.resolve_dispatch(d.device)
     net: torch.nn.Module = model
@@ -380,6 +458,7 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
             dt = time.perf_counter() - t_log
             share_LE = counts_LE.float() / counts_LE.sum(dim=1, keepdim=True).clamp(min=1)
             last = dict(zip(keys, (float(v) for v in vals.tolist())))
+            _gather_bad(loader.bad.drain(), bad_seen, d)
             record = {
                 "step": step,
                 **last,
@@ -391,6 +470,8 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
                 "expert_load_min": float(share_LE.min()),
                 "expert_load_max": float(share_LE.max()),
                 "tokens_seen": tokens_seen,
+                "bad_samples": bad_seen.total,
+                "bad_samples_by_reason": bad_seen.by_reason(),
             }
             metrics.write(record)
             if d.is_main:
@@ -401,7 +482,7 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
         is_last = step == cfg.run.max_steps
         if eval_shards and ((cfg.run.eval_every and step % cfg.run.eval_every == 0) or is_last):
             eval_loader = TrainLoader(eval_shards, spec, cfg, rank=d.rank, world=d.world, expected_fp=expected_fp,
-                                      num_workers=min(cfg.data.num_workers, 1))  # fmt: skip
+                                      num_workers=min(cfg.data.num_workers, 1), shard_samples=eval_samples)  # fmt: skip
             last_eval = evaluate(net, eval_loader, cfg.run.eval_batches, cfg, d)
             eval_loader.close()
             evals.write({"step": step, **last_eval})

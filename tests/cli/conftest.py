@@ -20,7 +20,7 @@ BUILD_OVERRIDES = [
     "chunk.hop_chunks=25",
     "shard.target_bytes=50000",
     "job.num_cpus=2",
-    "job.session_timeout_s=600",
+    "job.session_timeout_base_s=600",
 ]
 
 

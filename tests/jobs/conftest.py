@@ -21,7 +21,7 @@ def build_cfg():
     # 2 s samples so even short sessions make several samples; tiny shards so there are several.
     return load_config(
         REPO / "configs" / "demo.yaml",
-        ["chunk.window_chunks=10", "chunk.hop_chunks=10", "shard.target_bytes=60000", "job.session_timeout_s=300"],
+        ["chunk.window_chunks=10", "chunk.hop_chunks=10", "shard.target_bytes=60000", "job.session_timeout_base_s=300"],
     )
 
 

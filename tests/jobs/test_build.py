@@ -12,15 +12,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.jobs.faults import CrashOnce, Hang
 from tests.jobs.util import REPO, tree_bytes
 
 pytestmark = pytest.mark.slow
 
 
-def _build(manifest, out, cfg, cpus):
+def _build(manifest, out, cfg, cpus, hooks=()):
     from microturn.jobs.build import run_build
 
-    return run_build(str(manifest), str(out), cfg.model_copy(update={"job": cfg.job.model_copy(update={"num_cpus": cpus})}), progress=False)
+    return run_build(str(manifest), str(out), cfg.model_copy(update={"job": cfg.job.model_copy(update={"num_cpus": cpus})}),
+                     progress=False, session_hooks=hooks)
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +74,11 @@ def test_rerun_skips_finished_work_and_changes_nothing(built_2cpu, small_corpus_
     assert tree_bytes(out) == before
 
 
-def test_killed_worker_is_retried_and_changes_nothing(built_2cpu, small_corpus_media, build_cfg, tmp_path, monkeypatch):
+def test_killed_worker_is_retried_and_changes_nothing(built_2cpu, small_corpus_media, build_cfg, tmp_path):
     out_ref, _ = built_2cpu
     marker = tmp_path / "crashed.pid"
-    monkeypatch.setenv("MICROTURN_CRASH_ONCE", f"synth-11-001:{marker}")
     out = tmp_path / "corpus"
-    summary = _build(small_corpus_media, out, build_cfg, 2)
+    summary = _build(small_corpus_media, out, build_cfg, 2, hooks=[CrashOnce("synth-11-001", str(marker))])
     assert marker.exists(), "the fault was never injected"
     assert summary.quarantined == 0
     assert tree_bytes(out) == tree_bytes(out_ref)
@@ -87,7 +88,7 @@ def _cli_build(manifest, out, extra=()):
     cmd = [sys.executable, "-m", "microturn.cli", "build", "--input", str(manifest), "--out", str(out),
            "--config", str(REPO / "configs" / "demo.yaml"), "--quiet", "--num-cpus", "2",
            "--set", "chunk.window_chunks=10", "--set", "chunk.hop_chunks=10", "--set", "shard.target_bytes=60000",
-           "--set", "job.session_timeout_s=300", *extra]
+           "--set", "job.session_timeout_base_s=300", *extra]
     return cmd
 
 
@@ -126,16 +127,16 @@ def test_tokenizer_actor_pool_gives_the_same_corpus(built_2cpu, small_corpus_med
     assert tree_bytes(out) == tree_bytes(out_ref)
 
 
-def test_a_worker_that_keeps_dying_is_quarantined_then_retried_on_request(built_2cpu, small_corpus_media, build_cfg, tmp_path, monkeypatch):
+def test_a_worker_that_keeps_dying_is_quarantined_then_retried_on_request(built_2cpu, small_corpus_media, build_cfg, tmp_path):
     """With no retries left the session is quarantined as worker_crashed (the job goes on); a re-run with
     retry_failed processes it again and the corpus becomes identical to an undisturbed build."""
     from microturn.jobs.build import run_build
 
     out_ref, _ = built_2cpu
-    monkeypatch.setenv("MICROTURN_CRASH_ONCE", f"synth-11-002:{tmp_path / 'crashed.pid'}")
+    crash = CrashOnce("synth-11-002", str(tmp_path / "crashed.pid"))
     cfg = build_cfg.model_copy(update={"job": build_cfg.job.model_copy(update={"max_retries": 0, "num_cpus": 2})})
     out = tmp_path / "corpus"
-    first = run_build(str(small_corpus_media), str(out), cfg, progress=False)
+    first = run_build(str(small_corpus_media), str(out), cfg, progress=False, session_hooks=[crash])
     assert first.sessions_ok == 2 and first.rejects_by_reason == {"worker_crashed": 1}
     (row,) = pq.read_table(out / "quarantine.parquet").to_pylist()
     assert row["session_id"] == "synth-11-002" and row["stage"] == "job"
@@ -145,3 +146,51 @@ def test_a_worker_that_keeps_dying_is_quarantined_then_retried_on_request(built_
     fixed = run_build(str(small_corpus_media), str(out), cfg, progress=False, retry_failed=True)
     assert fixed.sessions_ok == 3 and fixed.quarantined == 0
     assert tree_bytes(out) == tree_bytes(out_ref)
+
+
+def test_a_hanging_session_is_cut_off_at_its_budget(small_corpus_media, build_cfg, tmp_path):
+    """A session that never finishes is quarantined as `timeout` once its budget (base + per media
+    minute x probed length) is spent, and the message says how to raise the budget."""
+    from microturn.jobs.build import run_build
+
+    rows = [json.loads(line) for line in small_corpus_media.read_text().splitlines() if line.strip()]
+    manifest = small_corpus_media.parent / "one-session.jsonl"
+    manifest.write_text(json.dumps(rows[0]) + "\n")
+    sid = rows[0]["session_id"]
+    job = build_cfg.job.model_copy(update={"num_cpus": 1, "session_timeout_base_s": 6.0,
+                                           "session_timeout_per_media_min_s": 30.0})
+    cfg = build_cfg.model_copy(update={"job": job})
+    marker = tmp_path / "hung"
+    summary = run_build(str(manifest), str(tmp_path / "out"), cfg, progress=False,
+                        session_hooks=[Hang(sid, str(marker))])
+    assert marker.exists(), "the hang was never injected"
+    assert summary.rejects_by_reason == {"timeout": 1}
+    (row,) = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()
+    (slow,) = summary.slowest_sessions
+    budget = slow["budget_s"]
+    assert budget == pytest.approx(6.0 + 30.0 * 8.0 / 60, abs=0.1)  # the synthetic sessions are 8 s long
+    assert f"budget of {budget:g} s" in row["message"]
+    assert "--set job.session_timeout_per_media_min_s=" in row["message"]
+    assert slow["session_id"] == sid and slow["outcome"] == "timeout"
+    assert budget < slow["wall_s"] < budget + 5, "cut off at its budget, not later"
+
+
+def test_two_builds_on_one_output_the_second_exits_2_and_the_first_finishes(small_corpus_media, tmp_path):
+    from microturn.validate import validate_dataset
+
+    out = tmp_path / "corpus"
+    first = subprocess.Popen(_cli_build(small_corpus_media, out), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    lock = out / "_work" / "build.lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.exists() and lock.read_text()):
+        time.sleep(0.1)
+    second = subprocess.run(_cli_build(small_corpus_media, out), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert first.poll() is None, "the first build was still running when the second started"
+    assert second.returncode == 2, second.stderr
+    stderr = second.stderr.replace("\n", "")
+    assert "build.lock" in stderr and f"pid {first.pid}" in stderr
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    report = validate_dataset(str(out), deep=True)
+    assert report.ok, report.problems

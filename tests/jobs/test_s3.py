@@ -59,3 +59,97 @@ def test_build_reads_media_from_and_writes_shards_to_s3(s3_server, small_corpus_
     assert not any(".tmp" in n for n in names)
     report = validate_dataset(out, deep=True)
     assert report.ok, report.problems
+
+
+def _bucket(endpoint, name):
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+
+
+def test_an_interrupted_upload_leaves_nothing_under_the_final_name(s3_server, monkeypatch):
+    """The upload dies after its first block (a network error, a killed process): no truncated object
+    may appear under the final key, and the temporary key is cleaned up."""
+    import tempfile
+
+    from microturn import storage
+
+    _bucket(s3_server, "uploads")
+    real = tempfile.TemporaryFile
+
+    class FlakyStaged:
+        def __init__(self):
+            self.fh, self.reads = real(), 0
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def read(self, n=-1):
+            self.reads += 1
+            if self.reads > 1:
+                raise OSError("connection reset during upload")
+            return self.fh.read(n)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", FlakyStaged)
+    with pytest.raises(OSError, match="connection reset"):
+        with storage.atomic_writer("s3://uploads/corpus/shard-000000.tar") as fh:
+            fh.write(b"x" * (5 << 20))  # more than one upload block
+    assert storage.listdir("s3://uploads/corpus") == []
+    monkeypatch.setattr(tempfile, "TemporaryFile", real)
+    storage.write_bytes_atomic("s3://uploads/corpus/ok.json", b"{}")
+    assert storage.listdir("s3://uploads/corpus") == ["ok.json"] and storage.read_bytes("s3://uploads/corpus/ok.json") == b"{}"
+
+
+def test_the_output_lock_on_an_object_store_is_a_conditional_create(s3_server):
+    from microturn import storage
+    from microturn.jobs.lock import OutputLocked, output_lock
+
+    _bucket(s3_server, "locks")
+    with output_lock("s3://locks/corpus") as uri:
+        with pytest.raises(OutputLocked, match="locks/corpus/_work/build.lock"):
+            with output_lock("s3://locks/corpus"):
+                pass
+        assert storage.exists(uri)
+    assert not storage.exists(uri), "released at the end of the build"
+
+
+def test_quarantine_rows_name_the_manifest_uri_not_the_local_copy(s3_server, build_cfg, tmp_path):
+    """A remote source is fetched into a temporary folder to be decoded; its errors must still name the
+    s3:// URI (and so stay identical across runs)."""
+    import boto3
+
+    from microturn.manifest import SessionSpec
+    from microturn.pipeline.session import process_session
+    from microturn.records import StageError
+
+    _bucket(s3_server, "raw")
+    boto3.client("s3", endpoint_url=s3_server).put_object(Bucket="raw", Key="text.mp4", Body=b"not a video\n" * 50)
+    spec = SessionSpec.model_validate({"session_id": "bad", "audio": [{"uri": "s3://raw/text.mp4", "speaker": "A"}]})
+    with pytest.raises(StageError) as err:
+        process_session(spec, build_cfg, _NeverTokenizes())
+    assert err.value.source == "s3://raw/text.mp4"
+    assert tempfile_prefix() not in err.value.message
+
+
+def tempfile_prefix():
+    import tempfile
+
+    return tempfile.gettempdir() + "/microturn-"
+
+
+class _NeverTokenizes:
+    """The session fails in decode, before any tokenizer is needed."""
+
+    text_pad_id = 0
+
+    def tokenize(self, aligned):
+        raise AssertionError("a bad input reached tokenization")
+
+    def describe(self):
+        return {}

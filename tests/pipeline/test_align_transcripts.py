@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared
-from microturn.align.transcripts import channel_base, read_transcript, speaker_to_stream, to_words
+from tests.media_helpers import shared
+from microturn.align.transcripts import channel_base, parse_time, read_transcript, speaker_to_stream, to_words
+from microturn.manifest import TRANSCRIPT_FORMATS
 from microturn.records import StageError
 
 
@@ -75,3 +76,70 @@ def test_missing_transcript(tmp_path: Path) -> None:
     with pytest.raises(StageError) as err:
         read_transcript(str(tmp_path / "none.json"), "json")
     assert err.value.reason == "transcript_not_found"
+
+
+# ---------------------------------------------------------------- bounded cost of crafted times
+
+HUGE = "1e999999999"  # Fraction(HUGE) builds 10**999999999: hours of CPU and gigabytes
+
+
+def _with_time(fmt: str, t: str) -> str:
+    """A one-word transcript in ``fmt`` whose start time is the text ``t``."""
+    return {
+        "json": '{"words": [{"word": "hi", "start": "%s", "end": 2}]}' % t,
+        "stm": f"rec 1 A {t} 2.0 hello there\n",
+        "ctm": f"rec 1 {t} 0.5 hello\n",
+        "rttm": f"LEXEME rec 1 {t} 0.5 hello lex spk1 <NA> <NA>\n",
+        "textgrid": ('File type = "ooTextFile"\nObject class = "TextGrid"\n0\n2\n<exists>\n1\n"IntervalTier"\n"A"\n'
+                     f'0\n2\n1\n{t}\n2\n"hello"\n'),
+    }[fmt]
+
+
+def test_huge_exponents_are_bad_transcripts_in_every_format_at_once(tmp_path: Path) -> None:
+    # in a subprocess with a timeout: without the bound, one parse takes hours
+    import json
+    import subprocess
+    import sys
+
+    uris = {fmt: _write(tmp_path, f"t.{fmt}", _with_time(fmt, HUGE)) for fmt in TRANSCRIPT_FORMATS}
+    script = (
+        "import json, sys\n"
+        "from microturn.align.transcripts import read_transcript\n"
+        "from microturn.records import StageError\n"
+        "out = {}\n"
+        "for fmt, uri in json.loads(sys.argv[1]).items():\n"
+        "    try:\n"
+        "        read_transcript(uri, fmt); out[fmt] = 'parsed'\n"
+        "    except StageError as e:\n"
+        "        out[fmt] = [e.reason, e.message]\n"
+        "print(json.dumps(out))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, json.dumps(uris)], capture_output=True, text=True, timeout=60)
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    for fmt in TRANSCRIPT_FORMATS:
+        reason, message = got[fmt]
+        assert reason == "bad_transcript" and "exponent" in message, (fmt, message)
+
+
+@pytest.mark.parametrize("fmt", TRANSCRIPT_FORMATS)
+@pytest.mark.parametrize("t", ["1e400", "9" * 41, "12345678901"])
+def test_out_of_range_or_overlong_times_are_bad_transcripts(tmp_path: Path, fmt: str, t: str) -> None:
+    with pytest.raises(StageError) as info:
+        read_transcript(_write(tmp_path, f"t.{fmt}", _with_time(fmt, t)), fmt)
+    assert info.value.reason == "bad_transcript"
+
+
+def test_times_within_bounds_keep_their_exact_value() -> None:
+    assert parse_time("1.5e-3") == Fraction(3, 2000)
+    assert parse_time(" 0004.905 ") == Fraction("4.905")
+    assert parse_time(2) == 2 and parse_time(0.3) == Fraction(3, 10)
+    for bad in ("1/2", "nan", "inf", "0x10", True, 10**30):
+        with pytest.raises((ValueError, TypeError)):
+            parse_time(bad)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"words": [{"word": "a", "start": %s, "end": 1}]}' % ("9" * 5000)])
+def test_deep_or_huge_json_is_a_bad_transcript(tmp_path: Path, text: str) -> None:
+    with pytest.raises(StageError) as info:
+        read_transcript(_write(tmp_path, "t.json", text), "json")
+    assert info.value.reason == "bad_transcript"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import burst, write_wav
+from microturn.clock import GRID
 from microturn.config import AlignConfig, DecodeConfig
 from microturn.manifest import SessionSpec
 from microturn.pipeline.align import align_session
@@ -126,3 +127,31 @@ def test_missing_diarization_pipeline_names_the_path(tmp_path: Path) -> None:
         align_session(decoded, spec, AlignConfig(vad="energy", diarization_dir=tmp_path / "pyannote-pipe"))
     assert err.value.reason == "model_missing" and "pyannote-pipe" in err.value.message
     assert np.isfinite(decoded.streams[0].wave_16k).all()
+
+
+@pytest.mark.slow
+def test_asr_words_are_forced_aligned_when_an_alignment_model_is_set(tmp_path, tiny_wav2vec2, whisper_base, monkeypatch):
+    """Real ASR (Whisper base) then whisperX alignment (tiny random wav2vec2) of each stream's regions."""
+    from tests.media_helpers import shared
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    wav = shared("dialogue", "stereo_diarization.wav")
+    spec = SessionSpec.model_validate(
+        {"session_id": "asr-al", "language": "en",
+         "audio": [{"uri": str(wav), "channel": i, "speaker": s} for i, s in enumerate("AB")]}
+    )
+    decoded = decode_session(spec, DecodeConfig())
+    cfg = AlignConfig(asr_model_dir=whisper_base, align_model_dir=tiny_wav2vec2, nltk_data_dir=tmp_path / "nltk",
+                      device="cpu", asr_threads=2)
+    aligned = align_session(decoded, spec, cfg)
+    assert "words:asr_aligned" in aligned.flags
+    texts = [w.text.lower().strip(".,") for w in aligned.words if w.stream == 1]
+    assert texts[-3:] == ["seems", "extremely", "distant"]  # Whisper's words, the aligner's times
+    for w in aligned.words:
+        assert w.timing in ("aligned", "interpolated")
+        assert 0 <= w.start_sample <= w.end_sample <= decoded.num_samples
+        # inside the speech sent to ASR: the stream's activity widened by the 200 ms context
+        frames = aligned.activity[w.stream]
+        on = np.flatnonzero(frames)
+        assert GRID.frame_to_sample(int(on[0])) - 0.25 * 24000 <= w.start_sample
+        assert w.end_sample <= GRID.frame_to_sample(int(on[-1]) + 1) + 0.25 * 24000

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import burst, shared, write_video, write_wav
+from tests.media_helpers import burst, shared, write_video, write_wav
 from microturn.clock import GRID
 from microturn.config import DecodeConfig
 from microturn.manifest import SessionSpec
 from microturn.pipeline.decode import decode_session
+from microturn.records import StageError
+from tests.pipeline.crafted import pcm_with_timestamp_jump, video_with_times
 
 
 def _spec(**row) -> SessionSpec:
@@ -216,3 +218,61 @@ def test_video_far_ahead_of_its_audio_is_decoded_in_two_exact_passes(tmp_path: P
     assert np.array_equal(one_pass.video.frame_chunks, two_pass.video.frame_chunks)
     assert np.array_equal(one_pass.video.frames_rgb, two_pass.video.frames_rgb)
     assert one_pass.video.offset_sample == two_pass.video.offset_sample == 7200
+
+
+# ---------------------------------------------------------------- bounded buffers on crafted input
+# The limit is small here (60 s) so that, without it, decode would quietly build minutes of timeline
+# (the test fails) instead of hours (the machine swaps); the slow test in test_crafted_inputs.py
+# runs the real 10-hour files with the default limit and measures peak RSS.
+
+_SHORT = DecodeConfig(max_duration_s=60, duration_tolerance_s=2)
+
+
+def _too_long(spec: SessionSpec, cfg: DecodeConfig = _SHORT) -> StageError:
+    import tracemalloc
+
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    try:
+        with pytest.raises(StageError) as info:
+            decode_session(spec, cfg)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (info.value.stage, info.value.reason) == ("decode", "too_long"), str(info.value)
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB allocated before refusing"
+    return info.value
+
+
+def test_audio_timestamps_jumping_past_the_limit_are_refused_before_padding(tmp_path: Path) -> None:
+    wav = pcm_with_timestamp_jump(tmp_path / "jump.wav", jump_s=600)
+    err = _too_long(_spec(audio=[{"uri": str(wav), "speaker": "A"}]))
+    assert "jump by 600.0 s" in err.message and err.source == str(wav)
+
+
+def test_a_small_timestamp_jump_is_still_filled_with_silence(tmp_path: Path) -> None:
+    wav = pcm_with_timestamp_jump(tmp_path / "jump.wav", jump_s=3)
+    out = decode_session(_spec(audio=[{"uri": str(wav), "speaker": "A"}]), _SHORT)
+    assert out.num_samples == 24000 * 7 and any(w.startswith("audio_gap:3.000s") for w in out.warnings)
+
+
+def test_a_last_video_frame_lasting_past_the_limit_is_refused(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "a.wav", burst(16000, 2.0, [(0.5, 1.0)]), 16000)
+    mkv = video_with_times(tmp_path / "v.mkv", [100 * i for i in range(20)], last_duration_ms=600_000)
+    err = _too_long(_spec(audio=[{"uri": str(wav), "speaker": "A"}], video={"uri": str(mkv)}))
+    assert "last video frame" in err.message
+
+
+def test_video_timestamps_jumping_past_the_limit_are_refused(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "a.wav", burst(16000, 2.0, [(0.5, 1.0)]), 16000)
+    pts = [100 * i for i in range(10)] + [600_000 + 100 * i for i in range(10)]
+    mkv = video_with_times(tmp_path / "v.mkv", pts, last_duration_ms=100)
+    err = _too_long(_spec(audio=[{"uri": str(wav), "speaker": "A"}], video={"uri": str(mkv)}))
+    assert "video frame's timestamp" in err.message
+
+
+def test_a_manifest_offset_past_the_limit_is_refused_before_placing(tmp_path: Path) -> None:
+    a = write_wav(tmp_path / "a.wav", burst(16000, 2.0, [(0.5, 1.0)]), 16000)
+    b = write_wav(tmp_path / "b.wav", burst(16000, 2.0, [(0.5, 1.0)]), 16000)
+    spec = _spec(audio=[{"uri": str(a), "speaker": "A"}, {"uri": str(b), "speaker": "B", "offset_s": 3600.0}])
+    err = _too_long(spec)
+    assert "offsets" in err.message and err.source == "s"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import burst, shared, write_video, write_wav
+from tests.media_helpers import burst, shared, write_video, write_wav
 from microturn.config import DecodeConfig
 from microturn.manifest import SessionSpec
 from microturn.pipeline.decode import decode_session
@@ -125,3 +125,10 @@ def test_shared_odd_files_decode(name: str) -> None:
     out = decode_session(spec, DecodeConfig())
     assert out.num_samples > 24000 and out.streams[0].speaker == "mixed"
     assert np.isfinite(out.streams[0].wave_24k).all()
+
+
+def test_frames_larger_than_max_frame_pixels_are_refused_at_probe(tmp_path: Path) -> None:
+    mp4 = write_video(tmp_path / "v.mp4", 10, size=(96, 64), audio=burst(16000, 1.0, [(0.2, 0.6)]))
+    err = _fails(_session(video={"uri": str(mp4)}), "probe", "frame_too_large", DecodeConfig(max_frame_pixels=96 * 64 - 1))
+    assert "96x64" in err.message
+    assert decode_session(_session(video={"uri": str(mp4)}), DecodeConfig(max_frame_pixels=96 * 64)).video is not None

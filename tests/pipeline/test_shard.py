@@ -89,7 +89,7 @@ def test_ray_data_reads_the_shards(tmp_path, sessions):
     ray = pytest.importorskip("ray")
     doc = build(tmp_path, sessions[:2])
     urls = [str(tmp_path / "shards" / s["name"]) for s in doc["shards"]]
-    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
         rows = ray.data.read_webdataset(urls, override_num_blocks=1).take_all()
     finally:

@@ -98,12 +98,14 @@ np.save({str(tmp_path / "one_thread.npy")!r}, tok.encode(wave))
 
 
 def test_batching_equals_one_by_one(audio_tok, small_windows):
+    """The batch a window lands in (its size, its neighbours) never changes the window's codes."""
     from microturn.tokenizers.audio import load_audio_tokenizer
 
     wave = two_streams(chunks=13)  # 3 windows of 5 chunks per stream, the last one short
     batched = audio_tok.encode(wave)
-    one_by_one = load_audio_tokenizer(AudioCodecConfig(**dict(small_windows, batch_windows=1)))
-    assert np.array_equal(batched, one_by_one.encode(wave))
+    for batch_windows in (1, 2, 3, 8):
+        other = load_audio_tokenizer(AudioCodecConfig(**dict(small_windows, batch_windows=batch_windows)))
+        assert np.array_equal(batched, other.encode(wave)), batch_windows
     per_stream = np.concatenate([audio_tok.encode(wave[s : s + 1]) for s in range(2)])
     assert np.array_equal(batched, per_stream)
 

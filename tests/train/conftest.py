@@ -20,7 +20,7 @@ BUILD_OVERRIDES = [
     "chunk.hop_chunks=10",
     "shard.target_bytes=1000",  # closes a shard at every session boundary
     "job.num_cpus=2",
-    "job.session_timeout_s=600",
+    "job.session_timeout_base_s=600",
 ]
 
 
@@ -42,6 +42,24 @@ def train_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "corpus"
     summary = run_build(str(manifest), str(out), cfg, progress=False)
     assert summary.shards == 2 and summary.samples == 12, summary
+    return out
+
+
+@pytest.fixture(scope="session")
+def audio_only_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real built corpus of one audio-only session: a 6 s two-channel call (one speaker per channel,
+    no video, like a phone call), 2 s windows: 3 samples whose frames.npy is [0, h, w]."""
+    from microturn.config import load_config
+    from microturn.jobs.build import run_build
+    from microturn.synth import synthesize_corpus
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    root = tmp_path_factory.mktemp("audio_only_corpus")
+    manifest = synthesize_corpus(root / "media", sessions=1, seed=1, duration_s=6.0, video=False, layout="stereo")
+    cfg = load_config(REPO / "configs" / "demo.yaml", BUILD_OVERRIDES)
+    out = root / "corpus"
+    summary = run_build(str(manifest), str(out), cfg, progress=False)
+    assert summary.shards == 1 and summary.samples == 3, summary
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -133,10 +133,16 @@ def write_corpus(
     return root
 
 
-def derive_corpus(source: Path, root: Path, layout: Sequence[Sequence[int]]) -> Path:
+Edit = Callable[[dict[str, bytes]], dict[str, bytes]]
+
+
+def derive_corpus(
+    source: Path, root: Path, layout: Sequence[Sequence[int]], edit: Optional[Mapping[int, Edit]] = None
+) -> Path:
     """A corpus whose shard i holds the samples ``layout[i]`` (indices into the source corpus' samples,
     in shard order), copied byte for byte with the build's own tar writer; dataset.json is the source's
-    with the shard list replaced."""
+    with the shard list replaced. ``edit[j]`` rewrites the members of sample j on the way (to damage it
+    after the build, as a disk or a bad copy would)."""
     from microturn.format import iter_dataset
     from microturn.pipeline.shard import TarStream
 
@@ -149,7 +155,8 @@ def derive_corpus(source: Path, root: Path, layout: Sequence[Sequence[int]]) -> 
         with open(root / "shards" / name, "wb") as fh:
             stream = TarStream(fh)
             for j in picks:
-                stream.add_sample(*samples[j])
+                key, members = samples[j]
+                stream.add_sample(key, (edit or {}).get(j, dict)(dict(members)))
             stream.finish()
         entries.append({"name": name, "samples": len(picks), "bytes": stream.bytes,
                         "sha256": stream.sha256.hexdigest()})  # fmt: skip

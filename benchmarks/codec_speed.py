@@ -1,6 +1,6 @@
 """Audio tokenization throughput: microturn's AudioTokenizer against the stock EnCodec usage.
 
-    .venv/bin/python benchmarks/tokenize.py [--input PATH] [--seconds N] [--threads 2] [--repeats 2]
+    .venv/bin/python benchmarks/codec_speed.py [--input PATH] [--seconds N] [--threads 2] [--repeats 2]
 
 Baseline ("stock"): the encodec README usage, one ``model.encode(wav)`` per file at 6 kbps with
 default settings (weight norm recomputed per call, NCW Conv1d), the same weights, the same audio, the
@@ -27,12 +27,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and this file would shadow the
-# standard library's ``tokenize`` (used by linecache, warnings, inspect): put the repo there instead.
+# Run as a script, this folder would come first on sys.path: put the repo there instead.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
-sys.modules.pop("tokenize", None) if getattr(sys.modules.get("tokenize"), "__file__", "").startswith(str(_HERE)) else None
 
 import argparse  # noqa: E402
 import json  # noqa: E402
