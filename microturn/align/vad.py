@@ -123,6 +123,9 @@ def _pyannote_inference(model_path: str, device: str) -> Any:
         from pyannote.audio import Model
         from pyannote.audio.core.inference import Inference
 
+        # The bundled checkpoint predates this Lightning: it is upgraded in memory on every load, and
+        # Lightning says so at INFO in every worker. Nothing for the user to do, so keep that line out.
+        logging.getLogger("lightning.pytorch.utilities.migration.utils").setLevel(logging.WARNING)
         model = Model.from_pretrained(model_path)
         if model is None:
             raise VadUnavailable(f"pyannote could not load {model_path}")
