@@ -25,6 +25,7 @@ import sys
 
 # Run as a script, this folder would come first on sys.path: keep it off (no script here may shadow a module)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo: tests.media_helpers
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -38,15 +39,11 @@ from microturn.config import AlignConfig, DecodeConfig  # noqa: E402
 from microturn.manifest import SessionSpec, load_manifest  # noqa: E402
 from microturn.pipeline.align import detect_activity  # noqa: E402
 from microturn.pipeline.decode import decode_session  # noqa: E402
+from tests.media_helpers import f1, read_audio  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 MOH = Path("/usr/share/asterisk/moh")
 EFFECTS = Path("/usr/share/sounds/freedesktop/stereo")
-
-
-def f1(ref: np.ndarray, hyp: np.ndarray) -> float:
-    ref, hyp = ref.astype(bool), hyp.astype(bool)
-    return 2 * float((ref & hyp).sum()) / max(float(ref.sum() + hyp.sum()), 1.0)
 
 
 def overlap_ratio(act: np.ndarray) -> float:
@@ -59,18 +56,6 @@ def frame_truth(spans: list[tuple[float, float]], origin_s: float, frames: int) 
     for a, b in spans:
         ref |= (centres >= a) & (centres < b)
     return ref
-
-
-def read_audio(path: Path, rate: int) -> np.ndarray:
-    """float64 [channels, samples] at ``rate`` (PyAV)."""
-    import av
-
-    with av.open(str(path)) as c:
-        stream = c.streams.audio[0]
-        resampler = av.AudioResampler(format="dblp", layout=stream.layout.name, rate=rate)
-        parts = [f.to_ndarray() for frame in c.decode(stream) for f in resampler.resample(frame)]
-        parts += [f.to_ndarray() for f in resampler.resample(None)]
-    return np.concatenate(parts, axis=1)
 
 
 def rirs() -> list[np.ndarray]:

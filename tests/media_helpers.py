@@ -47,6 +47,25 @@ def write_wav(path: Path, wave: np.ndarray, rate: int, codec: str = "pcm_s16le")
     return path
 
 
+def read_audio(path: Path, rate: int = 16000) -> np.ndarray:
+    """A whole audio file as float64 [channels, samples] at ``rate`` (PyAV), for measurements."""
+    import av
+
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        resampler = av.AudioResampler(format="dblp", layout=stream.layout.name, rate=rate)
+        parts = [f.to_ndarray() for frame in c.decode(stream) for f in resampler.resample(frame)]
+        parts += [f.to_ndarray() for f in resampler.resample(None)]
+    return np.concatenate(parts, axis=1)
+
+
+def f1(ref: np.ndarray, hyp: np.ndarray) -> float:
+    """F1 of two activity masks (any shape): 2 TP / (|ref| + |hyp|)."""
+    ref, hyp = ref.astype(bool), hyp.astype(bool)
+    tp = float((ref & hyp).sum())
+    return 2 * tp / max(float(ref.sum() + hyp.sum()), 1.0)
+
+
 def burst(rate: int, duration_s: float, on: Sequence[tuple[float, float]], freq: float = 220.0, amp: float = 0.3) -> np.ndarray:
     """A silent track with tone bursts at the given (start_s, end_s) spans."""
     n = int(round(duration_s * rate))

@@ -46,10 +46,12 @@ def words_lines(words: list[dict[str, Any]], stream: int, c0: int, c1: int, max_
 
     Words are wider than the 200 ms they take, so they go on as many lines as needed (a word takes the
     first line where its columns are free), shifted left only when they would run past the row's end.
-    Words that find no line within ``max_lines`` are left out (the JSON output has them all).
+    Words that find no line within ``max_lines`` are left out, and a last line says how many (the
+    JSON output has them all): dense real speech holds more words than a terminal row can.
     """
     width = c1 - c0
     lines: list[list[str]] = []
+    left_out = 0
     for w in sorted((w for w in words if int(w.get("stream", -1)) == stream), key=lambda w: int(w["start_frame"])):
         chunk = GRID.frame_to_chunk(int(w["start_frame"]))
         if not c0 <= chunk < c1:
@@ -63,11 +65,15 @@ def words_lines(words: list[dict[str, Any]], stream: int, c0: int, c1: int, max_
                 break
         else:
             if len(lines) == max_lines:
+                left_out += 1
                 continue
             line = [" "] * width
             lines.append(line)
         line[col : col + len(text)] = list(text)
-    return ["".join(line) for line in lines]
+    out = ["".join(line) for line in lines]
+    if left_out:
+        out.append(f"(+{left_out} more word{'s' * (left_out > 1)} here: show --json lists them all)"[:width])
+    return out
 
 
 def events_line(events: list[dict[str, Any]], num_chunks: int, stream: Any) -> str:

@@ -310,6 +310,23 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
 
+    def drop_after(self, step: int) -> None:
+        """Forget records past ``step``: a run that died after its last checkpoint logged steps that the
+        resumed run logs again, and the log must hold each step once."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line).get("step", 0)) > step:
+                    continue
+            except (ValueError, TypeError, AttributeError):
+                pass  # a torn last line from a killed run: keep what cannot be judged
+            kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: TrainLoader, batches: int, cfg: TrainConfig, d: Dist) -> dict[str, float]:
@@ -422,6 +439,8 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
     peak = _peak_flops(cfg, d.device)
     metrics = MetricsLog(out / "metrics.jsonl", d.is_main)
     evals = MetricsLog(out / "eval.jsonl", d.is_main)
+    for record_log in (metrics, evals):
+        record_log.drop_after(step)
     if d.is_main:
         log.info("model: %.1fM parameters, dispatch=%s, device=%s, world=%d",
                  sum(p.numel() for p in model.parameters()) / 1e6, dispatch, d.device, d.world)  # fmt: skip

@@ -67,3 +67,14 @@ def test_show_json_carries_the_samples_words_and_events(cli, corpus, index_rows)
     assert doc["words"] == sample.words
     assert doc["events"] == sample.events
     assert doc["summary"]["word_count"] == row["word_count"]
+
+
+def test_words_that_do_not_fit_the_rows_are_counted_not_dropped_silently():
+    from microturn.report.show import words_lines
+
+    # ten words starting in the same chunk: at most three lines of them, then a line that says how many more
+    words = [{"stream": 0, "start_frame": 0, "text": f"word{i}"} for i in range(10)]
+    lines = words_lines(words, 0, 0, 60, max_lines=3)
+    assert len(lines) == 4
+    assert lines[-1].startswith("(+7 more words here")
+    assert words_lines(words[:2], 0, 0, 60, max_lines=3)[-1].strip().startswith("word")

@@ -5,13 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.media_helpers import SHARED_MEDIA, burst, shared, write_video, write_wav  # noqa: F401 (re-exported to the tests)
-
-
-def f1(ref: np.ndarray, hyp: np.ndarray) -> float:
-    ref, hyp = ref.astype(bool), hyp.astype(bool)
-    tp = float((ref & hyp).sum())
-    return 2 * tp / max(float(ref.sum() + hyp.sum()), 1.0)
+from tests.media_helpers import SHARED_MEDIA, burst, f1, shared, write_video, write_wav  # noqa: F401 (re-exported to the tests)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import burst, f1, shared, write_wav
+from tests.media_helpers import burst, f1, shared, write_wav
 from microturn.config import AlignConfig, DecodeConfig, QualityFilters
 from microturn.manifest import SessionSpec, load_manifest
 from microturn.pipeline.align import align_session

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import burst, write_wav
+from tests.media_helpers import burst, write_wav
 from microturn.clock import GRID
 from microturn.config import AlignConfig, DecodeConfig
 from microturn.manifest import SessionSpec

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import f1, shared
+from tests.media_helpers import f1, read_audio, shared
 from microturn.align.crosstalk import attribute_activity, otsu_split, reverb_envelope
 from microturn.align.quality import activity_correlation
 from microturn.config import AlignConfig, DecodeConfig
@@ -19,18 +19,6 @@ from microturn.pipeline.align import align_session, detect_activity
 from microturn.pipeline.decode import decode_session
 
 RIRS = ("rir1.wav", "rir2.wav", "rir3.wav", "rir4.wav")
-
-
-def read_audio(path: Path, rate: int = 16000) -> np.ndarray:
-    """float64 [channels, samples] at ``rate`` (PyAV)."""
-    import av
-
-    with av.open(str(path)) as c:
-        stream = c.streams.audio[0]
-        resampler = av.AudioResampler(format="dblp", layout=stream.layout.name, rate=rate)
-        parts = [f.to_ndarray() for frame in c.decode(stream) for f in resampler.resample(frame)]
-        parts += [f.to_ndarray() for f in resampler.resample(None)]
-    return np.concatenate(parts, axis=1)
 
 
 def real_rirs() -> list[np.ndarray]:

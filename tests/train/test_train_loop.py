@@ -74,6 +74,20 @@ def test_stopping_and_resuming_reproduces_the_uninterrupted_run(tiny_cfg, train_
         assert a["loss"] == b["loss"] and a["loss_audio"] == b["loss_audio"], (a["step"], a["loss"], b["loss"])
 
 
+def test_a_run_resumed_from_an_earlier_checkpoint_logs_each_step_once(tiny_cfg, train_corpus, tmp_path):
+    """A run killed after step 6 with its last checkpoint at step 4 logged 5 and 6 already; the resumed
+    run logs them again, so the earlier lines past the checkpoint go."""
+    cfg = tiny_cfg.replace(run={"max_steps": 6, "log_every": 1, "ckpt_every": 4, "eval_every": 0})
+    run = tmp_path / "run"
+    train(cfg, str(train_corpus), run)
+    for ckpt in (run / "checkpoints").glob("step-*.pt"):
+        if ckpt.name != "step-00000004.pt":
+            ckpt.unlink()  # as if the run had died before writing them
+    assert [m["step"] for m in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
+    train(cfg.replace(run={"max_steps": 8}), str(train_corpus), run)
+    assert [m["step"] for m in read_metrics(run)] == list(range(1, 9))
+
+
 def test_resume_refuses_a_corpus_from_other_tokenizers(tiny_cfg, train_corpus, tmp_path):
     from train_corpus_util import FINGERPRINTS, write_corpus
 
