@@ -95,10 +95,11 @@ def build(
     made it into a shard; 2 for usage errors, another build writing the same output, or an output built
     with another config (see --rebuild)."""
     from microturn.jobs.build import run_build
-    from microturn.jobs.lock import OutputLocked
+    from microturn.jobs.lock import OutputLocked, exit_on_sigterm
     from microturn.jobs.outcomes import ConfigMismatch
     from microturn.manifest import ManifestError
 
+    exit_on_sigterm()  # `ray job stop` sends SIGTERM: unwind, so the output lock is released
     _setup_logging(verbose)
     overrides = list(set_)
     if num_cpus is not None:
@@ -272,10 +273,12 @@ def render(
     with err_console.status("decoding audio codes and video tokens..."):
         toks = load_codecs(target.dataset_uri)
         result = render_sample(view, toks, out, torch_threads=threads)
+    from microturn.report import safe  # warnings quote fingerprints from the sample's meta.json
+
     for w in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {w}")
-    console.print(f"picture: [bold]{result.png}[/] ({result.width_px}x{result.height_px})")
-    console.print(f"audio:   [bold]{result.wav}[/] ({result.wav_seconds:.2f} s, {result.wav_channels} channel(s), 24 kHz)")
+        err_console.print(f"[yellow]warning:[/] {safe(w)}")
+    console.print(f"picture: [bold]{safe(result.png)}[/] ({result.width_px}x{result.height_px})")
+    console.print(f"audio:   [bold]{safe(result.wav)}[/] ({result.wav_seconds:.2f} s, {result.wav_channels} channel(s), 24 kHz)")
 
 
 @app.command()

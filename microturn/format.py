@@ -409,6 +409,10 @@ INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
     ("interruptions", "int32"),
     ("bytes", "int64"),
 )
+# Index columns added after format 1 was first written: a corpus built before them is still valid
+# without them (readers select columns by name; the validator checks them only where present).
+INDEX_OPTIONAL_COLUMNS: frozenset[str] = frozenset({"session_overlap_ratio", "activity_correlation"})
+
 QUARANTINE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("session_id", "string"),
     ("source", "string"),

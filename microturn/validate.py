@@ -26,6 +26,7 @@ from microturn.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     INDEX_COLUMNS,
+    INDEX_OPTIONAL_COLUMNS,
     INDEX_PARQUET,
     KEY_RE,
     MEMBERS,
@@ -261,11 +262,11 @@ class _Validator:
         except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for damaged files
             r.add(f"bad_{files_key}", name, f"unreadable Parquet: {exc}")
             return None
-        missing = [c for c, _ in columns if c not in names]
+        missing = [c for c, _ in columns if c not in names and c not in INDEX_OPTIONAL_COLUMNS]
         if missing:
             r.add(f"{files_key}_schema", name, f"missing columns {missing}")
             return None
-        wrong = [_column_problem(table.schema, c, t) for c, t in columns]
+        wrong = [_column_problem(table.schema, c, t) for c, t in columns if c in names]
         wrong = [w for w in wrong if w]
         if wrong:  # the checks below hash and compare these values: they must be what the writer writes
             r.add(f"{files_key}_schema", name, f"wrong column types: {'; '.join(wrong)}")
@@ -385,6 +386,8 @@ class _Validator:
             return
         differ = []
         for column, value in expected.items():
+            if column in INDEX_OPTIONAL_COLUMNS and column not in row:
+                continue  # a corpus built before the column existed
             got = row.get(column)
             if isinstance(value, float) and isinstance(got, float):
                 if not np.isclose(value, got, rtol=1e-5, atol=1e-6):

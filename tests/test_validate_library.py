@@ -77,6 +77,26 @@ def test_a_good_dataset_passes(good, deep):
     assert json.loads(json.dumps(report.to_json()))["ok"] is True
 
 
+@pytest.mark.parametrize("deep", [False, True])
+def test_a_corpus_built_before_the_bleed_columns_still_validates(copy, deep):
+    """Format 1 corpora written before index.parquet gained session_overlap_ratio and
+    activity_correlation stay valid: those columns are checked only where present."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    index = copy / "index.parquet"
+    table = pq.read_table(index).drop_columns(["session_overlap_ratio", "activity_correlation"])
+    pq.write_table(table, index)
+    doc = json.loads((copy / "dataset.json").read_text())
+    doc["files"]["index"]["sha256"] = hashlib.sha256(index.read_bytes()).hexdigest()
+    if "bytes" in doc["files"]["index"]:
+        doc["files"]["index"]["bytes"] = index.stat().st_size
+    (copy / "dataset.json").write_text(json.dumps(doc))
+    report = validate_dataset(str(copy), deep=deep)
+    assert report.ok, report.problems
+
+
 def test_a_truncated_shard(copy):
     p = copy / "shards" / "shard-000001.tar"
     p.write_bytes(p.read_bytes()[:5000])

@@ -9,7 +9,8 @@ model the bleed and keep, per frame, only what the bleed cannot explain.
 2. A reverberant envelope ``E[c]``: a peak-hold of ``P[c]`` that decays at ``decay_db_per_s`` (a
    room keeps a voice audible at the other microphone for a while after it stops).
 3. Bleed gains ``g[j -> i, band]``: how much of channel j's envelope reaches microphone i. Where only
-   j's talker speaks, ``P[i] / E[j]`` is that gain; elsewhere (i's own talker, both) the ratio is
+   j's talker speaks, ``P[i] / P[j]`` per band is that gain (summed over those frames; the envelope
+   only caps the total at ``max_gain_db``); elsewhere (i's own talker, both) the ratio is
    larger. The solo frames are the upper hump of the level difference j - i, less its frames more
    than ``solo_trim_db`` over the hump's median i/j ratio (i's talker speaking over j: a
    backchannel would inflate the gain and hide the next one; see ``bleed_gains``).

@@ -240,28 +240,40 @@ def _runs(row: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for on, a, b in runs(row) if on]
 
 
-_ASR_BRIDGE_FRAMES = 38  # ~0.5 s: a pause this short is inside one's own turn, whoever else speaks in it
-
-
 def asr_mask(activity: np.ndarray, k: int, pad_frames: int, fill_frames: int) -> np.ndarray:
-    """bool [frames]: where stream ``k`` is sent to ASR. Its own activity, with pauses filled when
-    they are no longer than ``fill_frames`` and no other stream speaks in them (a missed quiet word
-    costs more than a silence Whisper skips) or shorter than half a second (cross-talk suppression
-    hands overlapped speech to the louder speaker: cutting the quieter one there cuts words in two),
-    widened by ``pad_frames`` each side (Whisper needs the onset; the quieter of two overlapping
-    speakers is often detected late). What another stream's speaker says at length never reaches
-    this stream's ASR."""
+    """bool [frames]: where stream ``k`` is sent to ASR. Its own activity, with pauses no longer than
+    ``fill_frames`` filled when no other stream speaks in them (a missed quiet word costs more than a
+    silence Whisper skips), widened by ``pad_frames`` each side (Whisper needs the onset). A pause in
+    which another stream's speaker talks is never filled: that speech reaches this microphone only as
+    bleed (``asr_words`` also drops any word heard only where another stream speaks)."""
     own = activity[k].astype(bool)
-    others = np.delete(activity, k, axis=0).astype(bool).any(axis=0) if activity.shape[0] > 1 else np.zeros_like(own)
+    others = _others_active(activity, k)
     mask = own.copy()
     runs = _runs(own)
     for (_, b), (a, _) in zip(runs, runs[1:]):
-        if a - b <= _ASR_BRIDGE_FRAMES or (a - b <= fill_frames and not others[b:a].any()):
+        if a - b <= fill_frames and not others[b:a].any():
             mask[b:a] = True
     if pad_frames:
         grown = np.convolve(mask.astype(np.int32), np.ones(2 * pad_frames + 1, dtype=np.int32), mode="same") > 0
         mask |= grown
     return mask
+
+
+def _others_active(activity: np.ndarray, k: int) -> np.ndarray:
+    """bool [frames]: any stream other than ``k`` active."""
+    if activity.shape[0] <= 1:
+        return np.zeros(activity.shape[1], dtype=bool)
+    return np.delete(activity, k, axis=0).astype(bool).any(axis=0)
+
+
+def heard_only_as_bleed(start: int, end: int, own: np.ndarray, others: np.ndarray) -> bool:
+    """Whether a word (24 kHz samples) lies where this stream's speaker is silent and another stream's
+    speaks: the other speaker's word reaching this microphone, not this speaker's."""
+    hop = GRID.hop
+    fs, fe = max(start // hop, 0), min(max(end - 1, start) // hop + 1, own.shape[0])
+    if fe <= fs:
+        return False
+    return not own[fs:fe].any() and bool(others[fs:fe].any())
 
 
 def speech_regions(mask: np.ndarray, duration_s: float) -> list[tuple[float, float]]:
@@ -322,9 +334,12 @@ def _asr_words(
             if text:
                 utts.append((text, to_fraction(a) + origin, to_fraction(b) + origin))
         return _aligned_words(k, wave_16k, utts, cfg, lang or "en", origin)
+    own, others = activity[k].astype(bool), _others_active(activity, k)
     words = []
     for w in asr:
         s, e = snap_to_activity(GRID.seconds_to_samples(w.start_s), GRID.seconds_to_samples(w.end_s), activity[k])
+        if heard_only_as_bleed(s, e, own, others):
+            continue
         words.append(Word(w.text, s, e, k, "whisper", round(w.probability, 4)))
     return words
 

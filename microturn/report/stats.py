@@ -77,6 +77,7 @@ class _Accumulator:
     sample_speech: list[float] = field(default_factory=list)
     sample_overlap: list[float] = field(default_factory=list)
     fingerprints: set[str] = field(default_factory=set)
+    session_bleed: dict[str, tuple[Optional[float], Optional[float]]] = field(default_factory=dict)
 
     def add(self, v: SampleView) -> None:
         self.samples += 1
@@ -119,6 +120,41 @@ class _Accumulator:
         self.sample_speech.append(v.speech_ratio())
         self.sample_overlap.append(v.overlap_ratio())
         self.fingerprints.add(str(sorted((v.meta.get("fingerprints") or {}).items())))
+        quality = v.meta.get("quality")
+        if isinstance(quality, dict) and v.session_id not in self.session_bleed:
+            self.session_bleed[v.session_id] = (_number(quality.get("overlap_ratio")),
+                                                _number(quality.get("activity_correlation")))  # fmt: skip
+
+
+# A session above either is worth a look: its other talker was probably labelled speech on each
+# microphone (docs/crosstalk.md); conversations sit near 0.05-0.15 overlap and below 0 correlation.
+BLEED_OVERLAP = 0.2
+BLEED_CORRELATION = 0.3
+
+
+def _number(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def bleed_summary(session_bleed: dict[str, tuple[Optional[float], Optional[float]]]) -> dict[str, Any]:
+    """Per-session bleed figures of the corpus: their spread and the sessions past the thresholds."""
+    overlaps = [o for o, _ in session_bleed.values() if o is not None]
+    corrs = [c for _, c in session_bleed.values() if c is not None]
+    flagged = sorted(
+        sid for sid, (o, c) in session_bleed.items()
+        if (o is not None and o > BLEED_OVERLAP) or (c is not None and c > BLEED_CORRELATION)
+    )
+
+    def spread(xs: list[float]) -> Optional[dict[str, float]]:
+        if not xs:
+            return None
+        a = np.asarray(xs, dtype=np.float64)
+        return {"median": round(float(np.median(a)), 4), "p90": round(float(np.percentile(a, 90)), 4),
+                "max": round(float(a.max()), 4)}  # fmt: skip
+
+    return {"sessions_measured": len(session_bleed), "session_overlap_ratio": spread(overlaps),
+            "activity_correlation": spread(corrs), "flagged_sessions": len(flagged),
+            "flagged": flagged[:20], "thresholds": {"overlap": BLEED_OVERLAP, "correlation": BLEED_CORRELATION}}  # fmt: skip
 
 
 def corpus_stats(target: Target, *, show_progress: bool = True) -> dict[str, Any]:
@@ -180,6 +216,7 @@ def _finish(acc: _Accumulator, target: Target) -> dict[str, Any]:
             "text": {"frames_with_token": round(acc.text_token_frames / acc.text_frames, 6) if acc.text_frames else 0.0},
         },
         "fingerprint_sets": len(acc.fingerprints),
+        "bleed": bleed_summary(acc.session_bleed),
         "_durations": durations,
         "_sample_ratios": {"speech": acc.sample_speech, "overlap": acc.sample_overlap},
     }
@@ -212,6 +249,9 @@ def print_stats(stats: dict[str, Any], console) -> None:
         ("turns / min", _f(stats["turns_per_min"])),
         ("backchannels / min  (per turn)", f"{_f(stats['backchannels_per_min'])}  ({stats['backchannel_rate']:.3f})"),
         ("interruptions / min (per turn)", f"{_f(stats['interruptions_per_min'])}  ({stats['interruption_rate']:.3f})"),
+        ("sessions flagged for bleed (overlap > 0.2 or activity corr. > 0.3)",
+         f"{stats['bleed']['flagged_sessions']} of {stats['bleed']['sessions_measured']}"
+         + (f": {safe(', '.join(stats['bleed']['flagged'][:5]))}" if stats["bleed"]["flagged"] else "")),
     ):
         top.add_row(label, value)
     console.print(top)

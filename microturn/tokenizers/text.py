@@ -110,9 +110,11 @@ def _byte_level_without_prefix_space(blob: bytes) -> bool:
 
     try:
         pre = json.loads(blob).get("pre_tokenizer") or {}
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return False
     parts = pre.get("pretokenizers", [pre]) if isinstance(pre, dict) else []
+    if not isinstance(parts, list):
+        return False
     return any(isinstance(p, dict) and p.get("type") == "ByteLevel" and not p.get("add_prefix_space", True) for p in parts)
 
 

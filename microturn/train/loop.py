@@ -245,6 +245,16 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return state
 
 
+def _set_aside(path: Path) -> None:
+    """Move an unreadable checkpoint out of the ``step-*.pt`` set: left there, it would sort as the
+    newest and pruning after the next save would delete the good ones instead (several ranks may try
+    at once: the first rename wins)."""
+    try:
+        os.replace(path, path.with_name(path.name + ".bad"))
+    except OSError:
+        pass
+
+
 def load_latest_checkpoint(out_dir: Path, device: torch.device) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
     """The newest checkpoint that loads, newest first: one that cannot be read (cut short by a crash
     before checkpoints were fsync'd, damaged on disk) is reported and the one before it used."""
@@ -253,8 +263,9 @@ def load_latest_checkpoint(out_dir: Path, device: torch.device) -> tuple[Optiona
         try:
             return path, load_checkpoint(path, device)
         except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
-            log.warning("cannot resume from %s (%s: %s); trying the checkpoint before it",
-                        path, type(exc).__name__, str(exc)[:200])  # fmt: skip
+            log.warning("cannot resume from %s (%s: %s); set aside as %s.bad, trying the checkpoint before it",
+                        path, type(exc).__name__, str(exc)[:200], path.name)  # fmt: skip
+            _set_aside(path)
     if found:
         raise TrainDataError("bad_checkpoint", f"none of the {len(found)} checkpoints in "
                                                f"{_checkpoint_dir(out_dir)} can be read")  # fmt: skip

@@ -28,6 +28,22 @@ def test_stats_json_agrees_with_the_index(cli, corpus, index_rows):
     assert len(s["tokens"]["audio_codebooks"]) == 8  # 6 kbps
     for cb in s["tokens"]["audio_codebooks"]:
         assert 0 < cb["entropy_bits"] <= 10 and 0 < cb["usage"] <= 1
+    # the session bleed figures agree with the index's
+    bleed = s["bleed"]
+    assert bleed["sessions_measured"] == 2
+    worst = max(r["session_overlap_ratio"] for r in index_rows)
+    assert bleed["session_overlap_ratio"]["max"] == pytest.approx(worst, abs=1e-4)
+    assert bleed["flagged_sessions"] == len(
+        {r["session_id"] for r in index_rows if r["session_overlap_ratio"] > 0.2 or (r["activity_correlation"] or 0) > 0.3}
+    )
+
+
+def test_bleed_summary_flags_sessions_past_either_threshold():
+    from microturn.report.stats import bleed_summary
+
+    b = bleed_summary({"calm": (0.05, -0.2), "echo": (0.66, 0.81), "corr": (0.1, 0.45), "mono": (0.0, None)})
+    assert b["flagged"] == ["corr", "echo"] and b["flagged_sessions"] == 2 and b["sessions_measured"] == 4
+    assert b["session_overlap_ratio"]["max"] == 0.66 and b["activity_correlation"]["max"] == 0.81
 
 
 def test_stats_table_and_html_report_with_embedded_pngs(cli, corpus, tmp_path):

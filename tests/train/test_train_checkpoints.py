@@ -75,6 +75,9 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous(tiny_cfg, tm
     path, state = load_latest_checkpoint(tmp_path, torch.device("cpu"))
     assert path.name == "step-00000002.pt" and state["step"] == 2 and state["tokens_seen"] == 20
     assert "cannot resume from" in caplog.text and "step-00000004.pt" in caplog.text
+    # set aside, so that pruning after the next save never keeps it in place of a good checkpoint
+    assert not latest.exists() and latest.with_name("step-00000004.pt.bad").exists()
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-00000002.pt"]
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
