@@ -203,7 +203,10 @@ class JobConfig(Section):
         60.0, ge=0, description="budget per minute of probed media (60 = 1x realtime on top of the base)"
     )
     tokenizer_timeout_s: Optional[float] = Field(
-        None, gt=0, description="timeout of one call to a tokenizer actor (None = the session's budget)"
+        None,
+        gt=0,
+        description="timeout of one call to a tokenizer actor, which is then restarted "
+        "(None = half the session's budget)",
     )
     max_in_flight: Optional[int] = Field(None, gt=0, description="sessions in flight (None = the CPUs left for session tasks)")
     max_retries: int = Field(2, ge=0, description="retries of a task whose worker process died")

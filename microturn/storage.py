@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Optional
 
@@ -63,6 +64,47 @@ def exists(uri: str) -> bool:
 
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What ``stat`` tells about a URI: its size in bytes (files only) and whether it is a folder."""
+
+    size: Optional[int]
+    is_dir: bool
+
+
+def stat(uri: str) -> Optional[Stat]:
+    """Size and kind of a URI, or None when nothing is there.
+
+    The one place that asks a filesystem about a path: pyarrow filesystems answer with
+    ``get_file_info`` (they have no ``size``/``isdir``/``exists`` methods, unlike fsspec's)."""
+    if not is_remote(uri):
+        try:
+            st = local_path(uri).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        is_dir = os.path.isdir(local_path(uri))
+        return Stat(None if is_dir else st.st_size, is_dir)
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    is_dir = info.type == pafs.FileType.Directory
+    return Stat(None if is_dir else info.size, is_dir)
+
+
+def size(uri: str) -> Optional[int]:
+    """Size in bytes of the file at ``uri``; None when there is none (or it is a folder)."""
+    st = stat(uri)
+    return st.size if st is not None else None
+
+
+def is_dir(uri: str) -> bool:
+    st = stat(uri)
+    return st is not None and st.is_dir
 
 
 def join(base: str, *parts: str) -> str:

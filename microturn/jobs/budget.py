@@ -2,9 +2,16 @@
 media minutes``, computed by the driver from the probed duration just before the session's task starts.
 
 Why the driver probes: a hung task cannot be trusted to report anything, so the budget must be known
-where the cut-off happens. Probing reads container headers only (``probe_media(check_decode=False)``), a
-few milliseconds per local file and a few ranged reads per object, and it happens at submission time,
-while earlier sessions are running, so it never holds the cluster up.
+where the cut-off happens. The driver reads container headers only (``probe.header_duration_s``: FFmpeg
+opens the file, reading a bounded amount of its start, and nothing is demuxed or decoded), a few
+milliseconds per local file and a few ranged reads per object (``s3://`` included), at submission time,
+while earlier sessions are running. Any exception of the probe means "unknown length" (the session's own
+task reports the real error). The probe still runs FFmpeg's demuxer set-up on untrusted input inside the
+driver: a file that crashes libav itself (a segfault, not an exception) would take the driver down.
+
+A header's length is not trusted beyond what the pipeline accepts: it is clamped to
+``decode.max_duration_s + decode.duration_tolerance_s`` (a header claiming 1000 hours gets the budget of
+the longest session decode accepts, and decode rejects it as ``too_long``).
 
 Unknown duration (a header without one, or a source the probe cannot open): the session gets the budget
 of the longest session the pipeline accepts (``decode.max_duration_s``). Such a session is either
@@ -15,11 +22,14 @@ still cut off, only later.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
 from microturn.config import BuildConfig
 from microturn.manifest import SessionSpec
+
+log = logging.getLogger("microturn.budget")
 
 RAISE_HINT = "--set job.session_timeout_per_media_min_s=<seconds>"
 
@@ -44,13 +54,14 @@ class SessionBudget:
 
 def probed_duration_s(spec: SessionSpec) -> Optional[float]:
     """The longest source of the session by its headers, or None when no source tells."""
-    from microturn.pipeline.probe import media_duration_s, probe_media
+    from microturn.pipeline.probe import header_duration_s
 
     durations = []
     for uri in [a.uri for a in spec.audio] + ([spec.video.uri] if spec.video else []):
         try:
-            d = media_duration_s(probe_media(uri, check_decode=False))
+            d = header_duration_s(uri)
         except Exception:  # noqa: BLE001 - any probe failure means "unknown": the task reports the real error
+            log.debug("no header duration for %s", uri, exc_info=True)
             d = None
         if d is not None and d > 0:
             durations.append(d)
@@ -63,6 +74,9 @@ def session_budget(spec: SessionSpec, cfg: BuildConfig) -> SessionBudget:
 
 def budget_for(media_s: Optional[float], cfg: BuildConfig) -> SessionBudget:
     """The budget of a session of ``media_s`` seconds (None: unknown, see the module docstring)."""
+    if media_s is not None:
+        # A header can claim any length: never budget more than the longest session decode accepts.
+        media_s = min(media_s, cfg.decode.max_duration_s + cfg.decode.duration_tolerance_s)
     minutes = (media_s if media_s is not None else cfg.decode.max_duration_s) / 60
     job = cfg.job
     seconds = job.session_timeout_base_s + job.session_timeout_per_media_min_s * minutes

@@ -269,12 +269,22 @@ class _Scheduler:
             self.pending[ref] = _Flight(spec, budget, time.monotonic())
 
     def collect(self, wait_s: float = 1.0) -> list[str]:
-        """Outcomes of the tasks that finished (waiting up to ``wait_s``); returns their session ids."""
+        """Outcomes of every task that finished (waiting up to ``wait_s`` for a first one); returns their
+        session ids."""
         import ray
 
-        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=wait_s)
+        if not self.pending:
+            return []
+        ready, rest = ray.wait(list(self.pending), num_returns=1, timeout=wait_s)
+        if ready and rest:  # and every other one that is ready too, without waiting
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        return self._take(ready)
+
+    def _take(self, refs: list[Any]) -> list[str]:
+        import ray
+
         done = []
-        for ref in ready:
+        for ref in refs:
             flight = self.pending.pop(ref)
             try:
                 outcome = ray.get(ref)
@@ -285,15 +295,21 @@ class _Scheduler:
         return done
 
     def cut_off(self) -> list[str]:
-        """Cancel the tasks past their budget; they are quarantined as ``timeout``."""
+        """Cancel the tasks past their budget; they are quarantined as ``timeout``. A task that finished
+        (even just now, past its budget) is collected instead: a finished session is never cancelled."""
         import ray
 
-        late = [(ref, f) for ref, f in self.pending.items() if f.elapsed() > f.budget.seconds]
-        for ref, flight in late:
+        late = [ref for ref, f in self.pending.items() if f.elapsed() > f.budget.seconds]
+        if not late:
+            return []
+        finished, late = ray.wait(late, num_returns=len(late), timeout=0)
+        done = self._take(finished)
+        for ref in late:
             ray.cancel(ref, force=True)
-            self.pending.pop(ref)
+            flight = self.pending.pop(ref)
             self._finish(flight, self._reject(flight, "timeout", flight.budget.timeout_message()))
-        return [f.spec.session_id for _, f in late]
+            done.append(flight.spec.session_id)
+        return done
 
     def running(self) -> list[Running]:
         return [Running(f.spec.session_id, f.elapsed(), f.budget.seconds, f.budget.media_s) for f in self.pending.values()]
@@ -357,7 +373,9 @@ def _schedule(plan: _Plan, cfg: BuildConfig, feeder: _InOrderFeeder, *, address:
         pool = start_pool(cfg, resources.get("GPU", 0.0))
         # Pool actors hold a CPU each; the session tasks get the rest.
         cpus = max(1, int(resources.get("CPU", 1)) - len(pool))
-        sched = _Scheduler(plan, cfg, pool, cfg.job.max_in_flight or cpus, hooks, bar)
+        # Never more in flight than CPUs to run them: a queued task's budget clock (started at
+        # submission) would run while it waits for a CPU.
+        sched = _Scheduler(plan, cfg, pool, min(cfg.job.max_in_flight or cpus, cpus), hooks, bar)
         while sched.busy():
             sched.submit()
             finished = sched.collect() + sched.cut_off()

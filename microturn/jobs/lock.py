@@ -6,12 +6,17 @@ so a lock can never go stale: a lock file left behind by a killed build is simpl
 holds the holder's pid, host and start time, for the message the second build prints.
 
 Object stores (``s3://``): a conditional create of the lock object (``PUT`` with ``If-None-Match: *``,
-through boto3), which the store grants to exactly one writer. Nothing releases it when the holder dies,
-so a lock left by a killed build must be deleted by hand once you know that build is gone (the error
-message names the object and its holder). Limit: a store that ignores ``If-None-Match`` (older MinIO or
-Ceph) cannot enforce the lock; we then read the lock back and refuse if another writer's token is there,
-which narrows the race to one round trip but cannot close it. Without boto3 the same read-back check is
-all we can do, and a warning says so.
+through boto3), which the store grants to exactly one writer. The build releases it in a ``finally``;
+``microturn build`` turns SIGTERM (what ``ray job stop`` sends) into ``SystemExit`` so that runs too
+(``exit_on_sigterm``). Nothing releases it when the holder is killed outright (SIGKILL, a lost node), so
+such a lock must be deleted by hand once you know that build is gone (the error message names the object
+and its holder).
+
+Limit: a store that ignores ``If-None-Match`` (older MinIO or Ceph) cannot enforce the lock. Before the
+PUT we check that no lock object exists, and after it we read the lock back and refuse when another
+writer's token is there. That refuses a second build whenever the first one's lock was already visible;
+two builds that start within the same moment (both check, then both PUT) can still both proceed, and the
+later PUT wins the object. Without boto3 the same checks are all we can do, and a warning says so.
 """
 
 from __future__ import annotations
@@ -128,6 +133,10 @@ def _create_exclusively(uri: str, body: bytes) -> None:
             raise OutputLocked(_held_message(uri)) from None
         storage.write_bytes_atomic(uri, body)
         return
+    # A store that ignores If-None-Match would let this PUT overwrite a holder's lock (and our read-back
+    # would then see our own token): refuse on a lock that is already there.
+    if storage.exists(uri):
+        raise OutputLocked(_held_message(uri))
     bucket, _, key = uri.partition("://")[2].partition("/")
     client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
     try:
@@ -136,3 +145,19 @@ def _create_exclusively(uri: str, body: bytes) -> None:
         if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
             raise OutputLocked(_held_message(uri)) from None
         raise
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``ray job stop``, ``kill``) into ``SystemExit`` so that ``finally`` blocks run and an
+    object-store lock is released. Only from the main thread (Python delivers signals there); the CLI's
+    build command calls it, a library caller keeps its own signal handling."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)

@@ -120,9 +120,9 @@ def run_one_session(
     config_hash = cfg.config_hash()
     try:
         if tokenizer_pool is not None:
-            from microturn.jobs.tokenizer_pool import PooledTokenizer
+            from microturn.jobs.tokenizer_pool import PooledTokenizer, tokenizer_timeout_s
 
-            tokenizer = PooledTokenizer(tokenizer_pool, spec.session_id, cfg.job.tokenizer_timeout_s or budget_s)
+            tokenizer = PooledTokenizer(tokenizer_pool, spec.session_id, tokenizer_timeout_s(cfg, budget_s))
         else:  # cached per worker process: models load once, not once per session
             tokenizer = LocalTokenizer(load_tokenizers(cfg.tokenizers))
         result = process_session(spec, cfg, tokenizer)

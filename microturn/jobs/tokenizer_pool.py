@@ -62,25 +62,58 @@ def actor_for(pool: list[Any], session_id: str) -> Any:
     return pool[int.from_bytes(digest[:4], "big") % len(pool)]
 
 
+# Share of a session's budget one actor call may take when ``job.tokenizer_timeout_s`` is not set.
+TOKENIZER_BUDGET_SHARE = 0.5
+
+
+class TokenizerTimeout(RuntimeError):
+    """A call to a tokenizer actor ran past its timeout; the actor was killed (Ray restarts it)."""
+
+
+def tokenizer_timeout_s(cfg: BuildConfig, session_budget_s: Optional[float]) -> Optional[float]:
+    """The timeout of one call to a tokenizer actor: ``job.tokenizer_timeout_s``, or else half the
+    session's budget.
+
+    Why not the whole budget: the driver's clock starts when it submits the session, before the task
+    even reaches the actor, so a timeout equal to the budget would never fire before the driver's
+    cut-off, and a hung actor would never be noticed (only its sessions cut off, one after another).
+    Half leaves the session's other stages the other half; tokenizing runs far faster than that."""
+    if cfg.job.tokenizer_timeout_s is not None:
+        return cfg.job.tokenizer_timeout_s
+    return None if session_budget_s is None else round(session_budget_s * TOKENIZER_BUDGET_SHARE, 3)
+
+
 class PooledTokenizer:
     """The ``SessionTokenizer`` a session task uses when tokenization runs in the actor pool.
 
-    Every call waits at most ``timeout_s`` (``ray.exceptions.GetTimeoutError`` past it), so a hung or
-    overloaded actor fails this session, with a reason, instead of holding its task forever."""
+    Every call waits at most ``timeout_s``. Past it the actor is killed with ``no_restart=False``
+    (Ray restarts it, up to ``job.max_retries`` times, so later sessions routed to it get a fresh one)
+    and this session fails with ``TokenizerTimeout`` (quarantined as ``internal:TokenizerTimeout``,
+    which ``--retry-failed`` runs again). Calls already queued on that actor fail with it and are
+    retried by Ray (``max_task_retries``)."""
 
     def __init__(self, pool: list[Any], session_id: str, timeout_s: Optional[float] = None) -> None:
-        import ray
-
         self._actor = actor_for(pool, session_id)
         self._timeout_s = timeout_s
-        info = ray.get(self._actor.info.remote(), timeout=timeout_s)
+        info = self._call("info")
         self.text_pad_id = info["text_pad_id"]
         self._describe = info["describe"]
 
     def tokenize(self, aligned: AlignedSession) -> TokenizedSession:
+        return self._call("tokenize", aligned)
+
+    def _call(self, method: str, *args: Any) -> Any:
         import ray
 
-        return ray.get(self._actor.tokenize.remote(aligned), timeout=self._timeout_s)
+        try:
+            return ray.get(getattr(self._actor, method).remote(*args), timeout=self._timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            log.warning("tokenizer actor call %s ran past %s s: restarting the actor", method, self._timeout_s)
+            ray.kill(self._actor, no_restart=False)
+            raise TokenizerTimeout(
+                f"the tokenizer actor did not answer {method}() within {self._timeout_s:g} s "
+                "(job.tokenizer_timeout_s; default half the session's budget); the actor was restarted"
+            ) from None
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self._describe

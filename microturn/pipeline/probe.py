@@ -18,7 +18,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 from microturn.records import MediaInfo, StageError, StreamInfo
-from microturn.storage import filesystem, is_remote, local_path
+from microturn.storage import filesystem, is_remote, local_path, stat
 
 if TYPE_CHECKING:
     from microturn.config import DecodeConfig
@@ -35,13 +35,16 @@ def open_container(uri: str, stage: str = "probe") -> Iterator[Any]:
     fh = None
     try:
         if is_remote(uri):
-            fs, path = filesystem(uri)
             try:
-                if not fs.exists(path):
+                st = stat(uri)
+                if st is None:
                     raise StageError(stage, "not_found", "input does not exist", source=uri)  # type: ignore[arg-type]
-                if fs.size(path) == 0:
+                if st.is_dir:
+                    raise StageError(stage, "unreadable", "input is a directory", source=uri)  # type: ignore[arg-type]
+                if st.size == 0:
                     raise StageError(stage, "empty_file", "input is a zero-byte file", source=uri)  # type: ignore[arg-type]
-                fh = fs.open(path, "rb")
+                fs, path = filesystem(uri)
+                fh = fs.open_input_file(path)  # seekable, ranged reads: PyAV reads only what it needs
             except StageError:
                 raise
             except Exception as exc:  # network / permission problems of the object store
@@ -132,6 +135,20 @@ def probe_media(uri: str, *, check_decode: bool = True) -> MediaInfo:
     """Describe one input. Raises ``StageError("probe", reason, message, source=uri)``."""
     with open_container(uri, "probe") as container:
         return describe_container(container, uri, check_decode=check_decode)
+
+
+def header_duration_s(uri: str) -> Optional[float]:
+    """A source's length from its headers alone, or None when they do not give one.
+
+    For the driver's time budgets: FFmpeg opens the file (a bounded read of its start, its stream
+    info) and nothing is demuxed or decoded, so a file whose streams hold no data is not read to
+    its end here (``probe_media`` checks that, in the session's own task). Raises ``StageError``
+    when the file cannot be opened."""
+    with open_container(uri, "probe") as container:
+        streams = tuple(_stream_info(s) for s in container.streams)
+        duration_s = container.duration / AV_TIME_BASE if container.duration else None
+        info = MediaInfo(uri=uri, format_name=container.format.name, duration_s=duration_s, streams=streams)
+    return media_duration_s(info)
 
 
 def describe_container(

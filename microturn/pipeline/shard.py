@@ -218,11 +218,7 @@ class ShardSink:
             return None
         doc = decode_json(storage.read_bytes(storage.join(self.shards_uri, marker)), where=marker)
         uri = storage.join(self.shards_uri, name)
-        if storage.is_remote(uri):
-            fs, path = storage.filesystem(uri)
-            size = fs.size(path)
-        else:
-            size = storage.local_path(uri).stat().st_size
+        size = storage.size(uri)
         if size != doc.get("bytes"):
             log.warning("shard %s has %s bytes, its marker says %s: rewriting it", name, size, doc.get("bytes"))
             return None

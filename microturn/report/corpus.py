@@ -64,10 +64,7 @@ def _parent(uri: str) -> str:
 
 
 def _is_dir(uri: str) -> bool:
-    if not storage.is_remote(uri):
-        return storage.local_path(uri).is_dir()
-    fs, path = storage.filesystem(uri)
-    return bool(fs.isdir(path))
+    return storage.is_dir(uri)
 
 
 def _shard_entry_uri(dataset_uri: str, entry: dict[str, Any]) -> str:
@@ -277,14 +274,7 @@ def sha256_of(uri: str, on_bytes: Optional[Callable[[int], None]] = None) -> tup
 
 
 def size_of(uri: str) -> Optional[int]:
-    if not storage.is_remote(uri):
-        p = storage.local_path(uri)
-        return p.stat().st_size if p.exists() else None
-    fs, path = storage.filesystem(uri)
-    try:
-        return int(fs.size(path))
-    except FileNotFoundError:
-        return None
+    return storage.size(uri)
 
 
 def load_build_config(dataset_uri: Optional[str]):

@@ -40,3 +40,27 @@ class Hang:
         if session_id == self.session_id:
             Path(self.marker).write_text(str(time.time()))
             time.sleep(self.seconds)
+
+
+@dataclass(frozen=True)
+class WaitForFile:
+    """Every session waits until ``release`` exists (bounded by ``max_s``), so the build is sure to be
+    running, and to hold its lock, until the test lets it go."""
+
+    release: str
+    max_s: float = 600.0
+
+    def __call__(self, session_id: str) -> None:
+        deadline = time.monotonic() + self.max_s
+        while not os.path.exists(self.release) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+class HangingTokenizer:
+    """A tokenizer actor double whose ``tokenize`` never returns; ``info`` names its process."""
+
+    def info(self) -> dict:
+        return {"text_pad_id": 0, "describe": {}, "pid": os.getpid()}
+
+    def tokenize(self, aligned: object) -> None:
+        time.sleep(3600)
