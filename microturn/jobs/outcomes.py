@@ -70,7 +70,7 @@ def check_config(out_uri: str, outcomes: dict[str, dict[str, Any]], config_hash:
     """Refuse to resume on work (session outcomes, or a finished corpus) built with another config."""
     stale = sorted(sid for sid, o in outcomes.items() if o.get("config_hash") != config_hash)
     finished = storage.join(out_uri, "dataset.json")
-    old_hash = json.loads(storage.read_bytes(finished)).get("config_hash") if storage.exists(finished) else None
+    old_hash = _finished_config_hash(finished) if storage.exists(finished) else None
     if not stale and old_hash in (None, config_hash):
         return
     what = f"{len(stale)} finished session(s) (e.g. {stale[0]})" if stale else "the finished corpus"
@@ -78,6 +78,20 @@ def check_config(out_uri: str, outcomes: dict[str, dict[str, Any]], config_hash:
         f"{out_uri} holds {what} built with another config (config hash {config_hash[:12]} now). Resuming "
         "would mix two configs in one corpus: re-run with --rebuild to discard the old work, or pick a new --out"
     )
+
+
+def _finished_config_hash(dataset_json_uri: str) -> Optional[str]:
+    """The config hash a finished corpus records; a dataset.json that cannot be read says nothing
+    about its config, so resuming onto it is refused like a mismatch (``--rebuild`` starts anew)."""
+    try:
+        doc = json.loads(storage.read_bytes(dataset_json_uri))
+        value = doc.get("config_hash")
+    except (ValueError, RecursionError, AttributeError) as exc:
+        raise ConfigMismatch(
+            f"{dataset_json_uri} cannot be read ({type(exc).__name__}), so the config of the corpus there is "
+            "unknown: re-run with --rebuild to discard the old work, or pick a new --out"
+        ) from None
+    return value if isinstance(value, str) else None
 
 
 def discard_all(out_uri: str) -> None:

@@ -64,6 +64,15 @@ def test_resuming_a_corpus_built_with_another_config_is_refused_unless_rebuilt(t
     assert json.loads((out / "dataset.json").read_text())["config_hash"] == other.config_hash()
 
 
+@pytest.mark.parametrize("damage", [b"{not json", b"[1, 2]", b"[" * 100_000])
+def test_a_damaged_dataset_json_is_a_config_mismatch_not_a_traceback(tmp_path, damage):
+    from microturn.jobs.outcomes import ConfigMismatch, check_config
+
+    (tmp_path / "dataset.json").write_bytes(damage)
+    with pytest.raises(ConfigMismatch, match="cannot be read.*--rebuild"):
+        check_config(str(tmp_path), {}, "h" * 64)
+
+
 def test_session_outcomes_built_with_another_config_are_refused(tmp_path):
     from microturn.config import load_config
     from microturn.jobs.build import run_build
