@@ -88,12 +88,19 @@ def synth_scenario(tmp: Path, sessions: int, duration: float, seed: int, cfg: Al
         row = {"session": spec.session_id, "leak_db": [truth.crosstalk[f"to_{m}"]["level_db"] for m in "AB"]}
         row["rir"] = [truth.crosstalk[f"to_{m}"].get("rir") for m in "AB"]
         row["overlap_truth"] = round(overlap_ratio(ref), 4)
-        for name, act in (("raw", raw), ("old", old), ("ours", ours)):
-            row[f"f1_{name}"] = [round(f1(ref[k], act[k]), 4) for k in range(2)]
-            row[f"overlap_{name}"] = round(overlap_ratio(act), 4)
+        row.update(scores(ref, raw=raw, old=old, ours=ours))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return {"sessions": rows}
+
+
+def scores(ref: np.ndarray, **runs: np.ndarray) -> dict:
+    """Per-speaker F1 and the overlap ratio of each attribution run against the reference."""
+    row = {}
+    for name, act in runs.items():
+        row[f"f1_{name}"] = [round(f1(ref[k], act[k]), 4) for k in range(ref.shape[0])]
+        row[f"overlap_{name}"] = round(overlap_ratio(act), 4)
+    return row
 
 
 def textgrid_spans(path: Path) -> dict[str, list[tuple[float, float]]]:
@@ -141,9 +148,7 @@ def michael_scenario(tmp: Path, cfg: AlignConfig) -> dict:
         raw, old, ours, origin = run_both(dialogue_spec(wav), cfg)
         ref = np.stack([frame_truth(spans[s], origin, raw.shape[1]) for s in ("michael", "sickmichael")])
         row = {"rirs": [f"rir{k + 1}", f"rir{(k + 1) % len(irs) + 1}"], "overlap_truth": round(overlap_ratio(ref), 4)}
-        for name, act in (("raw", raw), ("old", old), ("ours", ours)):
-            row[f"f1_{name}"] = [round(f1(ref[i], act[i]), 4) for i in range(2)]
-            row[f"overlap_{name}"] = round(overlap_ratio(act), 4)
+        row.update(scores(ref, raw=raw, old=old, ours=ours))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return {"mixes": rows}

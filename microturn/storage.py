@@ -183,10 +183,10 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # only a failed write leaves the temporary file
+        raise
+    _fsync_dir(target.parent)
 
 
 def _temporary_name(name: str) -> str:

@@ -9,13 +9,13 @@ model is configured, utterances go through whisperX alignment instead (see whisp
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal, Optional, Sequence
 
 from microturn.clock import GRID, to_fraction
+from microturn.manifest import loads_json_text
 from microturn.records import StageError, Word
 from microturn.storage import read_bytes
 
@@ -74,10 +74,8 @@ def parse_time(value: object) -> Fraction:
 
 def _load_json(text: str, uri: str) -> object:
     try:
-        return json.loads(text)
-    except RecursionError:
-        raise _bad(uri, "JSON nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, and over-long integers (int max_str_digits)
+        return loads_json_text(text)
+    except ValueError as exc:  # bad syntax, too deep nesting, over-long integers
         raise _bad(uri, f"not valid JSON: {exc}") from None
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from microturn import storage
 from microturn.config import BuildConfig
-from microturn.manifest import SessionSpec
+from microturn.manifest import SessionSpec, loads_json_text
 from microturn.records import Rejection
 
 WORK_DIR = "_work"
@@ -84,9 +84,8 @@ def _finished_config_hash(dataset_json_uri: str) -> Optional[str]:
     """The config hash a finished corpus records; a dataset.json that cannot be read says nothing
     about its config, so resuming onto it is refused like a mismatch (``--rebuild`` starts anew)."""
     try:
-        doc = json.loads(storage.read_bytes(dataset_json_uri))
-        value = doc.get("config_hash")
-    except (ValueError, RecursionError, AttributeError) as exc:
+        value = loads_json_text(storage.read_bytes(dataset_json_uri)).get("config_hash")
+    except (ValueError, AttributeError) as exc:  # not JSON, too deep, not an object
         raise ConfigMismatch(
             f"{dataset_json_uri} cannot be read ({type(exc).__name__}), so the config of the corpus there is "
             "unknown: re-run with --rebuild to discard the old work, or pick a new --out"

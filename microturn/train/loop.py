@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from microturn import storage
 from microturn.clock import FRAMES_PER_CHUNK
 from microturn.train.config import TrainConfig, load_train_config
 from microturn.train.loader import (
@@ -186,15 +187,6 @@ def latest_checkpoint(out_dir: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename (or unlink) inside ``folder`` durable: fsync the folder itself."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     out_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, tokens_seen: int,
     loaders: list[dict[str, Any]], cfg: TrainConfig, keep: int,
@@ -205,7 +197,6 @@ def save_checkpoint(
     folder = _checkpoint_dir(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:08d}.pt"
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -214,16 +205,8 @@ def save_checkpoint(
         "loaders": json.dumps(loaders),  # one state per rank
         "config": json.dumps(cfg.to_plain()),
     }
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
+    with storage.atomic_writer(str(path)) as fh:  # tmp, fsync, rename, fsync of the folder
+        torch.save(state, fh)
     for old in checkpoints(out_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -334,9 +317,7 @@ class MetricsLog:
             except (ValueError, TypeError, AttributeError):
                 pass  # a torn last line from a killed run: keep what cannot be judged
             kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        storage.write_bytes_atomic(str(self.path), "".join(f"{line}\n" for line in kept).encode("utf-8"))
 
 
 @torch.no_grad()

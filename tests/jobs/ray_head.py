@@ -6,7 +6,7 @@ Why each choice:
   user) left there. This head gets ``RAY_AUTH_MODE=token`` and a fresh token file named by
   ``RAY_AUTH_TOKEN_PATH``, which takes precedence over ``~/.ray``; every client the test runs gets the
   same two variables, as docs/cluster.md tells users to do.
-* ``ray stop`` stops every Ray process of the machine, a user's own cluster included. The head runs as
+* Ray's CLI stop command stops every Ray process of the machine, a user's own cluster included. The head runs as
   ``ray start --block`` in a process session of its own; SIGTERM to that process shuts down exactly the
   processes it started, and anything left in its session is killed by session id.
 * Every port is chosen free on 127.0.0.1 (Ray's defaults, such as the dashboard agent's 52365, would
