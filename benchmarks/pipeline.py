@@ -32,6 +32,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from microturn.clock import CODEC_RATE  # noqa: E402
+
 
 def _rss_tree_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (Ray workers are children of raylet)."""
@@ -98,7 +100,7 @@ def naive_build(manifest: Path, out: Path) -> float:
             for a in row["audio"]:
                 uri = a["uri"] if os.path.isabs(a["uri"]) else str(manifest.parent / a["uri"])
                 with av.open(uri) as c:
-                    rs = av.AudioResampler(format="flt", layout="mono", rate=24000)
+                    rs = av.AudioResampler(format="flt", layout="mono", rate=CODEC_RATE)
                     chunks = [f.to_ndarray() for fr in c.decode(audio=0) for f in rs.resample(fr)]
                     chunks += [f.to_ndarray() for f in rs.resample(None)]
                 waves.append(np.concatenate(chunks, axis=1)[0])
@@ -112,7 +114,7 @@ def naive_build(manifest: Path, out: Path) -> float:
                             frames.append(fr.to_ndarray(format="rgb24", width=64, height=64))
                             next_t += 0.2
             n = max(len(w) for w in waves)
-            media_s += n / 24000
+            media_s += n / CODEC_RATE
             codes = []
             for w in waves:
                 x = torch.from_numpy(np.pad(w, (0, n - len(w)))).view(1, 1, -1)

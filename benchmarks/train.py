@@ -68,18 +68,18 @@ def measured_cpu_peak_flops(seconds: float = 1.0) -> float:
 def run(cfg, device, batch: int, chunks: int, steps: int, dispatch: str) -> dict:
     import torch
 
-    from microturn.train.loop import _autocast, _param_groups
+    from microturn.train.step import autocast, param_groups
     from microturn.train.model import InteractionModel, train_flops_per_example
 
     torch.manual_seed(0)
     model = InteractionModel(cfg.model, video=cfg.data.video).to(device)
     net = torch.compile(model) if cfg.run.compile and device.type == "cuda" else model
-    opt = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-4, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=device.type == "cuda")
     data = random_batch(cfg, batch, chunks, device)
     resolved = model.blocks[0].moe.resolve_dispatch(device) if dispatch == "auto" else dispatch
 
     def step():
-        with _autocast(cfg, device):
+        with autocast(cfg, device):
             out = net(data, resolved)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -124,7 +124,7 @@ def main() -> None:
     import torch
 
     from microturn.train.config import load_train_config
-    from microturn.train.loop import PEAK_BF16_TFLOPS
+    from microturn.train.metrics import PEAK_BF16_TFLOPS
 
     cfg = load_train_config(args.config).replace(
         model={"audio_vocab": 1024, "text_vocab": 260, "frame_vocab": 1000, "frame_tokens": 64}

@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from microturn.align.transcripts import FORMATS as TRANSCRIPT_FORMATS
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -305,7 +307,18 @@ def stats(
         console.print(f"HTML report: [bold]{html}[/]")
 
 
-@app.command()
+# The transcript extensions come from the one registry of transcript formats.
+MANIFEST_HELP = (
+    "Build a session manifest from a folder of media.\n\n"
+    "Naming rule: <session>.mp4 (video) with <session>.<speaker>.wav or <session>_<speaker>.flac (one file "
+    "per speaker); a lone <session>.wav is two speakers when stereo (channel 0 = A, 1 = B; --mixed keeps "
+    "it as one mixed track) and a mixed track when mono; "
+    f"<session>{'/'.join(f.extension for f in TRANSCRIPT_FORMATS.values())} is its transcript. "
+    "A video without audio files uses its own audio track."
+)
+
+
+@app.command(help=MANIFEST_HELP)
 def manifest(
     folder: Path = typer.Argument(..., help="folder of media files (see the naming rule in --help)"),
     out: Path = typer.Option(..., "-o", "--out", help="manifest to write (.jsonl)"),
@@ -313,13 +326,8 @@ def manifest(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="look in sub-folders too"),
     language: Optional[str] = typer.Option(None, "--language", help="language code for every session"),
 ) -> None:
-    """Build a session manifest from a folder of media.
-
-    Naming rule: <session>.mp4 (video) with <session>.<speaker>.wav or <session>_<speaker>.flac (one file
-    per speaker); a lone <session>.wav is two speakers when stereo (channel 0 = A, 1 = B; --mixed keeps
-    it as one mixed track) and a mixed track when mono; <session>.json/.stm/.rttm/.ctm/.TextGrid is its
-    transcript. A video without audio files uses its own audio track.
-    """
+    """Build a session manifest from a folder of media (help: the naming rule, with the transcript
+    extensions of ``microturn.align.transcripts.FORMATS``)."""
     from microturn.report.folder_manifest import build_folder_manifest, write_folder_manifest
 
     with _user_errors():
@@ -360,11 +368,12 @@ def train(
         cfg = load_train_config(config, list(set_))
     except ConfigError as exc:
         _fail(str(exc))
-    from microturn.train.loader import TrainDataError
+    from microturn.errors import StageError, TrainDataError
 
     try:
         summary = train_loop(cfg, data, out)
-    except TrainDataError as exc:  # the data cannot be trained on (e.g. too many bad samples): say why
+    # the data cannot be trained on (e.g. too many bad samples), or run.device=cuda without CUDA: say why
+    except (TrainDataError, StageError) as exc:
         _fail(str(exc), code=1)
     print(json.dumps(summary, sort_keys=True, default=str))
 

@@ -63,11 +63,6 @@ def rescale(position: int, from_rate: int, to_rate: int, rounding: Rounding = "f
     return round_fraction(Fraction(position * to_rate, from_rate), rounding)
 
 
-def pts_to_seconds(pts: int, time_base: Fraction) -> Fraction:
-    """A container timestamp in seconds, exactly (PyAV gives time_base as a Fraction)."""
-    return Fraction(pts) * Fraction(time_base)
-
-
 @dataclass(frozen=True)
 class Grid:
     """The sample / codec-frame / chunk grid. Defaults are the EnCodec 24 kHz grid."""
@@ -93,6 +88,14 @@ class Grid:
     @property
     def chunk_seconds(self) -> Fraction:
         return Fraction(self.chunk_samples, self.sample_rate)
+
+    def steps_per_chunk(self, rate: Fraction) -> int:
+        """How many steps of a ``rate`` (per second) stream fit one chunk; a rate whose steps do not
+        tile a chunk exactly (Mimi's 12.5 Hz: 2.5 per 200 ms) cannot sit on this grid."""
+        steps = Fraction(rate) * self.chunk_seconds
+        if steps.denominator != 1 or steps <= 0:
+            raise ValueError(f"{rate} steps/s gives {steps} steps per {self.chunk_seconds} s chunk: not a whole number")
+        return int(steps)
 
     # seconds <-> samples (the edges)
     def seconds_to_samples(self, seconds: Seconds, rounding: Rounding = "nearest") -> int:

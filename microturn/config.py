@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from microturn.clock import GRID
 
 
 class ConfigError(ValueError):
@@ -153,10 +156,61 @@ class TextConfig(Section):
     tokenizer_json: Optional[Path] = None
 
 
+class DMelConfig(Section):
+    """dMel: log-mel energies per speaker stream, each channel cut into ``bins`` levels of a FIXED range
+    of natural-log mel power (the range is part of the fingerprint: corpora built anywhere share one
+    vocabulary). Defaults measured on real speech: see microturn/tokenizers/dmel.py."""
+
+    hop_samples: int = Field(320, gt=0, description="frame step at 24 kHz; must tile a 200 ms chunk")
+    window_samples: int = Field(1024, ge=2, description="STFT length (Hann), centred on each frame")
+    mel_channels: int = Field(80, gt=0)
+    bins: int = Field(16, ge=2, le=256, description="levels per channel (uint8 tokens)")
+    f_min_hz: float = Field(0.0, ge=0)
+    f_max_hz: float = Field(8000.0, gt=0, le=12000.0)
+    log_min: float = Field(-12.0, description="ln mel power at the bottom of bin 1 (below: bin 0, silence)")
+    log_max: float = Field(12.0, description="ln mel power at the top of the last bin (above: clipped)")
+    block_s: float = Field(4.0, gt=0, description="audio is processed in blocks of this length (bounded memory)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("hop_samples")
+    @classmethod
+    def _tiles_chunk(cls, v: int) -> int:
+        try:
+            GRID.steps_per_chunk(Fraction(GRID.sample_rate, v))
+        except ValueError:
+            raise ValueError(f"hop {v} samples does not tile a {GRID.chunk_samples}-sample (200 ms) chunk; "
+                             f"use a divisor of {GRID.chunk_samples}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DMelConfig":
+        if self.f_min_hz >= self.f_max_hz:
+            raise ValueError(f"f_min_hz {self.f_min_hz} must be below f_max_hz {self.f_max_hz}")
+        if self.log_min >= self.log_max:
+            raise ValueError(f"log_min {self.log_min} must be below log_max {self.log_max}")
+        return self
+
+
 class TokenizerConfig(Section):
+    representations: tuple[str, ...] = Field(
+        ("audio", "frames", "text"), description="what each session is tokenized into, by name "
+        "(microturn/tokenizers REPRESENTATIONS); each writes its own tar members")
     audio: AudioCodecConfig = AudioCodecConfig()
     frames: FrameCodecConfig = FrameCodecConfig()
     text: TextConfig = TextConfig()
+    dmel: DMelConfig = DMelConfig()
+
+    @field_validator("representations")
+    @classmethod
+    def _known_representations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from microturn.tokenizers import REPRESENTATIONS  # light: builders import torch only when called
+
+        unknown = [name for name in v if name not in REPRESENTATIONS]
+        if unknown:
+            raise ValueError(f"unknown representation(s) {unknown}; known: {sorted(REPRESENTATIONS)}")
+        if len(set(v)) != len(v) or not v:
+            raise ValueError("representations must be a non-empty list without repeats")
+        return v
 
 
 # ---------------------------------------------------------------- chunk / events / shard / job
@@ -208,7 +262,9 @@ class JobConfig(Section):
         description="timeout of one call to a tokenizer actor, which is then restarted "
         "(None = half the session's budget)",
     )
-    max_in_flight: Optional[int] = Field(None, gt=0, description="sessions in flight (None = the CPUs left for session tasks)")
+    max_in_flight: Optional[int] = Field(
+        None, gt=0, description="most session tasks in flight, never more than the cluster's CPUs left after the "
+        "tokenizer pool's actors (None = that many)")
     max_retries: int = Field(2, ge=0, description="retries of a task whose worker process died")
     object_store_mb: Optional[int] = Field(None, gt=0)
     tokenizer_actors: int = Field(

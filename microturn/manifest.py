@@ -10,12 +10,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Iterable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from microturn import storage
+from microturn.align.transcripts import TRANSCRIPT_FORMATS
+
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
-TRANSCRIPT_FORMATS = ("json", "stm", "rttm", "ctm", "textgrid")
 
 
 class ManifestError(ValueError):
@@ -68,7 +70,7 @@ class AudioSource(_Row):
 
 class TranscriptSource(_Row):
     uri: str = Field(min_length=1)
-    format: Literal["json", "stm", "rttm", "ctm", "textgrid"]
+    format: Literal[TRANSCRIPT_FORMATS]  # type: ignore[valid-type]  # the names of align.transcripts.FORMATS
 
 
 class SessionSpec(_Row):
@@ -196,17 +198,15 @@ def _manifest_base(uri: str) -> str:
 
 
 def _read_rows(uri: str) -> Iterable[tuple[int, Any]]:
-    from microturn.storage import open_input
-
     if uri.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        with open_input(uri) as fh:
+        with storage.open_input(uri) as fh:
             table = pq.read_table(fh)
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, {k: v for k, v in row.items() if v is not None or k in ("video", "transcript")}
         return
-    with open_input(uri) as fh:
+    with storage.open_input(uri) as fh:
         for i, raw in enumerate(fh.read().decode("utf-8").splitlines(), start=1):
             if not raw.strip() or raw.lstrip().startswith("#"):
                 continue
@@ -250,21 +250,32 @@ def load_manifest(uri: str | Path, *, strict: bool = False) -> tuple[list[Sessio
     return sessions, problems
 
 
-def write_manifest_jsonl(path: Path, sessions: Iterable[SessionSpec | dict[str, Any]]) -> Path:
-    lines = []
-    for s in sessions:
-        row = s.model_dump(mode="json", exclude_none=False) if isinstance(s, SessionSpec) else s
-        lines.append(json.dumps(row, sort_keys=True))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+def write_manifest(uri: str | Path, rows: Iterable[SessionSpec | Mapping[str, Any]]) -> str:
+    """Write a session manifest (atomically) and return its URI: the one manifest writer.
+
+    ``rows`` are ``SessionSpec``s or plain manifest rows (dicts). ``.parquet`` gives Parquet with ``meta``
+    as JSON text; any other name JSON Lines, one object per line with sorted keys. Rows are written as
+    given: validation is ``load_manifest``'s (a caller that builds rows checks them with ``parse_rows``).
+    """
+    uri = str(uri)
+    plain = [r.model_dump(mode="json") if isinstance(r, SessionSpec) else dict(r) for r in rows]
+    if uri.endswith(".parquet"):
+        data = _parquet_bytes(plain)
+    else:
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in plain).encode("utf-8")
+    storage.write_bytes_atomic(uri, data)
+    return uri
 
 
-def write_manifest_parquet(path: Path, sessions: Iterable[SessionSpec]) -> Path:
+def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
+    import io
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [s.model_dump(mode="json") for s in sessions]
     for r in rows:
-        r["meta"] = json.dumps(r["meta"], sort_keys=True)  # free-form: stored as JSON text
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
+        if "meta" in r:
+            r["meta"] = json.dumps(r["meta"], sort_keys=True)  # free-form: stored as JSON text
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()

@@ -7,11 +7,12 @@ disks) and renamed, so nothing half-written is ever visible under a final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Optional
+from typing import IO, Callable, Iterator, Optional
 
 
 def is_remote(uri: str) -> bool:
@@ -105,6 +106,25 @@ def size(uri: str) -> Optional[int]:
 def is_dir(uri: str) -> bool:
     st = stat(uri)
     return st is not None and st.is_dir
+
+
+def file_sha256_and_size(uri: str, on_bytes: Optional[Callable[[int], None]] = None,
+                         block_bytes: int = 1 << 22) -> tuple[str, int]:
+    """(sha256 hex digest, size in bytes) of the file at ``uri``, in one read of 4 MiB blocks;
+    ``on_bytes`` hears the size of every block (progress bars). Raises FileNotFoundError."""
+    h, size = hashlib.sha256(), 0
+    with open_input(uri) as fh:
+        while block := fh.read(block_bytes):
+            h.update(block)
+            size += len(block)
+            if on_bytes is not None:
+                on_bytes(len(block))
+    return h.hexdigest(), size
+
+
+def file_sha256(uri: str) -> str:
+    """sha256 hex digest of the file at ``uri``."""
+    return file_sha256_and_size(uri)[0]
 
 
 def join(base: str, *parts: str) -> str:

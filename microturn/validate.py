@@ -1,9 +1,10 @@
 """Validate a built dataset and report every problem found, not just the first.
 
 Fast mode reads dataset.json, checks every shard's size and sha256, the index and quarantine tables and
-the totals. Deep mode also opens every shard and decodes every sample: tar integrity, member names,
-dtypes and shapes against the grid, token ranges against the vocab sizes in dataset.json, monotonic
-times, fingerprints, and index <-> shard agreement row by row.
+the totals. Deep mode also opens every shard and decodes every sample as the member table says
+(dataset.json's ``members``, else the default table): tar integrity, member names, dtypes and shapes
+against the grid and dataset.json's stated sizes, token ranges against the vocab size of each member's
+tokenizer, monotonic times, fingerprints, and index <-> shard agreement row by row.
 
 Each problem is a ``Problem(code, where, message)``; ``ValidationReport.ok`` is false when there is
 any. ``report.raise_for_problems()`` raises ``DatasetInvalid`` (real exceptions, not ``assert``).
@@ -20,6 +21,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from microturn import storage
+from microturn.clock import FRAMES_PER_CHUNK
 from microturn.format import (
     DATASET_JSON,
     EVENT_KINDS,
@@ -30,6 +32,7 @@ from microturn.format import (
     INDEX_PARQUET,
     KEY_RE,
     MEMBERS,
+    MemberTable,
     QUARANTINE_COLUMNS,
     QUARANTINE_PARQUET,
     SHARDS_DIR,
@@ -41,9 +44,9 @@ from microturn.format import (
     is_plain_name,
     iter_samples,
     iter_tar,
+    known_dims_of_dataset,
+    member_table_of_dataset,
 )
-
-FRAMES_PER_CHUNK = 15
 
 
 @dataclass(frozen=True)
@@ -112,17 +115,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _size_and_sha256(uri: str, block: int = 1 << 22) -> tuple[Optional[int], str]:
-    """(bytes, sha256) of a file read in blocks, or (None, "") when it does not exist."""
-    h, size = hashlib.sha256(), 0
+def _size_and_sha256(uri: str) -> tuple[Optional[int], str]:
+    """(bytes, sha256) of a file, or (None, "") when it does not exist."""
     try:
-        with storage.open_input(uri) as fh:
-            while data := fh.read(block):
-                h.update(data)
-                size += len(data)
+        digest, size = storage.file_sha256_and_size(uri)
     except (FileNotFoundError, IsADirectoryError):
         return None, ""
-    return size, h.hexdigest()
+    return size, digest
 
 
 def _column_problem(schema: Any, column: str, typ: str) -> str:
@@ -144,6 +143,8 @@ class _Validator:
         self.index: list[dict[str, Any]] = []
         self.shard_names: list[str] = []
         self.present_shards: set[str] = set()
+        self.table: MemberTable = MEMBERS  # dataset.json's own table once read
+        self.known: dict[str, int] = {}  # dimension sizes dataset.json states (K, H, W)
 
     # ----------------------------------------------------------- dataset.json
 
@@ -168,7 +169,12 @@ class _Validator:
         for key in ("config_hash", "tokenizers", "shards", "totals"):
             if key not in doc:
                 r.add("bad_dataset_json", DATASET_JSON, f"missing key {key!r}")
-        for name in ("audio", "frames", "text"):
+        try:
+            self.table = member_table_of_dataset(doc)
+        except FormatError as exc:
+            r.add("bad_dataset_json", DATASET_JSON, exc.message)
+        self.known = known_dims_of_dataset(doc)
+        for name in sorted({m.tokenizer for m in self.table.values() if m.tokenizer}):
             tok = doc.get("tokenizers", {}).get(name)
             if not isinstance(tok, dict):
                 r.add("missing_tokenizer", DATASET_JSON, f"tokenizers.{name} is missing")
@@ -401,11 +407,11 @@ class _Validator:
         r = self.report
         if not KEY_RE.fullmatch(key):
             r.add("bad_key", where, "keys hold letters, digits, '_' and '-' only (no dots)")
-        unknown = sorted(set(members) - set(MEMBERS))
+        unknown = sorted(set(members) - set(self.table))
         if unknown:
             r.add("unknown_member", where, f"members not in the format: {unknown}")
         try:
-            sample = decode_sample(members, key)
+            sample = decode_sample(members, key, table=self.table, known=self.known)
         except FormatError as exc:
             r.add(exc.code, where, exc.message)
             return None
@@ -442,22 +448,19 @@ class _Validator:
                 self.report.add("token_range", where, f"{member} holds tokens in [{lo}, {hi}] (first bad at "
                                                       f"{bad}), {tokenizer} vocab_size is {vocab}")
 
-        check("codes.npy", s.codes, "audio")
-        check("text.npy", s.text, "text")
-        check("frames.npy", s.frames, "frames")
-        books = toks.get("audio", {}).get("codebooks")
-        if isinstance(books, int) and s.codes.shape[1] != books:
-            self.report.add("bad_shape", where, f"codes.npy has {s.codes.shape[1]} codebooks, "
-                                                f"tokenizers.audio.codebooks is {books}")
-        if s.activity.size and int(s.activity.max()) > 1:
-            self.report.add("token_range", where, f"activity.npy holds {int(s.activity.max())}, expected 0/1")
+        for spec in self.table.arrays:
+            if spec.tokenizer is not None:
+                check(spec.suffix, s.arrays[spec.suffix], spec.tokenizer)
+        activity = s.arrays["activity.npy"]
+        if activity.size and int(activity.max()) > 1:
+            self.report.add("token_range", where, f"activity.npy holds {int(activity.max())}, expected 0/1")
 
     def times(self, where: str, s: DecodedSample) -> None:
         r = self.report
         F, S = s.num_frames, s.num_streams
         chunks = F // FRAMES_PER_CHUNK
-        fc = s.frame_chunks
-        if fc.size and (np.any(np.diff(fc) <= 0) or fc[0] < 0 or fc[-1] >= chunks):
+        fc = s.arrays.get("frame_chunks.npy")  # video frames' chunks, where a representation has them
+        if fc is not None and fc.size and (np.any(np.diff(fc) <= 0) or fc[0] < 0 or fc[-1] >= chunks):
             r.add("non_monotonic", where, f"frame_chunks must increase strictly within [0, {chunks}), got "
                                           f"{fc[:8].tolist()}{'...' if fc.size > 8 else ''}")
         for label, items, kinds in (("words.json", s.words, None), ("events.json", s.events, EVENT_KINDS)):

@@ -1,4 +1,4 @@
-"""Shared fixtures: real synthetic media written with PyAV (see microturn/synth.py)."""
+"""Shared fixtures: real synthetic media written with PyAV (see microturn/synth/)."""
 
 from __future__ import annotations
 

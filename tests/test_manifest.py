@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from microturn.manifest import ManifestError, load_manifest, write_manifest_parquet
+from microturn.manifest import ManifestError, load_manifest, write_manifest
 
 
 def _write(tmp_path, rows, name="sessions.jsonl"):
@@ -77,10 +77,20 @@ def test_mixed_track_must_be_alone(tmp_path):
 
 def test_parquet_manifest_matches_jsonl(tmp_path):
     sessions, _ = load_manifest(_write(tmp_path, [GOOD, {**GOOD, "session_id": "s2", "video": None}]))
-    pq_path = write_manifest_parquet(tmp_path / "sessions.parquet", sessions)
+    pq_path = write_manifest(tmp_path / "sessions.parquet", sessions)
     again, problems = load_manifest(pq_path)
     assert problems == []
     assert again == sessions
+
+
+def test_jsonl_manifest_round_trips_specs_and_plain_rows(tmp_path):
+    sessions, _ = load_manifest(_write(tmp_path, [GOOD, {**GOOD, "session_id": "s2", "video": None}]))
+    again, problems = load_manifest(write_manifest(tmp_path / "out" / "a.jsonl", sessions))
+    assert problems == [] and again == sessions
+    path = write_manifest(tmp_path / "b.jsonl", [GOOD])
+    assert (tmp_path / "b.jsonl").read_text() == json.dumps(GOOD, sort_keys=True) + "\n"
+    assert load_manifest(path)[0][0].session_id == "s1"
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # written atomically
 
 
 def test_crafted_rows_are_row_problems_never_a_crash(tmp_path):

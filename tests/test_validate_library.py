@@ -12,7 +12,7 @@ import pytest
 
 from microturn.config import ChunkConfig, EventsConfig, ShardConfig
 from microturn.format import decode_sample, encode_sample
-from microturn.pipeline.chunk import make_samples, random_tokenized_session
+from tests.factories import random_tokenized_session
 from microturn.pipeline.events import detect_events
 from microturn.pipeline.shard import ShardSink, finalize_dataset
 from microturn.records import Rejection, Sample
@@ -28,7 +28,7 @@ CHUNK = ChunkConfig(window_chunks=20, hop_chunks=20)
 
 def session(i: int) -> list[Sample]:
     tok = random_tokenized_session(f"s{i}", 24000 * 9 + 500 * i, seed=i)
-    return make_samples(tok, detect_events(tok.aligned.activity, EventsConfig()), CHUNK)
+    return tok.samples(detect_events(tok.activity, EventsConfig()), CHUNK)
 
 
 def rebuild(sample: Sample, **arrays) -> Sample:
@@ -140,7 +140,7 @@ def test_a_sample_with_a_wrong_shape(tmp_path):
 def test_an_out_of_range_token(tmp_path):
     sessions = [session(0)]
     s = sessions[0][0]
-    codes = decode_sample(s.members).codes.copy()
+    codes = decode_sample(s.members).arrays["codes.npy"].copy()
     codes[1, 3, 17] = 1024  # the audio vocabulary is 0..1023
     sessions[0][0] = rebuild(s, codes=codes)
     build(tmp_path, sessions)
@@ -148,6 +148,30 @@ def test_an_out_of_range_token(tmp_path):
     assert problems(report) == [("token_range", f"shard-000000.tar:{s.key}")]
     assert "codes.npy holds tokens in [0, 1024] (first bad at [1, 3, 17]), audio vocab_size is 1024" in \
         report.problems[0].message
+
+
+def test_shapes_are_checked_against_the_sizes_dataset_json_states(copy):
+    doc = json.loads((copy / "dataset.json").read_text())
+    doc["tokenizers"]["audio"]["codebooks"] = 4
+    (copy / "dataset.json").write_text(json.dumps(doc))
+    report = validate_dataset(str(copy), deep=True)
+    assert report.codes() == {"bad_shape"} and len(report.problems) == 9  # every sample
+    assert "codes.npy has shape (2, 8, 300), the grid implies (2, 4, 300) (S=2, K=4, F=300)" in \
+        report.problems[0].message
+
+
+def test_samples_are_checked_against_the_members_dataset_json_declares(copy):
+    from microturn.format import DEFAULT_REPRESENTATION_MEMBERS, MemberSpec, member_table
+
+    mel = MemberSpec("mel.npy", "npy", "uint8", ("S", "M", "F"), "log-mel bins", 15)
+    doc = json.loads((copy / "dataset.json").read_text())
+    doc["members"] = member_table((*DEFAULT_REPRESENTATION_MEMBERS, mel)).to_json()
+    (copy / "dataset.json").write_text(json.dumps(doc))
+    report = validate_dataset(str(copy), deep=True)
+    assert report.codes() == {"missing_member"} and "missing mel.npy" in report.problems[0].message
+    doc["members"] = doc["members"][1:]  # without meta.json
+    (copy / "dataset.json").write_text(json.dumps(doc))
+    assert ("bad_dataset_json", "dataset.json") in problems(validate_dataset(str(copy)))
 
 
 def test_an_index_row_without_a_sample(copy):
@@ -192,8 +216,7 @@ def test_samples_with_another_tokenizer_fingerprint(tmp_path):
     s = sessions[0][0]
     d = decode_sample(s.members)
     members = encode_sample(meta={**d.meta, "fingerprints": {**d.meta["fingerprints"], "audio": "encodec:x"}},
-                            codes=d.codes, activity=d.activity, text=d.text, words=d.words, frames=d.frames,
-                            frame_chunks=d.frame_chunks, events=d.events)
+                            arrays=d.arrays, words=d.words, events=d.events)
     sessions[0][0] = Sample(s.key, members, {**s.index_row, "bytes": sum(map(len, members.values()))})
     build(tmp_path, sessions)
     report = validate_dataset(str(tmp_path), deep=True)

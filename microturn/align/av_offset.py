@@ -1,8 +1,9 @@
 """Residual audio/video offset: correlate audio loudness with what the picture does.
 
 Container timestamps place the video on the clock already (decode.py); this estimates what they
-cannot see, a sync error in the content. The video is decoded once more at its full frame rate into
-a tiny luma grid per frame (``GRID_CELLS`` x ``GRID_CELLS`` cells): brightness and motion per cell.
+cannot see, a sync error in the content. Decode's single pass keeps, on request, a tiny luma grid of
+every frame (``VideoTrace``, made by ``media/video.py``): brightness and motion per cell. This module
+only computes; it opens no file.
 For each candidate lag L (1 ms steps) the audio loudness of every stream is read at ``t - L`` for
 every frame time t, over a window of one frame interval, and correlated with every cell feature;
 the lag with the strongest correlation wins. Because loudness is evaluated at arbitrary times (not
@@ -16,20 +17,12 @@ as well (an ambiguous, periodic or static picture).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Optional, Sequence
 
 import numpy as np
 
 from microturn.clock import CODEC_RATE
-
-GRID_CELLS = 4
-
-
-@dataclass(frozen=True)
-class VideoTrace:
-    times_sample: np.ndarray  # int64 [n] presentation time of each frame on the session clock
-    features: np.ndarray  # float32 [n, k] per-cell brightness and motion
+from microturn.records import VideoTrace
 
 
 @dataclass(frozen=True)
@@ -37,41 +30,6 @@ class OffsetEstimate:
     offset_sample: int  # positive: video lags audio
     confidence: float
     peak_correlation: float
-
-
-def video_trace(uri: str, first_sample: int, first_s: Fraction, max_frames: int = 20_000) -> VideoTrace:
-    """Per-frame luma features of the whole video, timed on the session clock.
-
-    ``first_sample`` is where the first frame (container time ``first_s``) sits on the session clock
-    (``VideoFrames.offset_sample``)."""
-    from microturn.pipeline.probe import open_container
-
-    times: list[int] = []
-    cells: list[np.ndarray] = []
-    with open_container(uri, "align") as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        import av
-
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except (av.error.FFmpegError, ValueError):
-                continue
-            for frame in frames:
-                if frame.pts is None:
-                    continue
-                t = Fraction(frame.pts) * Fraction(frame.time_base)
-                times.append(first_sample + round((t - first_s) * CODEC_RATE))
-                small = frame.to_ndarray(format="gray", width=GRID_CELLS * 4, height=GRID_CELLS * 4, interpolation="AREA")
-                cells.append(small.reshape(GRID_CELLS, 4, GRID_CELLS, 4).mean(axis=(1, 3)).reshape(-1))
-            if len(times) >= max_frames:
-                break
-    order = np.argsort(np.asarray(times, dtype=np.int64), kind="stable")
-    t_arr = np.asarray(times, dtype=np.int64)[order]
-    luma = np.asarray(cells, dtype=np.float32)[order] if cells else np.zeros((0, GRID_CELLS**2), np.float32)
-    motion = np.abs(np.diff(luma, axis=0, prepend=luma[:1])) if len(luma) else luma
-    return VideoTrace(t_arr, np.concatenate([luma, motion], axis=1))
 
 
 def _zscore(x: np.ndarray, axis: int = 0) -> np.ndarray:

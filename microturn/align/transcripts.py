@@ -5,17 +5,21 @@ whether the segment is one word or a whole utterance). ``to_words`` places them 
 clock: word-level segments keep their own times (``timing="source"``); utterances are split into
 words with times shared out by character length (``timing="interpolated"``). When an alignment
 model is configured, utterances go through whisperX alignment instead (see whisperx_words.py).
+
+``FORMATS`` is the one list of transcript formats: the manifest's ``transcript.format`` values, the
+sidecar extensions ``microturn manifest`` recognises and the parsers all come from it. A new format is a
+parser here plus its entry (and its tests).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 from microturn.clock import GRID, to_fraction
-from microturn.manifest import loads_json_text
 from microturn.records import StageError, Word
 from microturn.storage import read_bytes
 
@@ -74,8 +78,10 @@ def parse_time(value: object) -> Fraction:
 
 def _load_json(text: str, uri: str) -> object:
     try:
-        return loads_json_text(text)
-    except ValueError as exc:  # bad syntax, too deep nesting, over-long integers
+        return json.loads(text)
+    except RecursionError:
+        raise _bad(uri, "not valid JSON: JSON nested too deeply") from None
+    except ValueError as exc:  # bad syntax, over-long integers
         raise _bad(uri, f"not valid JSON: {exc}") from None
 
 
@@ -212,7 +218,32 @@ def parse_textgrid(text: str, uri: str) -> list[Segment]:
     return out
 
 
-PARSERS = {"json": parse_json, "stm": parse_stm, "rttm": parse_rttm, "ctm": parse_ctm, "textgrid": parse_textgrid}
+@dataclass(frozen=True)
+class TranscriptFormat:
+    name: str  # the manifest's ``transcript.format``
+    extension: str  # of a sidecar file, as written (matched case-insensitively)
+    parse: Callable[[str, str], list[Segment]]  # (text, uri) -> segments
+
+
+FORMATS: dict[str, TranscriptFormat] = {
+    f.name: f
+    for f in (
+        TranscriptFormat("json", ".json", parse_json),
+        TranscriptFormat("stm", ".stm", parse_stm),
+        TranscriptFormat("rttm", ".rttm", parse_rttm),
+        TranscriptFormat("ctm", ".ctm", parse_ctm),
+        TranscriptFormat("textgrid", ".TextGrid", parse_textgrid),
+    )
+}
+TRANSCRIPT_FORMATS: tuple[str, ...] = tuple(FORMATS)
+
+
+def format_of_extension(extension: str) -> Optional[str]:
+    """The transcript format of a sidecar file extension (``".TextGrid"``, ``".stm"``...), or None."""
+    for f in FORMATS.values():
+        if f.extension.lower() == extension.lower():
+            return f.name
+    return None
 
 
 def read_transcript(uri: str, fmt: str) -> list[Segment]:
@@ -230,7 +261,7 @@ def read_transcript(uri: str, fmt: str) -> list[Segment]:
             text = raw.decode("utf-16")  # Praat writes UTF-16 TextGrids
         except UnicodeDecodeError:
             raise _bad(uri, "not UTF-8 or UTF-16 text") from None
-    segments = PARSERS[fmt](text, uri)
+    segments = FORMATS[fmt].parse(text, uri)
     for s in segments:
         if s.end_s < s.start_s or s.start_s < 0:
             raise _bad(uri, f"segment {s.text!r} has times {float(s.start_s)}..{float(s.end_s)}")

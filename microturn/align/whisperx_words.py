@@ -52,14 +52,6 @@ def ensure_punkt_tab(nltk_data_dir: Optional[Path] = None) -> Path:
     return root
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _require_dir(path: Optional[Path], what: str) -> Path:
     if path is None or not Path(path).exists():
         raise StageError("align", "model_missing", f"{what} not found at {path} (set it in the align config)")
@@ -306,7 +298,6 @@ __all__ = [
     "diarize",
     "ensure_punkt_tab",
     "load_whisper",
-    "resolve_device",
     "transcribe",
     "transcribe_regions",
 ]

@@ -4,7 +4,7 @@ Execution model (Ray Core; why not Ray Data: see docs/architecture.md):
 
 * the build holds an exclusive lock on its output (``jobs.lock``): one writer per corpus.
 * one Ray task per session runs every stage (``jobs.outcomes.run_one_session``) and writes the
-  session's samples to a *part* (``_work/sessions/<id>.tar``, atomic) plus a small summary, or a
+  session's samples to a *part* (``_work/sessions/<id>.tar``, atomic) plus its index rows and a small summary, or a
   reject marker with the reason. A part that exists is never recomputed: that is the resume state, and
   it records the config hash it was built with (a resume under another config is refused).
 * the driver keeps a bounded number of tasks in flight (backpressure), gives each session a time
@@ -182,14 +182,12 @@ class _InOrderFeeder:
         self.in_committed = sink.sessions_committed
 
     def drain(self) -> None:
-        from microturn.pipeline.shard import read_part
-
         outcomes = self.plan.outcomes
         while self.cursor < len(self.order) and self.order[self.cursor] in outcomes:
             sid = self.order[self.cursor]
             self.cursor += 1
             if outcomes[sid]["status"] == "ok" and sid not in self.in_committed:
-                self.sink.add_session(read_part(part_uri(self.plan.work_uri, sid, ".tar")))
+                self.sink.add_part(part_uri(self.plan.work_uri, sid, ".tar"))
 
 
 # ---------------------------------------------------------------- schedule
@@ -408,7 +406,8 @@ def _summarise(plan: _Plan, cfg: BuildConfig, sink: Any, timings: list[dict[str,
         plan.out_uri,
         sink,
         config_hash=cfg.config_hash(),
-        tokenizers=_agreed_tokenizers([outcomes[s] for s in ok]),
+        tokenizers=_agreed([outcomes[s] for s in ok], "tokenizers", {}),
+        members=_agreed([outcomes[s] for s in ok], "members", []),
         rejections=rejections,
         sessions_in=plan.rows_in,
     )
@@ -457,9 +456,9 @@ def _count_reasons(rejections: list[Rejection]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _agreed_tokenizers(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
-    """All sessions must have been tokenized by the same tokenizers (same fingerprints)."""
-    seen = {json.dumps(o.get("tokenizers", {}), sort_keys=True) for o in outcomes}
+def _agreed(outcomes: list[dict[str, Any]], key: str, empty: Any) -> Any:
+    """All sessions must have been tokenized the same way (same tokenizers, same member table)."""
+    seen = {json.dumps(o.get(key, empty), sort_keys=True) for o in outcomes}
     if len(seen) > 1:
-        raise RuntimeError(f"sessions were tokenized with different tokenizers: {sorted(seen)}")
-    return json.loads(seen.pop()) if seen else {}
+        raise RuntimeError(f"sessions were tokenized with different {key}: {sorted(seen)}")
+    return json.loads(seen.pop()) if seen else empty

@@ -1,6 +1,7 @@
 """A session's outcome on storage, and the Ray task that produces it (the worker side of the build).
 
-Per session, under ``OUT/_work/sessions/``: ``<id>.tar`` (its samples) plus ``<id>.json`` (summary) when
+Per session, under ``OUT/_work/sessions/``: ``<id>.tar`` (its samples), ``<id>.samples.json`` (the part's
+index rows and byte range, ``pipeline.shard.write_part``) and ``<id>.json`` (summary, written last) when
 it succeeded, or ``<id>.reject.json`` when it was rejected, by its task (bad data) or by the driver
 (timeout, dead worker, other Ray failures). Every outcome records the config hash it was built with.
 
@@ -21,7 +22,7 @@ from microturn.records import Rejection
 
 WORK_DIR = "_work"
 SESSIONS_DIR = "sessions"
-PART_SUFFIXES = (".reject.json", ".json", ".tar")
+PART_SUFFIXES = (".reject.json", ".json", ".samples.json", ".tar")
 
 # Called with the session id when a task starts. Production passes none; tests pass fault doubles
 # (a crash, a hang) through ``run_build(session_hooks=...)``.
@@ -51,12 +52,13 @@ def write_reject(work_uri: str, r: Rejection, config_hash: str) -> dict[str, Any
 def read_outcome(work_uri: str, session_id: str) -> Optional[dict[str, Any]]:
     """The recorded outcome of a session from an earlier (possibly killed) run, if any.
 
-    A reject wins over a part (see the module docstring); a summary without its tar is no outcome."""
+    A reject wins over a part (see the module docstring); a summary without its part is no outcome."""
     reject = part_uri(work_uri, session_id, ".reject.json")
     if storage.exists(reject):
         return json.loads(storage.read_bytes(reject))
     summary = part_uri(work_uri, session_id, ".json")
-    if storage.exists(summary) and storage.exists(part_uri(work_uri, session_id, ".tar")):
+    part = (part_uri(work_uri, session_id, suffix) for suffix in (".tar", ".samples.json"))
+    if storage.exists(summary) and all(storage.exists(uri) for uri in part):
         return json.loads(storage.read_bytes(summary))
     return None
 
@@ -144,7 +146,7 @@ def run_one_session(
         return write_reject(work_uri, rejection, config_hash)
     write_part(part_uri(work_uri, spec.session_id, ".tar"), result.samples)
     summary = result.summary()
-    summary.update(status="ok", tokenizers=tokenizer.describe(), config_hash=config_hash)
+    summary.update(status="ok", tokenizers=tokenizer.describe(), members=tokenizer.members(), config_hash=config_hash)
     storage.write_bytes_atomic(
         part_uri(work_uri, spec.session_id, ".json"), json.dumps(summary, sort_keys=True).encode()
     )

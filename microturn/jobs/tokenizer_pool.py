@@ -1,7 +1,7 @@
 """Tokenizer actors: the codecs loaded once per actor, on a GPU when the cluster has them.
 
-Session tasks (CPU) decode and align, then hand the aligned session to one of these actors and wait
-for the tokens. Which actor serves a session is a pure function of its id, so the routing is
+Session tasks (CPU) decode and align, then hand a ``TokenizeInput`` (waves, frames, words: the only
+time raw waves cross a process boundary) to one of these actors and wait for the ``Tokens``. Which actor serves a session is a pure function of its id, so the routing is
 reproducible; the tokens do not depend on it (every actor holds the same models).
 """
 
@@ -12,7 +12,7 @@ import logging
 from typing import Any, Optional
 
 from microturn.config import BuildConfig
-from microturn.records import AlignedSession, TokenizedSession
+from microturn.records import TokenizeInput, Tokens
 
 log = logging.getLogger("microturn.tokenizer_pool")
 
@@ -32,11 +32,11 @@ class TokenizerActor:
         cfg = TokenizerConfig.model_validate_json(tokenizer_cfg_json)
         self._local = LocalTokenizer(load_tokenizers(cfg))
 
-    def tokenize(self, aligned: AlignedSession) -> TokenizedSession:
-        return self._local.tokenize(aligned)
+    def tokenize(self, inp: TokenizeInput) -> Tokens:
+        return self._local.tokenize(inp)
 
     def info(self) -> dict[str, Any]:
-        return {"text_pad_id": self._local.text_pad_id, "describe": self._local.describe()}
+        return {"describe": self._local.describe(), "members": self._local.members()}
 
 
 def start_pool(cfg: BuildConfig, cluster_gpus: float) -> list[Any]:
@@ -96,11 +96,10 @@ class PooledTokenizer:
         self._actor = actor_for(pool, session_id)
         self._timeout_s = timeout_s
         info = self._call("info")
-        self.text_pad_id = info["text_pad_id"]
-        self._describe = info["describe"]
+        self._describe, self._members = info["describe"], info["members"]
 
-    def tokenize(self, aligned: AlignedSession) -> TokenizedSession:
-        return self._call("tokenize", aligned)
+    def tokenize(self, inp: TokenizeInput) -> Tokens:
+        return self._call("tokenize", inp)
 
     def _call(self, method: str, *args: Any) -> Any:
         import ray
@@ -117,3 +116,6 @@ class PooledTokenizer:
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self._describe
+
+    def members(self) -> list[dict[str, Any]]:
+        return self._members

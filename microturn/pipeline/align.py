@@ -27,11 +27,24 @@ import numpy as np
 from microturn.align import quality as q
 from microturn.align.crosstalk import attribute_activity, suppress_crosstalk
 from microturn.align.transcripts import Segment, channel_base, read_transcript, speaker_to_stream, to_words
-from microturn.align.vad import ONSET, OFFSET, VadUnavailable, binarize, energy_probability, speech_like_runs
+from microturn.align.vad import (
+    ONSET,
+    OFFSET,
+    VadUnavailable,
+    binarize,
+    energy_gate,
+    energy_probability,
+    load_pyannote,
+    pyannote_probability,
+    runs,
+    speech_like_runs,
+)
+from microturn.align.whisperx_words import align_segments, diarize, transcribe_regions
 from microturn.clock import ASR_RATE, CODEC_RATE, GRID, to_fraction
 from microturn.config import AlignConfig, QualityFilters
+from microturn.devices import resolve_device
 from microturn.manifest import SessionSpec
-from microturn.records import AlignedSession, AudioStream, DecodedSession, StageError, Word
+from microturn.records import AudioStream, DecodedMedia, StageError, Timeline, Word
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +52,7 @@ MIXED = "mixed"
 _UTTERANCE_GAP_S = Fraction(1, 2)  # word-level transcripts are regrouped into utterances for alignment
 
 
-def num_frames_of(decoded: DecodedSession) -> int:
+def num_frames_of(decoded: DecodedMedia) -> int:
     """Activity length: whole chunks of codec frames."""
     return GRID.chunk_to_frame(GRID.num_chunks(decoded.num_samples))
 
@@ -47,7 +60,7 @@ def num_frames_of(decoded: DecodedSession) -> int:
 # ---------------------------------------------------------------- 1. duplicate channels
 
 
-def route_duplicate_channels(decoded: DecodedSession, filters: QualityFilters) -> tuple[DecodedSession, list[str]]:
+def route_duplicate_channels(decoded: DecodedMedia, filters: QualityFilters) -> tuple[DecodedMedia, list[str]]:
     """Channels of one file that carry the same signal are one (mixed) voice, not two speakers."""
     streams = decoded.streams
     by_file: dict[str, list[int]] = {}
@@ -98,22 +111,20 @@ def all_duplicates(streams: Sequence[AudioStream], threshold: float) -> tuple[bo
 # ---------------------------------------------------------------- 2. activity
 
 
-def is_per_channel(decoded: DecodedSession) -> bool:
+def is_per_channel(decoded: DecodedMedia) -> bool:
     """Several streams, each one speaker's microphone (cross-talk attribution applies)."""
     return len(decoded.streams) >= 2 and all(s.speaker != MIXED for s in decoded.streams)
 
 
-def detect_activity(decoded: DecodedSession, cfg: AlignConfig, flags: list[str]) -> np.ndarray:
+def detect_activity(decoded: DecodedMedia, cfg: AlignConfig, flags: list[str]) -> np.ndarray:
     """uint8 [streams, frames] raw VAD decisions (before cross-talk suppression)."""
     frames = num_frames_of(decoded)
     probs: list[np.ndarray] = []
     inference = None
     if cfg.vad == "pyannote":
-        from microturn.align.vad import load_pyannote
-        from microturn.align.whisperx_words import resolve_device
 
         try:
-            inference = load_pyannote(resolve_device(cfg.device))
+            inference = load_pyannote(resolve_device(cfg.device, "align"))
         except VadUnavailable as exc:
             log.warning("pyannote VAD unavailable, using the energy detector: %s", exc)
             flags.append("vad:energy_fallback")
@@ -124,7 +135,6 @@ def detect_activity(decoded: DecodedSession, cfg: AlignConfig, flags: list[str])
     attributed = cfg.crosstalk == "attribute" and is_per_channel(decoded)
     for s in decoded.streams:
         if inference is not None:
-            from microturn.align.vad import energy_gate, pyannote_probability
 
             prob = pyannote_probability(inference, s.wave_16k, frames)
             probs.append(prob if attributed else prob * energy_gate(s.wave_24k, frames))
@@ -142,17 +152,16 @@ def detect_activity(decoded: DecodedSession, cfg: AlignConfig, flags: list[str])
 
 
 def diarize_mixed(
-    decoded: DecodedSession, activity: np.ndarray, cfg: AlignConfig, flags: list[str]
-) -> tuple[DecodedSession, np.ndarray]:
+    decoded: DecodedMedia, activity: np.ndarray, cfg: AlignConfig, flags: list[str]
+) -> tuple[DecodedMedia, np.ndarray]:
     if len(decoded.streams) != 1 or decoded.streams[0].speaker != MIXED:
         return decoded, activity
     if cfg.diarization_dir is None:
         flags.append("undiarized_mixed")
         return decoded, activity
-    from microturn.align.whisperx_words import diarize, resolve_device
 
     mixed = decoded.streams[0]
-    turns = diarize(mixed.wave_16k, cfg.diarization_dir, resolve_device(cfg.device))
+    turns = diarize(mixed.wave_16k, cfg.diarization_dir, resolve_device(cfg.device, "align"))
     labels = sorted({t[0] for t in turns})
     if not labels:
         flags.append("undiarized_mixed")
@@ -212,12 +221,11 @@ def _aligned_words(
     origin: Fraction,
 ) -> list[Word]:
     """whisperX forced alignment of one stream's utterances (times relative to the session clock)."""
-    from microturn.align.whisperx_words import align_segments, resolve_device
 
     if cfg.align_model_dir is None:
         raise StageError("align", "model_missing", "no alignment model directory configured")
     segs = [(t, float(a - origin), float(b - origin)) for t, a, b in utterances]
-    aligned = align_segments(wave_16k, segs, cfg.align_model_dir, language, resolve_device(cfg.device), cfg.nltk_data_dir)
+    aligned = align_segments(wave_16k, segs, cfg.align_model_dir, language, resolve_device(cfg.device, "align"), cfg.nltk_data_dir)
     words: list[Word] = []
     last_end = 0
     for text, start, end, score in aligned:
@@ -235,7 +243,6 @@ def _aligned_words(
 
 
 def _runs(row: np.ndarray) -> list[tuple[int, int]]:
-    from microturn.align.vad import runs
 
     return [(a, b) for on, a, b in runs(row) if on]
 
@@ -316,13 +323,12 @@ def _asr_words(
     """ASR of one stream where its speaker is active (never the other speakers' bleed), timed by
     whisperX alignment when an alignment model is set, else by Whisper's own word timestamps
     corrected by the stream's activity (``timing="whisper"``)."""
-    from microturn.align.whisperx_words import resolve_device, transcribe_regions
 
     per_frame = 1000 / float(GRID.frame_rate)
     mask = asr_mask(activity, k, round(cfg.asr_pad_ms / per_frame), round(cfg.asr_fill_gap_ms / per_frame))
     regions = speech_regions(mask, wave_16k.shape[0] / ASR_RATE)
     asr, lang = transcribe_regions(
-        wave_16k, regions, cfg.asr_model_dir, resolve_device(cfg.device), language,
+        wave_16k, regions, cfg.asr_model_dir, resolve_device(cfg.device, "align"), language,
         cfg.asr_batch_size, cfg.asr_beam_size, cfg.asr_threads,
     )
     if language is None and lang and f"asr_language:{lang}" not in flags:
@@ -345,7 +351,7 @@ def _asr_words(
 
 
 def find_words(
-    decoded: DecodedSession,
+    decoded: DecodedMedia,
     spec: SessionSpec,
     cfg: AlignConfig,
     flags: list[str],
@@ -353,7 +359,7 @@ def find_words(
 ) -> list[Word]:
     """Words of every stream. ``activity`` (uint8 [streams, frames], after cross-talk suppression)
     limits ASR to where each stream's speaker is active."""
-    origin = to_fraction(decoded.sources.get("origin", decoded.sources.get("origin_s", 0)))
+    origin = decoded.provenance.origin if decoded.provenance is not None else Fraction(0)
     speakers = [s.speaker for s in decoded.streams]
     channels = [s.channel for s in decoded.streams]
     language = decoded.language or spec.language or "en"
@@ -395,45 +401,45 @@ def find_words(
 
 
 def estimate_and_apply_av_offset(
-    decoded: DecodedSession, cfg: AlignConfig, flags: list[str]
-) -> tuple[DecodedSession, int, Optional[float]]:
-    if decoded.video is None or not decoded.sources.get("video"):
+    decoded: DecodedMedia, cfg: AlignConfig, flags: list[str]
+) -> tuple[DecodedMedia, int, Optional[float]]:
+    """From the luma trace decode kept (``decode_session(trace=True)``); the frames are picked again
+    from its frame candidates (``candidates=True``): no file is opened here."""
+    if decoded.video is None:
         return decoded, 0, None
-    from microturn.align.av_offset import estimate_av_offset, video_trace
+    from microturn.align.av_offset import estimate_av_offset
+    from microturn.media.video import repick_video
 
-    info = decoded.sources["video"]
-    trace = video_trace(info["uri"], decoded.video.offset_sample, to_fraction(info["start_s"] or 0))
-    est = estimate_av_offset([s.wave_24k for s in decoded.streams], trace, cfg.av_offset_max_ms)
+    est = None
+    if decoded.trace is not None:
+        est = estimate_av_offset([s.wave_24k for s in decoded.streams], decoded.trace, cfg.av_offset_max_ms)
     if est is None:
         flags.append("av_offset:unknown")
         return decoded, 0, None
     flags.append("av_offset:estimated")
     if cfg.apply_av_offset and est.confidence >= cfg.av_offset_min_confidence and abs(est.offset_sample) >= GRID.hop:
-        from microturn.pipeline.decode import redecode_video
-
-        video = redecode_video(decoded, Fraction(est.offset_sample, CODEC_RATE))
-        decoded = dataclasses.replace(decoded, video=video)
-        flags.append("av_offset:applied")
-    return decoded, est.offset_sample, est.confidence
+        if decoded.candidates is None:  # over decode's limit (see its warnings), or not asked for
+            flags.append("av_offset:not_applied")
+        else:
+            decoded = dataclasses.replace(decoded, video=repick_video(decoded, est.offset_sample))
+            flags.append("av_offset:applied")
+    return dataclasses.replace(decoded, trace=None, candidates=None), est.offset_sample, est.confidence
 
 
 # ---------------------------------------------------------------- the stage
 
 
-def align_session(decoded: DecodedSession, spec: SessionSpec, cfg: AlignConfig) -> AlignedSession:
-    """Put activity, words and quality of a decoded session on its clock. Raises ``StageError``."""
+def align_session(decoded: DecodedMedia, spec: SessionSpec, cfg: AlignConfig) -> tuple[DecodedMedia, Timeline]:
+    """Put activity, words and quality of a decoded session on its clock. Raises ``StageError``.
+
+    Returns the media as align leaves it (duplicate channels merged, a mixed track split by speaker,
+    video frames re-picked for a confident A/V offset) and the timeline found on it."""
     flags: list[str] = []
     decoded, dup_flags = route_duplicate_channels(decoded, cfg.filters)
     flags += dup_flags
     activity = detect_activity(decoded, cfg, flags)
     decoded, activity = diarize_mixed(decoded, activity, cfg, flags)
-    if is_per_channel(decoded) and "diarized_mixed" not in flags:
-        waves = [s.wave_24k for s in decoded.streams]
-        if cfg.crosstalk == "attribute":
-            activity = attribute_activity(activity, waves, cfg.min_speech_ms, cfg.min_silence_ms)
-        else:
-            activity = suppress_crosstalk(activity, waves, cfg.crosstalk_margin_db, cfg.min_speech_ms, cfg.min_silence_ms)
-        flags += ["crosstalk_suppressed", f"crosstalk:{cfg.crosstalk}"]
+    activity = _attribute_crosstalk(decoded, activity, cfg, flags)
     words = find_words(decoded, spec, cfg, flags, activity)
     quality = q.session_quality([s.wave_24k for s in decoded.streams], activity, decoded.num_samples, [s.speaker for s in decoded.streams])
     q.apply_filters(quality, cfg.filters, decoded.session_id)
@@ -442,8 +448,7 @@ def align_session(decoded: DecodedSession, spec: SessionSpec, cfg: AlignConfig) 
         decoded, av_offset, av_conf = estimate_and_apply_av_offset(decoded, cfg, flags)
         quality["av_offset_ms"] = round(av_offset * 1000 / CODEC_RATE, 2)
         quality["av_offset_confidence"] = av_conf
-    return AlignedSession(
-        decoded=decoded,
+    timeline = Timeline(
         activity=activity.astype(np.uint8),
         words=tuple(words),
         av_offset_sample=av_offset,
@@ -451,6 +456,20 @@ def align_session(decoded: DecodedSession, spec: SessionSpec, cfg: AlignConfig) 
         quality=quality,
         flags=tuple(flags),
     )
+    return decoded, timeline
+
+
+def _attribute_crosstalk(decoded: DecodedMedia, activity: np.ndarray, cfg: AlignConfig, flags: list[str]) -> np.ndarray:
+    """One speaker per microphone: each frame goes to the microphones whose own talker is the source."""
+    if not is_per_channel(decoded) or "diarized_mixed" in flags:
+        return activity
+    waves = [s.wave_24k for s in decoded.streams]
+    if cfg.crosstalk == "attribute":
+        activity = attribute_activity(activity, waves, cfg.min_speech_ms, cfg.min_silence_ms)
+    else:
+        activity = suppress_crosstalk(activity, waves, cfg.crosstalk_margin_db, cfg.min_speech_ms, cfg.min_silence_ms)
+    flags += ["crosstalk_suppressed", f"crosstalk:{cfg.crosstalk}"]
+    return activity
 
 
 __all__ = ["align_session", "num_frames_of", "route_duplicate_channels"]

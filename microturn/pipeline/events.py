@@ -13,10 +13,10 @@ Definitions (thresholds in ``EventsConfig``, documented in docs/format.md):
    utterance takes the floor unless it ends before the holder's speech so far, or the holder has speech
    that starts before it ends and outlasts it (a competing overlap the holder wins).
 4. **Gap**: the all-silent interval at a floor transfer (``min_gap_ms`` or longer); ``stream`` is the
-   previous holder, ``other`` the next.
+   next speaker, ``other`` the previous holder.
 5. **Pause**: a silence of the holder between two utterances of one turn; ``stream`` is the holder.
 6. **Overlap**: a stretch where two or more streams speak at once (``min_overlap_ms`` or longer);
-   ``stream`` is the speaker who was already talking, ``other`` the one who joined.
+   ``stream`` is the speaker who joined, ``other`` the one who was already talking.
 7. **Interruption**: a floor transfer in which the new speaker starts while the holder is speaking and
    the two overlap for at least ``interruption_min_overlap_ms``; it spans from the new speaker's onset
    to the moment the holder stops; ``stream`` is the interrupter, ``other`` the interrupted speaker. A

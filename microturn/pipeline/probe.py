@@ -5,6 +5,8 @@ video streams, so that an undecodable codec or a corrupt bitstream is caught her
 through a decode). ``probe_session`` probes every source of a session and checks that their
 durations agree. ``decode_session`` probes on its own open containers without the first-frame
 decode (its single decoding pass proves decodability, ``StageError("decode", "undecodable")``).
+Why a module of its own: these checks refuse a session before any decoding is spent on it (the
+driver reads ``header_duration_s`` to budget sessions); opening files is ``media.container``'s.
 
 Reason codes (``StageError("probe", reason, ...)``): ``not_found``, ``empty_file``, ``unreadable``,
 ``not_media``, ``no_media_streams``, ``no_audio_stream``, ``no_video_stream``, ``zero_duration``,
@@ -13,69 +15,17 @@ Reason codes (``StageError("probe", reason, ...)``): ``not_found``, ``empty_file
 
 from __future__ import annotations
 
-import contextlib
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
+from microturn.media.container import open_container
 from microturn.records import MediaInfo, StageError, StreamInfo
-from microturn.storage import filesystem, is_remote, local_path, stat
 
 if TYPE_CHECKING:
     from microturn.config import DecodeConfig
     from microturn.manifest import SessionSpec
 
 AV_TIME_BASE = 1_000_000  # FFmpeg's container-level time base (microseconds)
-
-
-@contextlib.contextmanager
-def open_container(uri: str, stage: str = "probe") -> Iterator[Any]:
-    """``av.open`` for a URI, turning every way a file can fail to open into a ``StageError``."""
-    import av
-
-    fh = None
-    try:
-        if is_remote(uri):
-            try:
-                st = stat(uri)
-                if st is None:
-                    raise StageError(stage, "not_found", "input does not exist", source=uri)  # type: ignore[arg-type]
-                if st.is_dir:
-                    raise StageError(stage, "unreadable", "input is a directory", source=uri)  # type: ignore[arg-type]
-                if st.size == 0:
-                    raise StageError(stage, "empty_file", "input is a zero-byte file", source=uri)  # type: ignore[arg-type]
-                fs, path = filesystem(uri)
-                fh = fs.open_input_file(path)  # seekable, ranged reads: PyAV reads only what it needs
-            except StageError:
-                raise
-            except Exception as exc:  # network / permission problems of the object store
-                raise StageError(stage, "unreadable", f"cannot open: {exc}", source=uri) from exc  # type: ignore[arg-type]
-            target: Any = fh
-        else:
-            path_l = local_path(uri)
-            if not path_l.exists():
-                raise StageError(stage, "not_found", "input does not exist", source=uri)  # type: ignore[arg-type]
-            if path_l.is_dir():
-                raise StageError(stage, "unreadable", "input is a directory", source=uri)  # type: ignore[arg-type]
-            if path_l.stat().st_size == 0:
-                raise StageError(stage, "empty_file", "input is a zero-byte file", source=uri)  # type: ignore[arg-type]
-            target = str(path_l)
-        try:
-            container = av.open(target, metadata_errors="ignore")
-        except PermissionError as exc:
-            raise StageError(stage, "unreadable", f"permission denied: {exc}", source=uri) from exc  # type: ignore[arg-type]
-        except (av.error.InvalidDataError, av.error.FFmpegError, ValueError) as exc:
-            raise StageError(
-                stage, "not_media", f"not a media file FFmpeg can read ({exc.__class__.__name__}: {exc})", source=uri  # type: ignore[arg-type]
-            ) from exc
-        except OSError as exc:
-            raise StageError(stage, "unreadable", f"cannot read: {exc}", source=uri) from exc  # type: ignore[arg-type]
-        try:
-            yield container
-        finally:
-            container.close()
-    finally:
-        if fh is not None:
-            fh.close()
 
 
 def _seconds(value: Optional[int], time_base: Optional[Fraction]) -> Optional[float]:
@@ -282,7 +232,12 @@ def probe_session(
             infos[uri] = describe_container(containers[uri], uri, check_decode=check_decode, read_packets=kept)
         else:
             infos[uri] = probe_media(uri, check_decode=check_decode)
+    _check_lengths(_source_lengths(spec, cfg, infos), cfg, spec.session_id)
+    return infos
 
+
+def _source_lengths(spec: "SessionSpec", cfg: "DecodeConfig", infos: Mapping[str, MediaInfo]) -> dict[str, float]:
+    """Each source's length (when its headers give one), after checking it has the streams asked for."""
     lengths: dict[str, float] = {}
     for a in spec.audio:
         info = infos[a.uri]
@@ -314,7 +269,11 @@ def probe_session(
         d = media_duration_s(info, "video" if spec.audio else None)
         if d is not None:
             lengths[spec.video.uri] = d
+    return lengths
 
+
+def _check_lengths(lengths: Mapping[str, float], cfg: "DecodeConfig", session_id: str) -> None:
+    """Every source within ``[min_duration_s, max_duration_s]``, all within ``duration_tolerance_s``."""
     for uri, d in lengths.items():
         if d < cfg.min_duration_s:
             raise StageError("probe", "too_short", f"{d:.3f} s is shorter than {cfg.min_duration_s} s", source=uri)
@@ -328,6 +287,5 @@ def probe_session(
                 "probe",
                 "duration_mismatch",
                 f"source durations differ by {hi - lo:.2f} s (> {cfg.duration_tolerance_s} s): {detail}",
-                source=spec.session_id,
+                source=session_id,
             )
-    return infos

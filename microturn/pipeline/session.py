@@ -1,5 +1,9 @@
 """One session through every stage: decode -> align -> tokenize -> events -> chunk.
 
+Records carry what the next stage needs: decode gives ``DecodedMedia`` (the only record with waves),
+align a ``Timeline`` beside it, tokenization reads a ``TokenizeInput`` and gives ``Tokens``, and
+chunking takes the session's ``SessionHeader``, timeline, tokens and events.
+
 This is the unit of work the Ray job schedules (microturn/jobs/build.py), and it runs the same
 without Ray (tests, benchmarks, debugging). Bookkeeping shared by all stages — timing, media seconds,
 the stage that failed — lives here once instead of in every stage.
@@ -9,13 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from microturn.clock import GRID
 from microturn.config import BuildConfig
+from microturn.format import member_table
 from microturn.manifest import SessionSpec
-from microturn.records import AlignedSession, Sample, StageError, TokenizedSession
+from microturn.pipeline.align import align_session
+from microturn.pipeline.chunk import make_samples
+from microturn.pipeline.decode import decode_session
+from microturn.pipeline.events import detect_events, session_event_stats
+from microturn.pipeline.tokenize import tokenize_input, tokenize_session
+from microturn.records import DecodedMedia, Sample, StageError, Timeline, TokenizeInput, Tokens
 
 if TYPE_CHECKING:
     from microturn.tokenizers import TokenizerSet
@@ -87,26 +97,15 @@ def _local_sources(spec: SessionSpec) -> Iterator[SessionSpec]:
         yield SessionSpec.model_validate(data)
 
 
-def _with_original_uris(decoded: Any, local: SessionSpec, original: SessionSpec) -> Any:
+def _with_original_uris(media: DecodedMedia, local: SessionSpec, original: SessionSpec) -> DecodedMedia:
     """Provenance names the URIs of the manifest, not the temporary local copies."""
     if local is original:
-        return decoded
-    from dataclasses import replace
-
+        return media
     mapping = dict(zip(local.source_uris(), original.source_uris()))
-
-    def swap(x: Any) -> Any:
-        if isinstance(x, str):
-            return mapping.get(x, x)
-        if isinstance(x, dict):
-            return {k: swap(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return type(x)(swap(v) for v in x)
-        return x
-
-    streams = tuple(replace(s, source_uri=swap(s.source_uri)) for s in decoded.streams)
-    video = replace(decoded.video, source_uri=swap(decoded.video.source_uri)) if decoded.video else None
-    return replace(decoded, streams=streams, video=video, sources=swap(decoded.sources))
+    streams = tuple(replace(s, source_uri=mapping.get(s.source_uri, s.source_uri)) for s in media.streams)
+    video = replace(media.video, source_uri=mapping.get(media.video.source_uri, media.video.source_uri)) if media.video else None
+    provenance = media.provenance.with_uris(mapping) if media.provenance is not None else None
+    return replace(media, streams=streams, video=video, provenance=provenance)
 
 
 def _with_original_source(err: StageError, local: SessionSpec, original: SessionSpec) -> StageError:
@@ -125,73 +124,78 @@ def _with_original_source(err: StageError, local: SessionSpec, original: Session
 class SessionTokenizer(Protocol):
     """What the session runner needs from tokenization: in this process or in a Ray actor pool."""
 
-    text_pad_id: int
-
-    def tokenize(self, aligned: AlignedSession) -> TokenizedSession: ...
+    def tokenize(self, inp: TokenizeInput) -> Tokens: ...
 
     def describe(self) -> dict[str, dict[str, Any]]: ...
 
+    def members(self) -> list[dict[str, Any]]: ...
+
 
 class LocalTokenizer:
-    """Tokenize in the calling process with an already loaded ``TokenizerSet``."""
+    """Tokenize in the calling process with already loaded representations."""
 
     def __init__(self, toks: "TokenizerSet") -> None:
         self.toks = toks
-        self.text_pad_id = toks.text.pad_id
 
-    def tokenize(self, aligned: AlignedSession) -> TokenizedSession:
-        from microturn.pipeline.tokenize import tokenize_session
-
-        return tokenize_session(aligned, self.toks)
+    def tokenize(self, inp: TokenizeInput) -> Tokens:
+        return tokenize_session(inp, self.toks)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Fingerprints and vocabularies, as dataset.json records them (the validator checks token ranges)."""
-        t = self.toks
-        return {
-            "audio": {"fingerprint": t.audio.fingerprint, "vocab_size": t.audio.vocab_size,
-                      "codebooks": t.audio.num_codebooks},
-            "frames": {"fingerprint": t.frames.fingerprint, "vocab_size": t.frames.vocab_size,
-                       "grid": list(t.frames.grid)},
-            "text": {"fingerprint": t.text.fingerprint, "vocab_size": t.text.vocab_size},
-        }
+        return self.toks.describe()
+
+    def members(self) -> list[dict[str, Any]]:
+        """The member table of the samples it makes, as dataset.json lists it."""
+        return member_table(self.toks.member_specs()).to_json()
 
 
-def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionTokenizer) -> SessionResult:
-    """Run every stage on one session. Data problems raise ``StageError`` (-> quarantine);
-    an unexpected exception is re-raised as ``StageError(stage, "internal:<Type>")`` so that the
-    failing stage is always named."""
-    from microturn.pipeline.align import align_session
-    from microturn.pipeline.chunk import make_samples
-    from microturn.pipeline.decode import decode_session
-    from microturn.pipeline.events import detect_events, session_event_stats
-
-    clock = _StageClock()
+def _decode_and_align(spec: SessionSpec, cfg: BuildConfig, clock: _StageClock) -> tuple[DecodedMedia, Timeline]:
+    """The media stages, on local copies of the sources (removed when this returns)."""
     local_spec = spec
     try:
         with contextlib.ExitStack() as stack:
             with clock.stage("fetch"):
                 local_spec = stack.enter_context(_local_sources(spec))
             with clock.stage("decode"):
-                decoded = _with_original_uris(decode_session(local_spec, cfg.decode), local_spec, spec)
+                # the A/V offset is estimated from this pass: nothing after decode opens the files
+                estimate = cfg.align.estimate_av_offset
+                media = decode_session(local_spec, cfg.decode, trace=estimate,
+                                       candidates=estimate and cfg.align.apply_av_offset)
+                media = _with_original_uris(media, local_spec, spec)
             with clock.stage("align"):
-                aligned = align_session(decoded, local_spec, cfg.align)
-        with clock.stage("tokenize"):
-            tokenized = tokenizer.tokenize(aligned)
-        with clock.stage("chunk"):
-            events = detect_events(aligned.activity, cfg.events)
-            samples = make_samples(tokenized, events, cfg.chunk, text_pad_id=tokenizer.text_pad_id)
-            event_stats = session_event_stats(aligned.activity, events, cfg.events)
+                return align_session(media, local_spec, cfg.align)
     except StageError as err:
         raise _with_original_source(err, local_spec, spec) from err
     except Exception as exc:  # a bug or an unforeseen input: keep the job alive, name the stage
         err = StageError(clock.current, f"internal:{type(exc).__name__}", str(exc) or repr(exc))
         raise _with_original_source(err, local_spec, spec) from exc
-    media_s = float(GRID.samples_to_seconds(decoded.num_samples))
+
+
+def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionTokenizer) -> SessionResult:
+    """Run every stage on one session. Data problems raise ``StageError`` (-> quarantine);
+    an unexpected exception is re-raised as ``StageError(stage, "internal:<Type>")`` so that the
+    failing stage is always named."""
+    clock = _StageClock()
+    media, timeline = _decode_and_align(spec, cfg, clock)
+    try:
+        with clock.stage("tokenize"):
+            tokens = tokenizer.tokenize(tokenize_input(media, timeline))
+        header, num_samples, warnings = media.header(), media.num_samples, media.warnings
+        del media  # the waves are not needed past tokenization: free them before chunking
+        with clock.stage("chunk"):
+            events = detect_events(timeline.activity, cfg.events)
+            samples = make_samples(header, timeline, tokens, events, cfg.chunk)
+            event_stats = session_event_stats(timeline.activity, events, cfg.events)
+    except StageError:
+        raise
+    except Exception as exc:
+        raise StageError(clock.current, f"internal:{type(exc).__name__}", str(exc) or repr(exc)) from exc
     stats = {
         "events": event_stats,
-        "quality": aligned.quality,
-        "flags": list(aligned.flags),
-        "warnings": list(decoded.warnings),
-        "streams": len(decoded.streams),
+        "quality": timeline.quality,
+        "flags": list(timeline.flags),
+        "warnings": list(warnings),
+        "streams": len(header.streams),
     }
+    media_s = float(GRID.samples_to_seconds(num_samples))
     return SessionResult(spec.session_id, samples, media_s, clock.seconds, stats)

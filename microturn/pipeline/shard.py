@@ -17,12 +17,12 @@ import contextlib
 import hashlib
 import io
 import logging
-import tarfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from microturn import storage
 from microturn.config import ShardConfig
+from microturn.errors import FormatError
 from microturn.format import (
     DATASET_JSON,
     FORMAT_NAME,
@@ -32,98 +32,87 @@ from microturn.format import (
     QUARANTINE_COLUMNS,
     QUARANTINE_PARQUET,
     SHARDS_DIR,
+    TarStream,
     arrow_schema,
     decode_json,
     encode_json,
-    index_row_from_meta,
-    iter_samples,
     jsonable,
-    ordered_members,
 )
 from microturn.records import Rejection, Sample
 
 log = logging.getLogger(__name__)
 
-BLOCK = tarfile.BLOCKSIZE  # 512
-RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads archives to this, so do we
 
+class _ShardStream(TarStream):
+    """A TarStream that also appends samples already tarred elsewhere (a part's byte range, as it is)."""
 
-def tar_header(name: str, size: int) -> bytes:
-    """A deterministic header for a regular file member."""
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-
-
-class TarStream:
-    """Append tar members to a binary file handle, hashing and counting the bytes as they go."""
-
-    def __init__(self, fh: IO[bytes]):
-        self.fh = fh
-        self.sha256 = hashlib.sha256()
-        self.bytes = 0
-        self.samples = 0
-
-    def _write(self, data: bytes | memoryview) -> None:
-        self.fh.write(data)
-        self.sha256.update(data)
-        self.bytes += len(data)
-
-    def add(self, name: str, data: bytes) -> None:
-        self._write(tar_header(name, len(data)))
+    def add_tarred(self, data: bytes) -> None:
         self._write(data)
-        if len(data) % BLOCK:
-            self._write(b"\0" * (BLOCK - len(data) % BLOCK))
-
-    def add_sample(self, key: str, members: Mapping[str, bytes]) -> None:
-        for suffix, data in ordered_members(members):
-            self.add(f"{key}.{suffix}", data)
-        self.samples += 1
-
-    def finish(self) -> None:
-        """End-of-archive (two zero blocks), padded to a whole record."""
-        end = self.bytes + 2 * BLOCK
-        self._write(b"\0" * (2 * BLOCK + (-end) % RECORD))
-
-
-def sample_tar_bytes(samples: Iterable[Sample]) -> bytes:
-    """The tar bytes of ``samples`` in memory (for tests and small parts)."""
-    buf = io.BytesIO()
-    stream = TarStream(buf)
-    for s in samples:
-        stream.add_sample(s.key, s.members)
-    stream.finish()
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- per-session parts (resume)
 
 
-def write_part(uri: str, samples: Sequence[Sample]) -> dict[str, Any]:
-    """Write one session's samples as a tar (atomic) so a resumed job need not recompute them."""
+@dataclass(frozen=True)
+class PartSummary:
+    """What a part holds, written beside it so the shard sink neither re-parses nor re-tars it: the
+    samples are the part's first ``samples_bytes`` bytes, in the exact tar blocks a shard holds."""
+
+    session_id: str
+    tar_sha256: str
+    tar_bytes: int
+    samples_bytes: int
+    rows: tuple[dict[str, Any], ...]  # index rows (without ``shard``), in sample order
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "tar_sha256": self.tar_sha256, "tar_bytes": self.tar_bytes,
+                "samples_bytes": self.samples_bytes, "rows": list(self.rows)}
+
+
+def part_summary_uri(part_uri: str) -> str:
+    """``<id>.tar`` -> ``<id>.samples.json``."""
+    return part_uri.removesuffix(".tar") + ".samples.json"
+
+
+def write_part(uri: str, samples: Sequence[Sample]) -> PartSummary:
+    """Write one session's samples as a tar, then its summary (both atomic, in that order), so a resumed
+    job need not recompute them and the sink copies them into a shard as they are."""
     with storage.atomic_writer(uri) as fh:
         stream = TarStream(fh)
         for s in samples:
             stream.add_sample(s.key, s.members)
+        samples_bytes = stream.bytes
         stream.finish()
-    sessions = sorted({str(s.index_row["session_id"]) for s in samples})
-    return {"uri": uri, "sha256": stream.sha256.hexdigest(), "bytes": stream.bytes, "samples": stream.samples,
-            "sessions": sessions}
+    summary = PartSummary(session_id=_session_of(samples) if samples else "",
+                          tar_sha256=stream.sha256.hexdigest(), tar_bytes=stream.bytes, samples_bytes=samples_bytes,
+                          rows=tuple(dict(s.index_row) for s in samples))
+    storage.write_bytes_atomic(part_summary_uri(uri), encode_json(jsonable(summary.to_json())))
+    return summary
 
 
-def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
-    """Rebuild a ``Sample`` (index row included) from its tar members."""
-    meta = decode_json(members["meta.json"], where=key)
-    return Sample(key=key, members=members, index_row=index_row_from_meta(key, meta, sum(map(len, members.values()))))
+def read_part_summary(part_uri: str) -> PartSummary:
+    doc = decode_json(storage.read_bytes(part_summary_uri(part_uri)), where=part_summary_uri(part_uri))
+    return PartSummary(session_id=doc["session_id"], tar_sha256=doc["tar_sha256"], tar_bytes=doc["tar_bytes"],
+                       samples_bytes=doc["samples_bytes"], rows=tuple(doc["rows"]))
 
 
-def read_part(uri: str) -> list[Sample]:
-    return [sample_from_members(k, m) for k, m in iter_samples(uri)]
+def _session_of(samples: Sequence[Sample]) -> str:
+    sid = str(samples[0].index_row["session_id"])
+    if any(str(s.index_row["session_id"]) != sid for s in samples):
+        raise ValueError("the samples belong to more than one session")
+    return sid
+
+
+def _copy_range(uri: str, nbytes: int, write: Callable[[bytes], None], block_bytes: int = 1 << 22) -> None:
+    """Pass the first ``nbytes`` bytes of ``uri`` to ``write``, a block at a time."""
+    left = nbytes
+    with storage.open_input(uri) as fh:
+        while left > 0:
+            block = fh.read(min(block_bytes, left))
+            if not block:
+                raise FormatError("truncated_part", f"ends {left} bytes before its samples do", where=uri)
+            write(block)
+            left -= len(block)
 
 
 # ---------------------------------------------------------------- shards
@@ -157,29 +146,29 @@ def marker_name(name: str) -> str:
 class _OpenShard:
     name: str
     stack: contextlib.ExitStack
-    stream: TarStream
+    stream: _ShardStream
     sessions: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ShardSink:
-    """Receives samples in a deterministic order and writes them into shards.
+    """Receives whole sessions in a deterministic order and writes them into shards.
 
-    Feed whole sessions with ``add_session`` (or samples one by one with ``add``: a change of
-    ``session_id`` ends a session). ``close()`` commits the last shard and returns every shard's
-    ``ShardInfo``; ``rows`` holds the index rows (with their ``shard``) of every committed shard.
+    Feed a session's part with ``add_part`` (its tar bytes are copied as they are, its index rows come
+    from its summary) or its samples with ``add_session``. ``close()`` commits the last shard and
+    returns every shard's ``ShardInfo``; ``rows`` holds the index rows (with their ``shard``) of every
+    committed shard.
     """
 
-    def __init__(self, out_uri: str, cfg: ShardConfig, start_index: int = 0):
+    def __init__(self, out_uri: str, cfg: ShardConfig):
         self.out_uri = out_uri
         self.cfg = cfg
         self.shards_uri = storage.join(out_uri, SHARDS_DIR)
         storage.makedirs(self.shards_uri)
-        self.next_index = start_index
+        self.next_index = 0  # ``resume`` moves it past the committed shards
         self.committed: list[ShardInfo] = []
         self.rows: list[dict[str, Any]] = []
         self._open: Optional[_OpenShard] = None
-        self._pending: list[Sample] = []
         self._closed = False
 
     # ----------------------------------------------------------- resume
@@ -222,7 +211,7 @@ class ShardSink:
         if size != doc.get("bytes"):
             log.warning("shard %s has %s bytes, its marker says %s: rewriting it", name, size, doc.get("bytes"))
             return None
-        if verify and file_sha256(uri) != doc.get("sha256"):
+        if verify and storage.file_sha256(uri) != doc.get("sha256"):
             log.warning("shard %s does not match its marker's sha256: rewriting it", name)
             return None
         info = ShardInfo(name=name, sha256=doc["sha256"], bytes=doc["bytes"], samples=doc["samples"],
@@ -235,33 +224,38 @@ class ShardSink:
 
     # ----------------------------------------------------------- writing
 
-    def add(self, sample: Sample) -> None:
-        """Add one sample; samples of one session must arrive together and in window order."""
-        if self._pending and self._pending[-1].index_row["session_id"] != sample.index_row["session_id"]:
-            pending, self._pending = self._pending, []
-            self._write_session(pending)
-        self._pending.append(sample)
+    def add_part(self, part_uri: str) -> None:
+        """Add the session of a part written by ``write_part``: its sample bytes go into the shard as they
+        are (they are already the shard's tar blocks), its rows come from its summary."""
+        summary = read_part_summary(part_uri)
+        if not summary.rows:  # a session too short for one window: nothing to shard
+            return
+        shard = self._shard_for(summary.session_id)
+        _copy_range(part_uri, summary.samples_bytes, shard.stream.add_tarred)
+        shard.stream.samples += len(summary.rows)  # the copied bytes hold one sample per row
+        self._end_session(shard, summary.session_id, summary.rows)
 
     def add_session(self, samples: Sequence[Sample]) -> None:
-        """Add every sample of one session (may commit a shard afterwards)."""
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self._write_session(pending)
-        if samples:
-            self._write_session(samples)
-
-    def _write_session(self, samples: Sequence[Sample]) -> None:
-        if self._closed:
-            raise RuntimeError("ShardSink is closed")
-        sid = str(samples[0].index_row["session_id"])
-        if any(str(s.index_row["session_id"]) != sid for s in samples):
-            raise ValueError("add_session got samples of more than one session")
-        if sid in self._open_sessions() or sid in self.sessions_committed:
-            raise ValueError(f"session {sid!r} was already written")
-        shard = self._open or self._start()
+        """Add every sample of one session, tarred here (may commit a shard afterwards)."""
+        if not samples:
+            return
+        sid = _session_of(samples)
+        shard = self._shard_for(sid)
         for s in samples:
             shard.stream.add_sample(s.key, s.members)
-            shard.rows.append({**s.index_row, "shard": shard.name})
+        self._end_session(shard, sid, [s.index_row for s in samples])
+
+    def _shard_for(self, sid: str) -> _OpenShard:
+        """The open shard (started if need be) that the session ``sid`` goes into."""
+        if self._closed:
+            raise RuntimeError("ShardSink is closed")
+        if sid in self._open_sessions() or sid in self.sessions_committed:
+            raise ValueError(f"session {sid!r} was already written")
+        return self._open or self._start()
+
+    def _end_session(self, shard: _OpenShard, sid: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            shard.rows.append({**row, "shard": shard.name})
         shard.sessions.append(sid)
         full = shard.stream.bytes >= self.cfg.target_bytes
         if self.cfg.max_samples is not None and shard.stream.samples >= self.cfg.max_samples:
@@ -276,7 +270,7 @@ class ShardSink:
         name = shard_name(self.cfg.prefix, self.next_index)
         stack = contextlib.ExitStack()
         fh = stack.enter_context(storage.atomic_writer(storage.join(self.shards_uri, name)))
-        self._open = _OpenShard(name=name, stack=stack, stream=TarStream(fh))
+        self._open = _OpenShard(name=name, stack=stack, stream=_ShardStream(fh))
         return self._open
 
     def _commit(self) -> ShardInfo:
@@ -297,11 +291,8 @@ class ShardSink:
         return info
 
     def close(self) -> list[ShardInfo]:
-        """Commit what is pending and return every committed shard (resumed ones included)."""
+        """Commit the open shard and return every committed shard (resumed ones included)."""
         if not self._closed:
-            if self._pending:
-                pending, self._pending = self._pending, []
-                self._write_session(pending)
             if self._open is not None and self._open.stream.samples:
                 self._commit()
             elif self._open is not None:
@@ -315,7 +306,6 @@ class ShardSink:
             with contextlib.suppress(_Abort):
                 self._open.stack.__exit__(_Abort, _Abort("aborted"), None)
             self._open = None
-        self._pending = []
 
     def __enter__(self) -> "ShardSink":
         return self
@@ -329,14 +319,6 @@ class ShardSink:
 
 class _Abort(Exception):
     pass
-
-
-def file_sha256(uri: str, chunk_bytes: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with storage.open_input(uri) as fh:
-        while block := fh.read(chunk_bytes):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- index, quarantine, dataset.json
@@ -400,6 +382,7 @@ def write_dataset_json(
     quarantined: int,
     index: Optional[Mapping[str, Any]] = None,
     quarantine: Optional[Mapping[str, Any]] = None,
+    members: Sequence[Mapping[str, Any]] = (),
     extra: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
     """Write dataset.json (canonical JSON, no timestamps: two identical builds give identical bytes).
@@ -417,6 +400,8 @@ def write_dataset_json(
         "totals": dataset_totals(shards, rows, sessions_in=sessions_in, quarantined=quarantined),
         "files": {k: dict(v) for k, v in (("index", index), ("quarantine", quarantine)) if v is not None},
     }
+    if members:  # the member table of every sample (docs/format.md); absent: format version 1's
+        doc["members"] = jsonable(list(members))
     if extra:
         doc["extra"] = jsonable(dict(extra))
     storage.write_bytes_atomic(storage.join(out_uri, DATASET_JSON), encode_json(doc) + b"\n")
@@ -431,6 +416,7 @@ def finalize_dataset(
     tokenizers: Mapping[str, Mapping[str, Any]],
     rejections: Sequence[Rejection],
     sessions_in: int,
+    members: Sequence[Mapping[str, Any]] = (),
     extra: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
     """Close the sink and write index.parquet, quarantine.parquet and dataset.json (in that order, so
@@ -448,5 +434,6 @@ def finalize_dataset(
         quarantined=len({r.session_id for r in rejections}),
         index=index,
         quarantine=quarantine,
+        members=members,
         extra=extra,
     )

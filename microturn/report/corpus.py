@@ -13,11 +13,10 @@ by ``microturn.format`` (the one module that owns the sample format).
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 from microturn import storage
 from microturn.report import UserError
@@ -61,10 +60,6 @@ def _parent(uri: str) -> str:
     if storage.is_remote(uri):
         return uri.rstrip("/").rsplit("/", 1)[0]
     return str(storage.local_path(uri).resolve().parent)
-
-
-def _is_dir(uri: str) -> bool:
-    return storage.is_dir(uri)
 
 
 def _shard_entry_uri(dataset_uri: str, entry: dict[str, Any]) -> str:
@@ -166,7 +161,7 @@ def open_target(path: str) -> Target:
         return Target("list", path, refs, dataset_uri=corpus, dataset=meta)
     if not storage.exists(path):
         raise UserError(f"no such file or folder: {path}")
-    if _is_dir(path):
+    if storage.is_dir(path):
         if storage.exists(storage.join(path, "dataset.json")):
             return open_dataset(path)
         raise UserError(f"{path} is a folder without dataset.json (not a built corpus; is the build finished?)")
@@ -255,26 +250,6 @@ def _nearby_keys(target: Target, key: str, limit: int = 3) -> list[str]:
     rows = read_index(target.dataset_uri)
     keys = [str(r.get("key")) for r in rows if str(r.get("key", "")).startswith(session)]
     return keys[:limit]
-
-
-def sha256_of(uri: str, on_bytes: Optional[Callable[[int], None]] = None) -> tuple[str, int]:
-    """(hex digest, size) of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    n = 0
-    with storage.open_input(uri) as fh:
-        while True:
-            block = fh.read(1 << 20)
-            if not block:
-                break
-            h.update(block)
-            n += len(block)
-            if on_bytes:
-                on_bytes(len(block))
-    return h.hexdigest(), n
-
-
-def size_of(uri: str) -> Optional[int]:
-    return storage.size(uri)
 
 
 def load_build_config(dataset_uri: Optional[str]):

@@ -10,7 +10,8 @@ The naming rule (files are grouped by the part of their name before the first do
                                            two channel entries (channel 0 = speaker ``A``, 1 = ``B``), a
                                            mono file a mixed track to diarize; ``mixed=True`` keeps a
                                            stereo file as one mixed track instead;
-* ``<session>.{json,stm,rttm,ctm,TextGrid}`` a transcript sidecar.
+* ``<session>.<transcript ext>``           a transcript sidecar (the extensions of
+                                           ``microturn.align.transcripts.FORMATS``: .json, .stm, .TextGrid...).
 
 A session with a video and no audio file uses the video's own audio track (the decode stage does that).
 Ids are made safe for sample keys (letters, digits, ``_``, ``-``); URIs are written relative to the
@@ -26,11 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from microturn.align.transcripts import format_of_extension
+from microturn.errors import StageError
+from microturn.manifest import parse_rows, write_manifest
+from microturn.media.container import open_container
 from microturn.report import UserError
 
 VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"}
 AUDIO_EXTS = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac"}
-TRANSCRIPT_EXTS = {".json": "json", ".stm": "stm", ".rttm": "rttm", ".ctm": "ctm", ".textgrid": "textgrid"}
 STEREO_SPEAKERS = ("A", "B")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
@@ -65,11 +69,11 @@ def audio_channels(path: Path) -> int:
     import av
 
     try:
-        with av.open(str(path)) as c:
+        with open_container(str(path)) as c:
             if not c.streams.audio:
                 return 0
             return int(c.streams.audio[0].codec_context.channels or 0)
-    except (av.error.FFmpegError, OSError, ValueError):
+    except (StageError, av.error.FFmpegError, OSError, ValueError):
         return 0
 
 
@@ -90,6 +94,7 @@ def group_files(files: list[Path], folder: Path) -> tuple[dict[str, _Session], l
     for p in files:
         ext = p.suffix.lower()
         parts = p.name[: -len(p.suffix)].split(".")
+        transcript_format = format_of_extension(ext)
         if ext in VIDEO_EXTS:
             s = sessions[session_name(p, parts[0])]
             if s.video is not None:
@@ -108,9 +113,9 @@ def group_files(files: list[Path], folder: Path) -> tuple[dict[str, _Session], l
                     sessions[key].speakers[spk] = p
                     continue
             sessions[session_name(p, stem)].lone_audio.append(p)
-        elif ext in TRANSCRIPT_EXTS and len(parts) == 1:
-            sessions[session_name(p, parts[0])].transcript = (p, TRANSCRIPT_EXTS[ext])
-        elif ext in TRANSCRIPT_EXTS or ext in (".jsonl", ".parquet", ".txt", ".md"):
+        elif transcript_format is not None and len(parts) == 1:
+            sessions[session_name(p, parts[0])].transcript = (p, transcript_format)
+        elif transcript_format is not None or ext in (".jsonl", ".parquet", ".txt", ".md"):
             skipped.append((str(p), "not media (no session matches this name)"))
         else:
             skipped.append((str(p), f"unknown extension {ext or '(none)'}"))
@@ -179,17 +184,11 @@ def build_folder_manifest(folder: Path, out_path: Path, *, mixed: bool = False, 
 
 def write_folder_manifest(result: FolderManifest, out_path: Path) -> Path:
     """Write the rows as JSONL (atomically), after checking them with the manifest validator."""
-    import json
-
-    from microturn.manifest import parse_rows
-    from microturn.storage import write_bytes_atomic
-
     out_path = Path(out_path)
     _, problems = parse_rows(list(enumerate(result.rows, start=1)), str(out_path.resolve().parent))
     if problems:
         raise UserError("the folder gives invalid manifest rows: " + "; ".join(map(str, problems[:3])))
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in result.rows)
-    write_bytes_atomic(str(out_path), text.encode("utf-8"))
+    write_manifest(out_path, result.rows)
     return out_path
 
 

@@ -12,7 +12,8 @@ from collections import defaultdict
 from typing import Any, Optional
 
 from microturn.report import safe
-from microturn.report.corpus import Target, iter_samples, read_index, sha256_of, size_of
+from microturn import storage
+from microturn.report.corpus import Target, iter_samples, read_index
 from microturn.report.progress import progress
 from microturn.report.sample import EVENT_COLUMNS
 
@@ -30,7 +31,7 @@ def shard_rows(target: Target, *, verify: bool = True, show_progress: bool = Tru
     per_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in index:
         per_shard[str(row.get("shard") or "").split("/")[-1]].append(row)
-    sizes = {ref.name: size_of(ref.uri) for ref in target.shards}
+    sizes = {ref.name: storage.size(ref.uri) for ref in target.shards}
     total_bytes = sum(v for v in sizes.values() if v) if verify else 0
     rows = []
     with progress("checksums", total_bytes or None, unit="bytes", enabled=verify and show_progress) as advance:
@@ -64,7 +65,7 @@ def _checksum_status(expected: Optional[str], expected_bytes: Optional[int], uri
     if expected_bytes is not None and expected_bytes != size:
         advance(size)
         return CHECK_MISMATCH
-    digest, _ = sha256_of(uri, on_bytes=advance)
+    digest, _ = storage.file_sha256_and_size(uri, on_bytes=advance)
     return CHECK_OK if digest == expected else CHECK_MISMATCH
 
 

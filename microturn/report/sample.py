@@ -1,7 +1,7 @@
 """One decoded sample as the report commands see it, and the numbers they print about it.
 
-``SampleView`` is ``microturn.format.DecodedSample`` (the arrays of docs/format.md) plus the measures and
-clock conversions the report commands print.
+``SampleView`` is ``microturn.format.DecodedSample`` (its arrays by member suffix, docs/format.md) plus
+the measures and clock conversions the report commands print, and named access to the members they show.
 Ratios are measured over the sample's valid frames only (the padded tail of a session's last window
 is not silence).
 """
@@ -25,15 +25,34 @@ class SampleView(DecodedSample):
     """A decoded sample (fields and shapes: ``microturn.format.DecodedSample``) with the measures and
     clock conversions the CLI shows. Words and events are window-relative codec frames."""
 
+    # -- the members the report commands draw (the one place they are named; `show` lists every
+    # member of the table generically)
+    @property
+    def activity(self) -> np.ndarray:
+        """uint8 [S, F]"""
+        return self.arrays["activity.npy"]
+
+    @property
+    def codes(self) -> np.ndarray:
+        """int16 [S, K, F]"""
+        return self.arrays["codes.npy"]
+
+    @property
+    def text(self) -> np.ndarray:
+        """int32 [S, F]"""
+        return self.arrays["text.npy"]
+
+    @property
+    def frames(self) -> np.ndarray:
+        """int16 [N, H, W]"""
+        return self.arrays["frames.npy"]
+
+    @property
+    def frame_chunks(self) -> np.ndarray:
+        """int32 [N]"""
+        return self.arrays["frame_chunks.npy"]
+
     # -- shapes and clock
-    @property
-    def num_streams(self) -> int:
-        return int(self.codes.shape[0]) if self.codes.ndim == 3 else int(self.activity.shape[0])
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.meta.get("num_frames", self.activity.shape[-1]))
-
     @property
     def valid_frames(self) -> int:
         return int(min(self.meta.get("valid_frames", self.num_frames), self.num_frames))

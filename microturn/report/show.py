@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from microturn.clock import CODEC_RATE, GRID
+from microturn.format import MEMBERS
 from microturn.report import safe
 from microturn.report.sample import SampleView
 
@@ -176,6 +177,7 @@ def show_sample(view: SampleView, console, *, width_chunks: int = 50) -> None:
         )
     else:
         console.print("[bold]video[/]: no frames in this window")
+    console.print(_members(view))
 
     fp = Table(title="fingerprints", show_header=False)
     for k, v in sorted((view.meta.get("fingerprints") or {}).items()):
@@ -198,6 +200,22 @@ def _header(view: SampleView):
     if m.get("flags"):
         lines.append(f"flags {safe(', '.join(map(str, m['flags'])))}")
     return Panel("\n".join(lines), title=safe(view.key))
+
+
+def _members(view: SampleView):
+    """Every array member of the sample, in table order: dtype, shape by dimension symbol, value range."""
+    from rich.table import Table
+
+    table = Table(title="members")
+    for col in ("member", "dtype", "shape", "values"):
+        table.add_column(col)
+    for suffix, arr in view.arrays.items():
+        spec = MEMBERS.get(suffix)
+        dims = spec.dims if spec is not None and len(spec.dims) == arr.ndim else ("",) * arr.ndim
+        shape = " x ".join(f"{d}={n}" if d else str(n) for d, n in zip(dims, arr.shape))
+        values = f"{arr.min()}..{arr.max()}" if arr.size else "empty"
+        table.add_row(safe(suffix), str(arr.dtype), shape, values)
+    return table
 
 
 def _provenance(view: SampleView):

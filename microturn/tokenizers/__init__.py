@@ -7,28 +7,32 @@ only when a tokenizer is built.
     toks = load_tokenizers(cfg.tokenizers)      # once per worker process (cached)
     codes = toks.audio.encode(wave_24k)         # float32 [S, N] -> int16 [S, K, N // 320]
     tokens = toks.frames.encode(frames_rgb)     # uint8 [n, H, W, 3] -> int16 [n, h, w]
-    ids = text_stream(words, stream, num_frames, toks.text)
+    arrays, report = toks.text.tokenize([inp])[0]   # every representation: TokenizeInput -> members
+
+Each representation follows ``representation.Representation``; ``REPRESENTATIONS`` below is the registry.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from microturn.config import TokenizerConfig
 from microturn.tokenizers.text import (
     ByteTokenizer,
     HFTokenizer,
     TextLayout,
+    TextRepresentation,
     TextTokenizer,
     layout_text,
     load_text_tokenizer,
     text_stream,
 )
 
+from microturn.tokenizers.representation import Representation, check_tiles
+
 if TYPE_CHECKING:
+    from microturn.format import MemberSpec
     from microturn.tokenizers.audio import AudioTokenizer
     from microturn.tokenizers.frames import FrameTokenizer
 
@@ -37,7 +41,10 @@ __all__ = [
     "ByteTokenizer",
     "FrameTokenizer",
     "HFTokenizer",
+    "REPRESENTATIONS",
+    "Representation",
     "TextLayout",
+    "TextRepresentation",
     "TextTokenizer",
     "TokenizerSet",
     "layout_text",
@@ -46,61 +53,77 @@ __all__ = [
 ]
 
 
-@dataclass
 class TokenizerSet:
-    audio: "AudioTokenizer"
-    frames: "FrameTokenizer"
-    text: TextTokenizer
+    """The configured representations, by name, in configuration order (``toks.audio``, ``toks["text"]``)."""
+
+    def __init__(self, representations: Mapping[str, "Representation"]) -> None:
+        self.representations = dict(representations)
+        for rep in self.representations.values():
+            check_tiles(rep)
+
+    def __getattr__(self, name: str) -> "Representation":
+        reps = self.__dict__.get("representations", {})
+        if name in reps:
+            return reps[name]
+        raise AttributeError(f"no {name!r} representation is configured (configured: {sorted(reps)})")
+
+    def __getitem__(self, name: str) -> "Representation":
+        return self.representations[name]
+
+    def __iter__(self) -> Iterator["Representation"]:
+        return iter(self.representations.values())
 
     def fingerprints(self) -> dict[str, str]:
         """What shards record, e.g. ``{"audio": "encodec24k/6kbps/K8/V1024/untrained:0@c8c8a6ce", ...}``."""
-        return {"audio": self.audio.fingerprint, "frames": self.frames.fingerprint, "text": self.text.fingerprint}
+        return {rep.name: rep.fingerprint for rep in self}
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """dataset.json's ``tokenizers``: fingerprints and the facts readers check (vocabularies, shapes)."""
+        return {rep.name: rep.describe() for rep in self}
+
+    def member_specs(self) -> tuple["MemberSpec", ...]:
+        return tuple(m for rep in self for m in rep.members)
 
 
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run seeded weight construction on one thread: kernels split their sums differently per thread
-    count, and untrained weights must be bit-identical in every process whatever its thread setting."""
-    import torch
+def _audio(cfg: TokenizerConfig) -> "Representation":
+    from microturn.tokenizers.audio import load_audio_tokenizer
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return load_audio_tokenizer(cfg.audio)
 
 
-def untrained_tag(seed: int, module: Any) -> str:
-    """``untrained:<seed>@<8 hex>``: the seed, and a digest of the weights it produced.
+def _frames(cfg: TokenizerConfig) -> "Representation":
+    from microturn.tokenizers.frames import load_frame_tokenizer
 
-    The seed alone does not pin the weights: a change in how seeded weights are built (or a CPU whose
-    kernels round differently) would give other codes under the same name. The digest makes the
-    fingerprint name the actual weights, so readers refuse to mix such corpora."""
-    import hashlib
+    return load_frame_tokenizer(cfg.frames)
 
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return f"untrained:{seed}@{h.hexdigest()[:8]}"
+
+def _dmel(cfg: TokenizerConfig) -> "Representation":
+    from microturn.tokenizers.dmel import DMelTokenizer
+
+    return DMelTokenizer(cfg.dmel)
+
+
+def _text(cfg: TokenizerConfig) -> "Representation":
+    return TextRepresentation(load_text_tokenizer(cfg.text.kind, cfg.text.tokenizer_json))
+
+
+# The one registry of representations: name -> builder from the tokenizers config section.
+REPRESENTATIONS: dict[str, Callable[[TokenizerConfig], "Representation"]] = {
+    "audio": _audio,
+    "frames": _frames,
+    "text": _text,
+    "dmel": _dmel,
+}
 
 
 def load_tokenizers(cfg: TokenizerConfig) -> TokenizerSet:
-    """Build (or reuse, within this process) the three tokenizers for ``cfg``."""
+    """Build (or reuse, within this process) the representations ``cfg.representations`` names."""
     return _load_cached(cfg)
 
 
 @functools.lru_cache(maxsize=2)
 def _load_cached(cfg: TokenizerConfig) -> TokenizerSet:
-    from microturn.tokenizers.audio import load_audio_tokenizer
-    from microturn.tokenizers.frames import load_frame_tokenizer
-
-    return TokenizerSet(
-        audio=load_audio_tokenizer(cfg.audio),
-        frames=load_frame_tokenizer(cfg.frames),
-        text=load_text_tokenizer(cfg.text.kind, cfg.text.tokenizer_json),
-    )
+    return TokenizerSet({name: REPRESENTATIONS[name](cfg) for name in cfg.representations})
 
 
 def __getattr__(name: str) -> object:

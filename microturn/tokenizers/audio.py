@@ -19,22 +19,23 @@ batches windows of unequal length only changes the padded tail, which is dropped
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import re
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from microturn import storage
 from microturn.clock import CHUNK_SAMPLES, CODEC_RATE, HOP
 from microturn.config import AudioCodecConfig
-from microturn.records import StageError
-
-if TYPE_CHECKING:
-    pass
+from microturn.devices import resolve_device
+from microturn.format import MEMBERS
+from microturn.records import StageError, TokenizeInput
+from microturn.tokenizers.seeded import one_torch_thread, untrained_tag
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +52,6 @@ def num_codebooks(bandwidth_kbps: float) -> int:
         return BANDWIDTH_CODEBOOKS[float(bandwidth_kbps)]
     except KeyError:
         raise ValueError(f"EnCodec 24 kHz has no bandwidth {bandwidth_kbps} kbps") from None
-
-
-def file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise StageError("tokenize", "no_cuda", "device=cuda was asked for but CUDA is not available")
-    return device
 
 
 # ---------------------------------------------------------------- building and loading the model
@@ -153,7 +136,6 @@ def _seeded_state(seed: int, layers: int) -> dict[str, Any]:
     from microturn.tokenizers.calibration import speech_like
 
 
-    from microturn.tokenizers import one_torch_thread
 
     model = _bare_model(seed)
     with one_torch_thread():
@@ -176,14 +158,14 @@ def save_encodec_checkpoint(model: Any, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / "encodec_24khz.th.tmp"
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    final = directory / f"encodec_24khz-{file_sha256(tmp)[:8]}.th"
+    final = directory / f"encodec_24khz-{storage.file_sha256(str(tmp))[:8]}.th"
     tmp.replace(final)
     return final
 
 
 def _check_sha_prefix(path: Path) -> str:
     """sha256 of ``path``; when its name carries a sha prefix (``...-<hex>.th``) it must match."""
-    digest = file_sha256(path)
+    digest = storage.file_sha256(str(path))
     m = CHECKPOINT_RE.match(path.name)
     if m and not digest.startswith(m.group(1)):
         raise StageError(
@@ -210,7 +192,7 @@ def _load_state_file(path: Path) -> dict[str, Any]:
 def _model_from_state(state: dict[str, Any], source: Path) -> Any:
     from encodec import EncodecModel
 
-    model = EncodecModel._get_model([1.5, 3.0, 6.0, 12.0, 24.0], 24_000, 1, causal=True, model_norm="weight_norm")
+    model = EncodecModel._get_model([1.5, 3.0, 6.0, 12.0, 24.0], CODEC_RATE, 1, causal=True, model_norm="weight_norm")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -254,7 +236,6 @@ def load_encodec(cfg: AudioCodecConfig) -> tuple[Any, str]:
         cfg.seed,
         STOCK_CHECKPOINT,
     )
-    from microturn.tokenizers import untrained_tag
 
     model = seeded_encodec(cfg.seed, num_codebooks(cfg.bandwidth_kbps))
     return model, untrained_tag(cfg.seed, model)
@@ -308,9 +289,16 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 class AudioTokenizer:
-    """EnCodec 24 kHz: float32 [streams, samples] <-> int16 [streams, K, samples // 320]."""
+    """EnCodec 24 kHz: float32 [streams, samples] <-> int16 [streams, K, samples // 320].
 
+    The ``audio`` representation: ``codes.npy`` int16 [S, K, F] on the codec frame grid."""
+
+    name = "audio"
     vocab_size = CODEBOOK_SIZE
+    frame_rate = Fraction(CODEC_RATE, HOP)  # 75 codec frames per second: 15 per chunk
+    # declared by format version 1 (corpora whose dataset.json lists no members hold exactly these)
+    members = (MEMBERS["codes.npy"],)
+    fill = {"codes.npy": 0}
 
     def __init__(self, model: Any, cfg: AudioCodecConfig, weights_tag: str) -> None:
         import torch
@@ -318,7 +306,7 @@ class AudioTokenizer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "tokenize")
         self.num_codebooks = num_codebooks(cfg.bandwidth_kbps)
         self.weights_tag = weights_tag
         self.window_samples = _whole_chunks(cfg.window_s, 1)
@@ -387,6 +375,16 @@ class AudioTokenizer:
                 emb = self.encoder(x)
             codes = self.model.quantizer.encode(emb, self.model.frame_rate, self.model.bandwidth)  # [K, B, T]
         return codes.transpose(0, 1).to(torch.int16).cpu().numpy()
+
+    def tokenize(self, batch: Sequence[TokenizeInput]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        return [({"codes.npy": self.encode(inp.waves_24k)}, {}) for inp in batch]
+
+    def describe(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "vocab_size": self.vocab_size, "codebooks": self.num_codebooks,
+                "dims": {"K": self.num_codebooks}}
+
+    def window_meta(self) -> dict[str, Any]:
+        return {"codebooks": self.num_codebooks}
 
     # -- decode
 

@@ -17,7 +17,7 @@ What changes against ``encodec``'s modules (and why):
   oneDNN's convolutions work in that layout natively, so no reorder happens around each conv;
 - with ``precision="bf16"`` the convolutions before the LSTM run in bfloat16 (AVX512-BF16 / AMX on
   CPUs that have it, tensor cores on GPUs) while the LSTM, the last conv and the quantizer stay in
-  float32. That changes a measured fraction of codes (see benchmarks/tokenize.py), so it is opt-in
+  float32. That changes a measured fraction of codes (see benchmarks/codec_speed.py), so it is opt-in
   and the fingerprint records it.
 Padding is EnCodec's: causal, reflect on the left, "extra" right padding to whole frames.
 """
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HOP = 320  # the encoder's total stride (2 * 4 * 5 * 8)
+from microturn.clock import HOP  # the encoder's total stride (2 * 4 * 5 * 8)
 # Input samples per tile: whole frames; small enough that a tile's widest tensors (32 channels at
 # 24 kHz, 64 at 12 kHz) stay in a core's L2 cache, large enough that per-op overhead stays small.
 TILE_SAMPLES = 32 * HOP

@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 import numpy as np
 
 from microturn.config import FrameCodecConfig
+from microturn.devices import resolve_device
+from microturn.media.container import open_container
 from microturn.records import StageError
 
 FrameSource = Union[Iterable[np.ndarray], str, Path]
@@ -25,17 +27,12 @@ RESERVOIR = 4096  # frames kept in memory for sampling batches
 
 
 def iter_video_frames(uri: Any, size: int, every_s: float = 0.2) -> Iterator[np.ndarray]:
-    """uint8 [size, size, 3] frames of a video (path or binary file object), one per ``every_s`` of
-    presentation time."""
+    """uint8 [size, size, 3] frames of a video (path or URI), one per ``every_s`` of presentation time."""
     import av
 
     from microturn.tokenizers.frames import resize_frames
 
-    try:
-        container = av.open(uri if hasattr(uri, "read") else str(uri))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise StageError("tokenize", "unreadable_video", f"{uri}: {exc}", source=str(uri)) from None
-    with container:
+    with open_container(str(uri), "tokenize") as container:
         if not container.streams.video:
             return
         stream = container.streams.video[0]
@@ -59,13 +56,11 @@ def _frames_from(source: FrameSource, size: int) -> Iterator[np.ndarray]:
         path = Path(source)
         if path.suffix in (".jsonl", ".json", ".parquet"):
             from microturn.manifest import load_manifest
-            from microturn.storage import open_input
 
             sessions, _problems = load_manifest(path)  # bad rows are the build's business, not ours
             for spec in sessions:
                 if spec.video is not None:
-                    with open_input(spec.video.uri) as fh:
-                        yield from iter_video_frames(fh, size)
+                    yield from iter_video_frames(spec.video.uri, size)
         else:
             yield from iter_video_frames(str(path), size)
         return
@@ -97,10 +92,9 @@ def train_frame_codec(
     """Train from the seeded initial weights; write a checkpoint; return a summary with PSNR history."""
     import torch
 
-    from microturn.tokenizers.audio import resolve_device
     from microturn.tokenizers.frames import CHECKPOINT_FORMAT, seeded_codec
 
-    dev = resolve_device(device)
+    dev = resolve_device(device, "tokenize")
     rng = np.random.default_rng(cfg.seed)
     pool: list[np.ndarray] = []
     for i, frame in enumerate(_frames_from(frames, cfg.image_size)):

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import logging
 import math
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from microturn import storage
+from microturn.clock import GRID
 from microturn.config import FrameCodecConfig
-from microturn.records import StageError
+from microturn.devices import resolve_device
+from microturn.format import MEMBERS
+from microturn.records import StageError, TokenizeInput
+from microturn.tokenizers.seeded import one_torch_thread, untrained_tag
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +128,6 @@ def seeded_codec(cfg: FrameCodecConfig) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_codec(cfg).eval()
-    from microturn.tokenizers import one_torch_thread
 
     x = torch.from_numpy(_calibration_frames(cfg)).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad(), one_torch_thread():
@@ -144,8 +149,6 @@ def load_frame_codec(cfg: FrameCodecConfig) -> tuple[Any, str]:
     """(module, weights tag): ``sha256:<16 hex>`` of the checkpoint or ``untrained:<seed>@<8 hex>``."""
     import torch
 
-    from microturn.tokenizers.audio import file_sha256
-
     if cfg.checkpoint is None:
         log.warning(
             "NO FRAME CODEC CHECKPOINT CONFIGURED: video frames are tokenized by a seeded, UNTRAINED "
@@ -153,7 +156,6 @@ def load_frame_codec(cfg: FrameCodecConfig) -> tuple[Any, str]:
             "tokenizers.frames.checkpoint.",
             cfg.seed,
         )
-        from microturn.tokenizers import untrained_tag
 
         codec = seeded_codec(cfg)
         return codec, untrained_tag(cfg.seed, codec)
@@ -179,7 +181,7 @@ def load_frame_codec(cfg: FrameCodecConfig) -> tuple[Any, str]:
         model.load_state_dict(blob["state_dict"])
     except (RuntimeError, KeyError) as exc:
         raise StageError("tokenize", "frame_codec_unreadable", f"{path}: {exc}", source=str(path)) from None
-    return model.eval(), f"sha256:{file_sha256(path)[:16]}"
+    return model.eval(), f"sha256:{storage.file_sha256(str(path))[:16]}"
 
 
 def resize_frames(frames_rgb: np.ndarray, size: int) -> np.ndarray:
@@ -201,13 +203,20 @@ def resize_frames(frames_rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 class FrameTokenizer:
-    """uint8 [n, H, W, 3] <-> int16 [n, h, w] (H = W = image_size)."""
+    """uint8 [n, H, W, 3] <-> int16 [n, h, w] (H = W = image_size).
+
+    The ``frames`` representation: ``frames.npy`` int16 [N, H, W] tokens of the video frames kept and
+    ``frame_chunks.npy`` int32 [N], the chunk of each (one frame per chunk)."""
+
+    name = "frames"
+    frame_rate = Fraction(1) / GRID.chunk_seconds  # one frame per chunk
+    # declared by format version 1 (corpora whose dataset.json lists no members hold exactly these)
+    members = (MEMBERS["frames.npy"], MEMBERS["frame_chunks.npy"])
+    fill: dict[str, int] = {}
 
     def __init__(self, model: Any, cfg: FrameCodecConfig, weights_tag: str) -> None:
-        from microturn.tokenizers.audio import resolve_device
-
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "tokenize")
         self.model = model.to(self.device).eval()
         side = cfg.image_size // cfg.downsample
         self.grid = (side, side)
@@ -235,6 +244,26 @@ class FrameTokenizer:
                 idx = self.model.fsq.to_index(self.model.encode_levels(x))
             out[i : i + len(part)] = idx.to(torch.int16).cpu().numpy()
         return out
+
+    def tokenize(self, batch: Sequence[TokenizeInput]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        return [(self._session_tokens(inp), {}) for inp in batch]
+
+    def _session_tokens(self, inp: TokenizeInput) -> dict[str, np.ndarray]:
+        """Frames past the padded audio are dropped: the grid is set by the audio."""
+        num_chunks = GRID.num_chunks(inp.num_samples)
+        chunks = np.asarray(inp.frame_chunks, dtype=np.int32)
+        if not len(inp.frames_rgb):
+            return {"frames.npy": np.zeros((0,) + self.grid, dtype=np.int16),
+                    "frame_chunks.npy": np.zeros((0,), dtype=np.int32)}
+        keep = (chunks >= 0) & (chunks < num_chunks)
+        return {"frames.npy": self.encode(np.asarray(inp.frames_rgb)[keep]), "frame_chunks.npy": chunks[keep]}
+
+    def describe(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "vocab_size": self.vocab_size, "grid": list(self.grid),
+                "dims": {"H": self.grid[0], "W": self.grid[1]}}
+
+    def window_meta(self) -> dict[str, Any]:
+        return {}
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """int16 [n, h, w] -> uint8 [n, image_size, image_size, 3]."""

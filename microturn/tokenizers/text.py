@@ -23,7 +23,8 @@ from typing import Any, Iterable, Optional, Protocol, Sequence
 import numpy as np
 
 from microturn.clock import GRID
-from microturn.records import StageError, Word
+from microturn.format import MEMBERS
+from microturn.records import StageError, TokenizeInput, Word
 
 NUM_BYTES = 256
 
@@ -194,3 +195,42 @@ def layout_text(words: Sequence[Word], stream: int, num_frames: int, tok: TextTo
 def text_stream(words: Sequence[Word], stream: int, num_frames: int, tok: TextTokenizer) -> np.ndarray:
     """int32 [num_frames]: the text stream of one speaker (see ``layout_text`` for the rule)."""
     return layout_text(words, stream, num_frames, tok).tokens
+
+
+class TextRepresentation:
+    """The ``text`` representation: ``text.npy`` int32 [S, F], each speaker's words laid out on the codec
+    frame grid by ``layout_text``; what the layout had to do is reported per session."""
+
+    name = "text"
+    frame_rate = GRID.frame_rate  # one token slot per codec frame
+    # declared by format version 1 (corpora whose dataset.json lists no members hold exactly these)
+    members = (MEMBERS["text.npy"],)
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.fingerprint = tokenizer.fingerprint
+        self.vocab_size = tokenizer.vocab_size
+        self.pad_id = tokenizer.pad_id
+        self.fill = {"text.npy": tokenizer.pad_id}
+
+    def tokenize(self, batch: Sequence[TokenizeInput]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        return [self._session_text(inp) for inp in batch]
+
+    def _session_text(self, inp: TokenizeInput) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        num_frames = GRID.padded_samples(inp.num_samples) // GRID.hop
+        layouts = [layout_text(inp.words, s, num_frames, self.tokenizer) for s in range(inp.waves_24k.shape[0])]
+        tokens = np.stack([lay.tokens for lay in layouts]).astype(np.int32)
+        report = {key: sum(getattr(lay, key) for lay in layouts) for key in ("words", "shifted", "truncated", "dropped")}
+        return {"text.npy": tokens}, report
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def describe(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "vocab_size": self.vocab_size}
+
+    def window_meta(self) -> dict[str, Any]:
+        return {}

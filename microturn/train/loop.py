@@ -13,13 +13,9 @@ with the same RUN_DIR resumes exactly from its latest checkpoint.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import json
 import logging
 import os
-import pickle
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,97 +23,28 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from microturn import storage
 from microturn.clock import FRAMES_PER_CHUNK
-from microturn.train.config import TrainConfig, load_train_config
-from microturn.train.loader import (
-    BadSamples,
-    CorpusInfo,
-    ExampleSpec,
-    SampleError,
-    TrainDataError,
-    TrainLoader,
-    check_fingerprints,
-    iter_raw_samples,
-    load_npy,
-    read_corpus,
-    split_train_eval,
+from microturn.errors import TrainDataError
+from microturn.train.checkpoint import (
+    latest_checkpoint,
+    load_latest_checkpoint,
+    loader_states,
+    remove_partial_checkpoints,
+    save_checkpoint,
 )
+from microturn.train.config import TrainConfig, load_train_config
+from microturn.train.corpus import CorpusInfo, check_fingerprints, frame_tokens_in, read_corpus, split_train_eval
+from microturn.train.examples import ExampleSpec
+from microturn.train.loader import TrainLoader
+from microturn.train.metrics import MetricsLog, StepLog, peak_flops
 from microturn.train.model import InteractionModel, train_flops_per_example
 from microturn.train.schedule import lr_at
+from microturn.train.step import Dist, evaluate, make_optimizer, setup_distributed, train_step, wrap_model
 
 log = logging.getLogger(__name__)
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-
-
-# ---------------------------------------------------------------- distributed setup
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-    owns_group: bool = False  # we created the process group (torchrun), not a host like Ray Train
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(cfg: TrainConfig) -> Dist:
-    """One process per GPU (or CPU process) under torchrun / Ray Train: RANK, WORLD_SIZE, LOCAL_RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want = cfg.run.device
-    use_cuda = torch.cuda.is_available() if want == "auto" else want == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise TrainDataError("no_cuda", "run.device is 'cuda' but no CUDA device is visible")
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    owns_group = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
-            timeout=datetime.timedelta(seconds=cfg.run.timeout_s),
-        )
-        owns_group = True
-    return Dist(rank, world, local_rank, device, owns_group)
-
-
-def _all_reduce(t: torch.Tensor, d: Dist, op: Any = None) -> torch.Tensor:
-    if d.world > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
 
 # ---------------------------------------------------------------- resolving the config against the corpus
-
-
-def _frame_tokens_in(corpus: CorpusInfo, *, look_at: int = 64) -> Optional[int]:
-    """Tokens per video frame (h * w) from the first readable ``frames.npy`` among the first ``look_at``
-    samples. An audio-only sample still says its grid (frames ``[0, h, w]``); damaged samples are passed
-    over (the loader skips and counts them later)."""
-    seen = 0
-    for uri in corpus.shard_uris:
-        for raw in iter_raw_samples(uri):
-            seen += 1
-            if "frames.npy" in raw:
-                try:
-                    frames = load_npy(raw["frames.npy"], "frames.npy")
-                except SampleError:
-                    frames = None
-                if frames is not None and frames.ndim == 3 and frames.shape[1] * frames.shape[2] > 0:
-                    return int(frames.shape[1] * frames.shape[2])
-            if seen >= look_at:
-                return None
-    if not seen:
-        raise TrainDataError("no_samples", f"no samples in any shard of {corpus.root}")
-    return None
 
 
 def resolve_config(cfg: TrainConfig, corpus: CorpusInfo) -> TrainConfig:
@@ -137,7 +64,7 @@ def resolve_config(cfg: TrainConfig, corpus: CorpusInfo) -> TrainConfig:
         )
     frame_tokens = m.frame_tokens
     if frame_tokens is None:
-        frame_tokens = _frame_tokens_in(corpus)
+        frame_tokens = frame_tokens_in(corpus)
     vocab = {"audio_vocab": corpus.vocab.get("audio"), "text_vocab": corpus.vocab.get("text"),
              "frame_vocab": corpus.vocab.get("frames")}  # fmt: skip
     for name, corpus_value in vocab.items():
@@ -169,186 +96,7 @@ def example_spec(cfg: TrainConfig) -> ExampleSpec:
     )
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def _checkpoint_dir(out_dir: Path) -> Path:
-    return out_dir / "checkpoints"
-
-
-def checkpoints(out_dir: Path) -> list[Path]:
-    """Committed checkpoints, oldest first. Temporary files (``.step-*.tmp-*``: a write that never
-    finished) are never listed."""
-    return sorted(_checkpoint_dir(out_dir).glob("step-*.pt"))
-
-
-def latest_checkpoint(out_dir: Path) -> Optional[Path]:
-    found = checkpoints(out_dir)
-    return found[-1] if found else None
-
-
-def save_checkpoint(
-    out_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, tokens_seen: int,
-    loaders: list[dict[str, Any]], cfg: TrainConfig, keep: int,
-) -> Path:  # fmt: skip
-    """Commit a checkpoint durably, then prune: write a temporary file, fsync it, rename it to its
-    final name, fsync the folder. Only then are checkpoints beyond the last ``keep`` deleted, so the
-    previous one stays on disk until the new one would survive a crash or power loss."""
-    folder = _checkpoint_dir(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{step:08d}.pt"
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "tokens_seen": tokens_seen,
-        "loaders": json.dumps(loaders),  # one state per rank
-        "config": json.dumps(cfg.to_plain()),
-    }
-    with storage.atomic_writer(str(path)) as fh:  # tmp, fsync, rename, fsync of the folder
-        torch.save(state, fh)
-    for old in checkpoints(out_dir)[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def remove_partial_checkpoints(out_dir: Path) -> list[Path]:
-    """Delete temporary checkpoint files left by a run that died while writing (never resumed from)."""
-    partial = sorted(_checkpoint_dir(out_dir).glob(".step-*.pt.tmp-*"))
-    for p in partial:
-        log.warning("removing %s: a checkpoint write that never finished", p)
-        p.unlink(missing_ok=True)
-    return partial
-
-
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    state = torch.load(path, map_location=device, weights_only=True)
-    state["loaders"] = json.loads(state["loaders"])
-    state["config"] = json.loads(state["config"])
-    return state
-
-
-def _set_aside(path: Path) -> None:
-    """Move an unreadable checkpoint out of the ``step-*.pt`` set: left there, it would sort as the
-    newest and pruning after the next save would delete the good ones instead (several ranks may try
-    at once: the first rename wins)."""
-    try:
-        os.replace(path, path.with_name(path.name + ".bad"))
-    except OSError:
-        pass
-
-
-def load_latest_checkpoint(out_dir: Path, device: torch.device) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
-    """The newest checkpoint that loads, newest first: one that cannot be read (cut short by a crash
-    before checkpoints were fsync'd, damaged on disk) is reported and the one before it used."""
-    found = checkpoints(out_dir)
-    for path in reversed(found):
-        try:
-            return path, load_checkpoint(path, device)
-        except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
-            log.warning("cannot resume from %s (%s: %s); set aside as %s.bad, trying the checkpoint before it",
-                        path, type(exc).__name__, str(exc)[:200], path.name)  # fmt: skip
-            _set_aside(path)
-    if found:
-        raise TrainDataError("bad_checkpoint", f"none of the {len(found)} checkpoints in "
-                                               f"{_checkpoint_dir(out_dir)} can be read")  # fmt: skip
-    return None, None
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    use_bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _peak_flops(cfg: TrainConfig, device: torch.device) -> Optional[float]:
-    if cfg.run.peak_tflops is not None:
-        return cfg.run.peak_tflops * 1e12
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in PEAK_BF16_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12
-    return None
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices (and expert weight tensors); not norms, biases, embeddings or small vectors."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_embedding = name.endswith("_in.weight")
-        (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class MetricsLog:
-    """Appends one JSON line per record; only rank 0 writes."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path = path
-        self.enabled = enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-
-    def drop_after(self, step: int) -> None:
-        """Forget records past ``step``: a run that died after its last checkpoint logged steps that the
-        resumed run logs again, and the log must hold each step once."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                if int(json.loads(line).get("step", 0)) > step:
-                    continue
-            except (ValueError, TypeError, AttributeError):
-                pass  # a torn last line from a killed run: keep what cannot be judged
-            kept.append(line)
-        storage.write_bytes_atomic(str(self.path), "".join(f"{line}\n" for line in kept).encode("utf-8"))
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: TrainLoader, batches: int, cfg: TrainConfig, d: Dist) -> dict[str, float]:
-    """Mean per-stream losses over ``batches`` held-out batches on every rank."""
-    was_training = model.training
-    model.eval()
-    keys = ("loss", "loss_text", "loss_audio", "loss_audio_cb0")
-    sums = torch.zeros(len(keys), device=d.device, dtype=torch.float64)
-    for _ in range(batches):
-        batch = _to_device(next(loader), d.device)
-        with _autocast(cfg, d.device):
-            out = model(batch)
-        sums += torch.stack([out[k].detach().double() for k in keys])
-    _all_reduce(sums, d)
-    model.train(was_training)
-    n = batches * d.world
-    return {f"eval_{k}": float(v) / n for k, v in zip(keys, sums.tolist())}
-
-
-def _gather_bad(new: list[list[Any]], into: BadSamples, d: Dist) -> None:
-    """Rank 0 learns the bad samples every rank found since the last call (only new ones travel): a
-    sample found bad on two ranks, in different epochs, is counted once."""
-    if d.world > 1:
-        gathered: list[Any] = [None] * d.world
-        dist.all_gather_object(gathered, new)
-        new = [item for part in gathered for item in part]
-    into.merge(new)
-
-
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- the run
 
 
 def train(cfg: TrainConfig, data_uri: str, out_dir: str | Path) -> dict[str, Any]:
@@ -371,14 +119,92 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. resume point (its saved config wins for model and fingerprints: the weights were made with it)
+    cfg, ckpt_path, ckpt = _resume_point(cfg, out, d)
+
+    # 2. data: corpus description, held-out shards, config resolved against the corpus
+    data = _prepare_data(cfg, data_uri, out, d)
+    cfg = data.cfg
+
+    # 3. model and optimizer (same seed on every rank; DDP also broadcasts rank 0's weights)
+    torch.manual_seed(cfg.run.seed)
+    model = InteractionModel(cfg.model, video=cfg.data.video).to(d.device)
+    optimizer = make_optimizer(model, cfg.optim, d.device)
+    step, tokens_seen, loader_state = 0, 0, None
+    if ckpt is not None:
+        step, tokens_seen, loader_state = _restore(ckpt, model, optimizer, d)
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    del ckpt  # the weights now live in the model: no second copy through the run
+    loader = TrainLoader(data.train_shards, data.spec, cfg, rank=d.rank, world=d.world, expected_fp=data.expected_fp,
+                         state=loader_state, shard_samples=data.train_samples)  # fmt: skip
+    net, dispatch = _network(model, cfg, d)
+    metrics, evals = _open_logs(model, cfg, out, d, step=step)
+
+    # 4. the loop
+    o, run = cfg.optim, cfg.run
+    last: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    ckpt_written: Optional[Path] = None
+    metrics.restart_clock()
+    model.train()
+    while step < run.max_steps:
+        lr = lr_at(step, lr=o.lr, warmup_steps=o.warmup_steps, max_steps=run.max_steps, min_lr_ratio=o.min_lr_ratio)
+        out_, grad_norm, counts_LE = train_step(net, model, optimizer, next(loader), lr, cfg, d)
+        step += 1
+        metrics.count_step()
+        tokens_seen += metrics.positions_per_step
+        if step % run.log_every == 0 or step == run.max_steps:
+            last = metrics.write(step, out_, lr=lr, grad_norm=grad_norm, counts_LE=counts_LE, tokens_seen=tokens_seen,
+                                 new_bad=loader.bad.drain())  # fmt: skip
+        is_last = step == run.max_steps
+        if data.eval_shards and ((run.eval_every and step % run.eval_every == 0) or is_last):
+            last_eval = _evaluate_held_out(net, data, cfg, d)
+            evals.write({"step": step, **last_eval})
+            metrics.restart_clock()  # eval time is not training throughput
+        if (run.ckpt_every and step % run.ckpt_every == 0) or is_last:
+            ckpt_written = _save(out, model, optimizer, step, tokens_seen, loader, cfg, d) or ckpt_written
+            metrics.restart_clock()
+    loader.close()
+    return {
+        "steps": step, "tokens_seen": tokens_seen, "final": last, "eval": last_eval, "run_dir": str(out),
+        "checkpoint": str(ckpt_written or latest_checkpoint(out) or ""),
+        "parameters": sum(p.numel() for p in model.parameters()), "dispatch": dispatch, "world": d.world,
+        "device": str(d.device),
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- the pieces of the run, in order
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The data side of a run, resolved once: the config filled from the corpus, the example shapes,
+    train and held-out shards with the sample counts dataset.json lists for them."""
+
+    cfg: TrainConfig
+    spec: ExampleSpec
+    train_shards: tuple[str, ...]
+    train_samples: dict[str, int]
+    eval_shards: tuple[str, ...]
+    eval_samples: dict[str, int]
+    expected_fp: dict[str, Optional[str]]
+
+
+def _resume_point(cfg: TrainConfig, out: Path, d: Dist
+                  ) -> tuple[TrainConfig, Optional[Path], Optional[dict[str, Any]]]:  # fmt: skip
+    """The newest readable checkpoint (None without one, or with run.resume off) and the config to run
+    with: the checkpoint's model and fingerprints win over the given ones."""
     if d.is_main:
         remove_partial_checkpoints(out)
     ckpt_path, ckpt = load_latest_checkpoint(out, d.device) if cfg.run.resume else (None, None)
-    if ckpt is not None:
-        saved = TrainConfig.model_validate(ckpt["config"])
-        cfg = cfg.replace(model=saved.model.model_dump(), fingerprints=saved.fingerprints.model_dump())
+    if ckpt is None:
+        return cfg, None, None
+    saved = TrainConfig.model_validate(ckpt["config"])
+    return cfg.replace(model=saved.model.model_dump(), fingerprints=saved.fingerprints.model_dump()), ckpt_path, ckpt
 
-    # 2. data: corpus description, held-out shards, config resolved against the corpus
+
+def _prepare_data(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> RunData:
+    """Read the corpus, hold out eval shards (or read data.eval_data), resolve the config against the
+    corpus; rank 0 saves the resolved config as RUN_DIR/config.yaml."""
     corpus = read_corpus(data_uri)
     train_shards, eval_shards = split_train_eval(corpus, cfg)
     eval_samples = corpus.shard_samples
@@ -386,145 +212,74 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
         eval_corpus = read_corpus(cfg.data.eval_data)
         eval_shards, eval_samples = eval_corpus.shard_uris, eval_corpus.shard_samples
     cfg = resolve_config(cfg, corpus)
-    spec = example_spec(cfg)
     expected_fp = cfg.fingerprints.model_dump() if cfg.data.check_fingerprints else {}
     if d.is_main:
         (out / "config.yaml").write_text(cfg.dump_yaml(), encoding="utf-8")
+    return RunData(cfg, example_spec(cfg), train_shards, corpus.shard_samples, eval_shards, eval_samples, expected_fp)
 
-    # 3. model and optimizer (same seed on every rank; DDP also broadcasts rank 0's weights)
-    torch.manual_seed(cfg.run.seed)
-    model = InteractionModel(cfg.model, video=cfg.data.video).to(d.device)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-        fused=d.device.type == "cuda",
-    )  # fmt: skip
-    step, tokens_seen = 0, 0
-    loader_state = None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, tokens_seen = int(ckpt["step"]), int(ckpt["tokens_seen"])
-        states = ckpt["loaders"]
-        if len(states) != d.world:
-            raise TrainDataError("resume_layout_changed", f"checkpoint has {len(states)} ranks, now {d.world}")
-        loader_state = states[d.rank]
-        log.info("resumed from %s at step %d", ckpt_path, step)
-        del ckpt
-    loader = TrainLoader(train_shards, spec, cfg, rank=d.rank, world=d.world, expected_fp=expected_fp,
-                         state=loader_state, shard_samples=corpus.shard_samples)  # fmt: skip
-    bad_seen = BadSamples()  # rank 0: bad samples found by any rank (distinct), for metrics.jsonl
 
+def _restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist
+             ) -> tuple[int, int, dict[str, Any]]:  # fmt: skip
+    """Load weights and optimizer state; (step, tokens seen, this rank's loader state)."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    step, tokens_seen = int(ckpt["step"]), int(ckpt["tokens_seen"])
+    states = ckpt["loaders"]
+    if len(states) != d.world:
+        raise TrainDataError("resume_layout_changed", f"checkpoint has {len(states)} ranks, now {d.world}")
+    return step, tokens_seen, states[d.rank]
+
+
+def _network(model: InteractionModel, cfg: TrainConfig, d: Dist) -> tuple[torch.nn.Module, str]:
+    """What the steps call (compiled, under DDP: ``step.wrap_model``) and the expert dispatch path."""
     dispatch = model.blocks[0].moe.resolve_dispatch(d.device)
-    net: torch.nn.Module = model
-    if cfg.run.compile:
-        net = torch.compile(net)
-    if d.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[d.device.index] if d.device.type == "cuda" else None, broadcast_buffers=False
-        )
-
-    layout = model.layout(cfg.data.window_chunks)
-    positions_per_step = layout.length * cfg.data.batch_size * d.world
-    frames_per_step = cfg.data.window_chunks * FRAMES_PER_CHUNK * cfg.data.batch_size * d.world
-    flops_per_step = train_flops_per_example(cfg.model, layout) * cfg.data.batch_size * d.world
-    peak = _peak_flops(cfg, d.device)
-    metrics = MetricsLog(out / "metrics.jsonl", d.is_main)
-    evals = MetricsLog(out / "eval.jsonl", d.is_main)
-    for record_log in (metrics, evals):
-        record_log.drop_after(step)
+    net = wrap_model(model, cfg, d)
     if d.is_main:
         log.info("model: %.1fM parameters, dispatch=%s, device=%s, world=%d",
                  sum(p.numel() for p in model.parameters()) / 1e6, dispatch, d.device, d.world)  # fmt: skip
+    return net, dispatch
 
-    # 4. the loop
-    last_eval: dict[str, float] = {}
-    last: dict[str, float] = {}
-    ckpt_written: Optional[Path] = None
-    t_log, steps_since_log = time.perf_counter(), 0
-    model.train()
-    while step < cfg.run.max_steps:
-        lr = lr_at(step, lr=o.lr, warmup_steps=o.warmup_steps, max_steps=cfg.run.max_steps,
-                   min_lr_ratio=o.min_lr_ratio)  # fmt: skip
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = _to_device(next(loader), d.device)
-        with _autocast(cfg, d.device):
-            out_ = net(batch)
-        out_["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
-        counts_LE = _all_reduce(out_["counts_LE"].clone(), d)
-        model.update_router_biases(counts_LE)  # before the step, with the load of all ranks
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        steps_since_log += 1
-        tokens_seen += positions_per_step
 
-        if step % cfg.run.log_every == 0 or step == cfg.run.max_steps:
-            keys = ("loss", "loss_text", "loss_audio", "loss_audio_cb0", "z_loss", "aux_loss")
-            vals = _all_reduce(torch.stack([out_[k].detach().float() for k in keys]), d) / d.world
-            if d.device.type == "cuda":
-                torch.cuda.synchronize(d.device)
-            dt = time.perf_counter() - t_log
-            share_LE = counts_LE.float() / counts_LE.sum(dim=1, keepdim=True).clamp(min=1)
-            last = dict(zip(keys, (float(v) for v in vals.tolist())))
-            _gather_bad(loader.bad.drain(), bad_seen, d)
-            record = {
-                "step": step,
-                **last,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": positions_per_step * steps_since_log / dt,
-                "frames_per_s": frames_per_step * steps_since_log / dt,
-                "mfu": (flops_per_step * steps_since_log / dt / peak) if peak else None,
-                "expert_load_min": float(share_LE.min()),
-                "expert_load_max": float(share_LE.max()),
-                "tokens_seen": tokens_seen,
-                "bad_samples": bad_seen.total,
-                "bad_samples_by_reason": bad_seen.by_reason(),
-            }
-            metrics.write(record)
-            if d.is_main:
-                log.info("step %d loss %.4f text %.4f audio %.4f  %.0f tok/s", step, last["loss"],
-                         last["loss_text"], last["loss_audio"], record["tokens_per_s"])  # fmt: skip
-            t_log, steps_since_log = time.perf_counter(), 0
+def _open_logs(model: InteractionModel, cfg: TrainConfig, out: Path, d: Dist, *, step: int
+               ) -> tuple[StepLog, MetricsLog]:  # fmt: skip
+    """metrics.jsonl (knowing what one step of all ranks processes: positions, codec frames, FLOPs) and
+    eval.jsonl, both cut back to ``step``: a resumed run logs the steps after its checkpoint again."""
+    layout = model.layout(cfg.data.window_chunks)
+    examples = cfg.data.batch_size * d.world
+    metrics = StepLog(
+        out / "metrics.jsonl", d,
+        positions_per_step=layout.length * examples,
+        frames_per_step=cfg.data.window_chunks * FRAMES_PER_CHUNK * examples,
+        flops_per_step=train_flops_per_example(cfg.model, layout) * examples,
+        peak=peak_flops(cfg, d.device),
+    )  # fmt: skip
+    evals = MetricsLog(out / "eval.jsonl", d.is_main)
+    for record_log in (metrics.metrics, evals):
+        record_log.drop_after(step)
+    return metrics, evals
 
-        is_last = step == cfg.run.max_steps
-        if eval_shards and ((cfg.run.eval_every and step % cfg.run.eval_every == 0) or is_last):
-            eval_loader = TrainLoader(eval_shards, spec, cfg, rank=d.rank, world=d.world, expected_fp=expected_fp,
-                                      num_workers=min(cfg.data.num_workers, 1), shard_samples=eval_samples)  # fmt: skip
-            last_eval = evaluate(net, eval_loader, cfg.run.eval_batches, cfg, d)
-            eval_loader.close()
-            evals.write({"step": step, **last_eval})
-            t_log = time.perf_counter()  # eval time is not training throughput
 
-        if (cfg.run.ckpt_every and step % cfg.run.ckpt_every == 0) or is_last:
-            states = [loader.state_dict()]
-            if d.world > 1:
-                gathered: list[Any] = [None] * d.world
-                dist.all_gather_object(gathered, json.dumps(states[0]))
-                states = [json.loads(s) for s in gathered]
-            if d.is_main:
-                ckpt_written = save_checkpoint(out, model=model, optimizer=optimizer, step=step,
-                                               tokens_seen=tokens_seen, loaders=states, cfg=cfg,
-                                               keep=cfg.run.keep_checkpoints)  # fmt: skip
-            if d.world > 1:
-                dist.barrier()
-            t_log = time.perf_counter()
-    loader.close()
-    return {
-        "steps": step,
-        "tokens_seen": tokens_seen,
-        "final": last,
-        "eval": last_eval,
-        "run_dir": str(out),
-        "checkpoint": str(ckpt_written or latest_checkpoint(out) or ""),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "dispatch": dispatch,
-        "world": d.world,
-        "device": str(d.device),
-    }
+def _evaluate_held_out(net: torch.nn.Module, data: RunData, cfg: TrainConfig, d: Dist) -> dict[str, float]:
+    """Mean losses over run.eval_batches held-out batches (a fresh loader: always the same batches)."""
+    eval_loader = TrainLoader(data.eval_shards, data.spec, cfg, rank=d.rank, world=d.world,
+                              expected_fp=data.expected_fp, num_workers=min(cfg.data.num_workers, 1),
+                              shard_samples=data.eval_samples)  # fmt: skip
+    result = evaluate(net, eval_loader, cfg.run.eval_batches, cfg, d)
+    eval_loader.close()
+    return result
+
+
+def _save(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, tokens_seen: int,
+          loader: TrainLoader, cfg: TrainConfig, d: Dist) -> Optional[Path]:  # fmt: skip
+    """Every rank's loader state goes into rank 0's checkpoint; the others wait until it is committed."""
+    states = loader_states(loader, d)
+    path = None
+    if d.is_main:
+        path = save_checkpoint(out, model=model, optimizer=optimizer, step=step, tokens_seen=tokens_seen,
+                               loaders=states, cfg=cfg, keep=cfg.run.keep_checkpoints)  # fmt: skip
+    if d.world > 1:
+        dist.barrier()
+    return path
 
 
 # ---------------------------------------------------------------- command line

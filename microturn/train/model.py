@@ -15,8 +15,14 @@ Prediction. The hidden state at the position just before model frame f (the prev
 the last user frame of the previous chunk, or BOS) feeds the depth head, which predicts, in order, the
 model's text token of frame f and its codebooks 0..K-1 (teacher-forced, causal over those K+1 steps).
 
-Shapes use suffixes: B batch, C chunks, F codec frames (C * 15), K codebooks, P frame tokens, L sequence
-positions, D model width, H heads, E experts, T tokens routed (B * L), N routed slots (T * top_k).
+Shapes use suffixes: B batch, C chunks, F codec frames (C * 15), K codebooks, k the router's top_k
+choices, P video tokens per chunk (frame_tokens; frame_tokens / video_pool once pooled), L sequence
+positions, D model width (depth_d_model inside the depth head), H attention heads, d head width,
+R rotary frequencies (d / 2), E experts, T tokens routed (B * L), S depth-head steps (K + 1), V vocabulary.
+N counts rows: in the MoE the routed slots (T * top_k, expert-sorted), in the depth head and the losses
+the frames of the batch (B * F). Two names reuse letters: ``counts_LE`` has one row per layer
+(L = n_layers), and the expert weights, [E, out, in], are ``w1_EFD`` (D -> gate and up: F here is
+2 * expert_hidden) and ``w2_EDH`` (H = expert_hidden -> D); they are checkpoint keys, so they keep their names.
 """
 
 from __future__ import annotations
@@ -192,13 +198,13 @@ class MoE(nn.Module):
         logits_TE = self.router(x_TD).float()
         scores_TE = logits_TE.softmax(dim=-1)
         select_TE = scores_TE + self.expert_bias if self.balance == "aux_free" else scores_TE
-        _, experts_TK = select_TE.topk(self.top_k, dim=-1)
-        gates_TK = scores_TE.gather(1, experts_TK)
-        gates_TK = gates_TK / gates_TK.sum(dim=-1, keepdim=True)
-        counts_E = torch.bincount(experts_TK.reshape(-1), minlength=self.n_experts)
+        _, experts_Tk = select_TE.topk(self.top_k, dim=-1)
+        gates_Tk = scores_TE.gather(1, experts_Tk)
+        gates_Tk = gates_Tk / gates_Tk.sum(dim=-1, keepdim=True)
+        counts_E = torch.bincount(experts_Tk.reshape(-1), minlength=self.n_experts)
 
         # dropless dispatch: sort the T*k (token, expert) slots by expert, run each group, scatter back
-        order_N = torch.argsort(experts_TK.reshape(-1), stable=True)
+        order_N = torch.argsort(experts_Tk.reshape(-1), stable=True)
         token_N = order_N // self.top_k
         x_ND = x_TD[token_N]
         mode = dispatch or self.resolve_dispatch(x_BLD.device)
@@ -210,7 +216,7 @@ class MoE(nn.Module):
             y_ND = experts_loop(x_ND, counts_E.tolist(), self.w1_EFD, self.w2_EDH)
         else:
             raise ValueError(f"unknown expert dispatch {mode!r}")
-        y_ND = y_ND * gates_TK.reshape(-1)[order_N, None].to(y_ND.dtype)
+        y_ND = y_ND * gates_Tk.reshape(-1)[order_N, None].to(y_ND.dtype)
         y_TD = torch.zeros_like(x_TD, dtype=y_ND.dtype).index_add_(0, token_N, y_ND)
 
         z_loss = torch.logsumexp(logits_TE, dim=-1).square().mean()

@@ -9,7 +9,7 @@ import pytest
 
 from microturn.config import ChunkConfig, EventsConfig, ShardConfig
 from microturn.format import decode_sample, encode_sample
-from microturn.pipeline.chunk import make_samples, random_tokenized_session
+from tests.factories import random_tokenized_session
 from microturn.pipeline.events import detect_events
 from microturn.pipeline.shard import ShardSink, finalize_dataset
 from microturn.records import Sample
@@ -27,8 +27,7 @@ def _marked_up(sample: Sample) -> Sample:
     words = [{**w, "text": "[bold]hey[/bold]" if i % 2 else "[/]"} for i, w in enumerate(d.words)]
     meta = {**d.meta, "speakers": SPEAKERS, "language": "[/red]",
             "fingerprints": {k: v["fingerprint"] for k, v in TOKENIZERS.items()}}
-    members = encode_sample(meta=meta, codes=d.codes, activity=d.activity, text=d.text, words=words,
-                            frames=d.frames, frame_chunks=d.frame_chunks, events=d.events)
+    members = encode_sample(meta=meta, arrays=d.arrays, words=words, events=d.events)
     return Sample(sample.key, members, {**sample.index_row, "bytes": sum(map(len, members.values()))})
 
 
@@ -36,7 +35,7 @@ def _marked_up(sample: Sample) -> Sample:
 def marked_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("markup")
     tok = random_tokenized_session("s0", 24000 * 6, seed=1)
-    samples = make_samples(tok, detect_events(tok.aligned.activity, EventsConfig()), ChunkConfig(window_chunks=20, hop_chunks=20))
+    samples = tok.samples(detect_events(tok.activity, EventsConfig()), ChunkConfig(window_chunks=20, hop_chunks=20))
     sink = ShardSink(str(out), ShardConfig(target_bytes=1))
     sink.add_session([_marked_up(s) for s in samples])
     finalize_dataset(str(out), sink, config_hash="h" * 64, tokenizers=TOKENIZERS, rejections=[], sessions_in=1)

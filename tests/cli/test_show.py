@@ -39,7 +39,9 @@ def test_show_prints_timeline_words_tokens_fingerprints_and_sources(cli, corpus,
         assert fp in out
     for src in sample.meta["sources"]["audio"]:
         assert Path(src["uri"]).name in out
-    assert "tokens per stream" in out and f"{sample.codes.shape[1]} x {sample.codes.shape[2]}" in out
+    codes = sample.arrays["codes.npy"]
+    assert "tokens per stream" in out and f"{codes.shape[1]} x {codes.shape[2]}" in out
+    assert "members" in out and "frame_chunks.npy" in out and f"S=2 x K={codes.shape[1]} x F={codes.shape[2]}" in out
 
 
 def test_timeline_has_one_column_per_chunk(cli, corpus, index_rows):

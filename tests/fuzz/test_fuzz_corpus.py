@@ -32,7 +32,7 @@ def _pristine() -> dict[str, bytes]:
     import tempfile
 
     from microturn.config import ChunkConfig, EventsConfig, ShardConfig
-    from microturn.pipeline.chunk import make_samples, random_tokenized_session
+    from tests.factories import random_tokenized_session
     from microturn.pipeline.events import detect_events
     from microturn.pipeline.shard import ShardSink, finalize_dataset
     from microturn.records import Rejection
@@ -41,7 +41,7 @@ def _pristine() -> dict[str, bytes]:
     try:
         sink = ShardSink(str(out), ShardConfig(target_bytes=1))
         tok = random_tokenized_session("s0", 24000 * 4, seed=5, frame_hw=(4, 4))
-        sink.add_session(make_samples(tok, detect_events(tok.aligned.activity, EventsConfig()),
+        sink.add_session(tok.samples(detect_events(tok.activity, EventsConfig()),
                                       ChunkConfig(window_chunks=10, hop_chunks=10)))
         finalize_dataset(str(out), sink, config_hash="h" * 64, tokenizers=TOKENIZERS,
                          rejections=[Rejection("bad", "/in/bad.wav", "probe", "not_media", "x")], sessions_in=2)

@@ -139,11 +139,11 @@ def test_every_tar_is_members_within_its_bytes_or_a_bad_tar(data):
 @lru_cache(maxsize=1)
 def _sample():
     from microturn.config import ChunkConfig, EventsConfig
-    from microturn.pipeline.chunk import make_samples, random_tokenized_session
+    from tests.factories import random_tokenized_session
     from microturn.pipeline.events import detect_events
 
     tok = random_tokenized_session("s0", 24000 * 2, seed=3, frame_hw=(4, 4))
-    sample = make_samples(tok, detect_events(tok.aligned.activity, EventsConfig()), ChunkConfig(window_chunks=10, hop_chunks=10))[0]
+    sample = tok.samples(detect_events(tok.activity, EventsConfig()), ChunkConfig(window_chunks=10, hop_chunks=10))[0]
     return sample.key, dict(sample.members), json.loads(sample.members["meta.json"])
 
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from microturn.manifest import TRANSCRIPT_FORMATS, ManifestError, load_manifest, parse_rows
+from microturn.align.transcripts import TRANSCRIPT_FORMATS
+from microturn.manifest import ManifestError, load_manifest, parse_rows
 from tests.fuzz.fuzzkit import FUZZ, record
 
 pytestmark = pytest.mark.slow

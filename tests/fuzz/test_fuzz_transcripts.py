@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from microturn.align.transcripts import MAX_TIME_S, read_transcript
-from microturn.manifest import TRANSCRIPT_FORMATS
+from microturn.align.transcripts import MAX_TIME_S, TRANSCRIPT_FORMATS, read_transcript
 from microturn.records import StageError
 from tests.fuzz.fuzzkit import FUZZ, record
 

@@ -60,7 +60,7 @@ class HangingTokenizer:
     """A tokenizer actor double whose ``tokenize`` never returns; ``info`` names its process."""
 
     def info(self) -> dict:
-        return {"text_pad_id": 0, "describe": {}, "pid": os.getpid()}
+        return {"describe": {}, "members": [], "pid": os.getpid()}
 
-    def tokenize(self, aligned: object) -> None:
+    def tokenize(self, inp: object) -> None:
         time.sleep(3600)

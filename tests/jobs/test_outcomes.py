@@ -12,9 +12,10 @@ from tests.jobs.util import REPO
 
 def _ok_part(work, sid, config_hash):
     from microturn.jobs.outcomes import part_uri
+    from microturn.pipeline.shard import write_part
     from microturn.storage import write_bytes_atomic
 
-    write_bytes_atomic(part_uri(str(work), sid, ".tar"), b"\0" * 1024)
+    write_part(part_uri(str(work), sid, ".tar"), [])  # the tar and its summary, empty
     summary = {"status": "ok", "session_id": sid, "media_s": 1.0, "config_hash": config_hash}
     write_bytes_atomic(part_uri(str(work), sid, ".json"), json.dumps(summary).encode())
 
@@ -39,6 +40,17 @@ def test_retry_failed_discards_the_reject_and_any_late_part(tmp_path):
     discard_outcome(str(work), "s1")
     assert read_outcome(str(work), "s1") is None
     assert list((work / "sessions").iterdir()) == []
+
+
+def test_a_part_without_its_samples_summary_is_no_outcome(tmp_path):
+    """The sink takes a part's index rows from its summary: a part without one is run again."""
+    from microturn.jobs.outcomes import read_outcome
+
+    work = tmp_path / "_work"
+    _ok_part(work, "s1", "h")
+    assert read_outcome(str(work), "s1")["status"] == "ok"
+    (work / "sessions" / "s1.samples.json").unlink()
+    assert read_outcome(str(work), "s1") is None
 
 
 def _bad_manifest(tmp_path):

@@ -1,5 +1,6 @@
 """Inputs from and outputs to an S3-compatible object store (moto's server on 127.0.0.1)."""
 
+import hashlib
 import socket
 import subprocess
 import sys
@@ -87,15 +88,15 @@ def _sample(sid):
 
 
 def test_size_and_folder_checks_work_on_s3(s3_server):
-    """One helper answers size and is-a-folder for every URI (report/corpus.py used fsspec-only calls)."""
+    """storage answers size, is-a-folder and sha256 for every URI (report/corpus.py used fsspec-only calls)."""
     from microturn import storage
-    from microturn.report.corpus import _is_dir, size_of
 
     _bucket(s3_server, "sizes")
     storage.write_bytes_atomic("s3://sizes/c/shards/a.tar", b"x" * 1234)
-    assert size_of("s3://sizes/c/shards/a.tar") == 1234 and storage.size("s3://sizes/c/shards/a.tar") == 1234
-    assert size_of("s3://sizes/c/shards/missing.tar") is None
-    assert _is_dir("s3://sizes/c/shards") and not _is_dir("s3://sizes/c/shards/a.tar")
+    assert storage.size("s3://sizes/c/shards/a.tar") == 1234
+    assert storage.size("s3://sizes/c/shards/missing.tar") is None
+    assert storage.is_dir("s3://sizes/c/shards") and not storage.is_dir("s3://sizes/c/shards/a.tar")
+    assert storage.file_sha256_and_size("s3://sizes/c/shards/a.tar") == (hashlib.sha256(b"x" * 1234).hexdigest(), 1234)
     assert storage.stat("s3://sizes/nothing") is None
 
 
@@ -274,10 +275,11 @@ def tempfile_prefix():
 class _NeverTokenizes:
     """The session fails in decode, before any tokenizer is needed."""
 
-    text_pad_id = 0
-
-    def tokenize(self, aligned):
+    def tokenize(self, inp):
         raise AssertionError("a bad input reached tokenization")
 
     def describe(self):
         return {}
+
+    def members(self):
+        return []

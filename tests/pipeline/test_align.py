@@ -35,19 +35,20 @@ def _truth_activity(truth, speaker, origin_s: float, frames: int) -> np.ndarray:
 
 
 def _run(spec, cfg: AlignConfig = AlignConfig(vad="energy")):
-    decoded = decode_session(spec, DecodeConfig())
-    return decoded, align_session(decoded, spec, cfg)
+    decoded = decode_session(spec, DecodeConfig(), trace=cfg.estimate_av_offset,
+                             candidates=cfg.estimate_av_offset and cfg.apply_av_offset)
+    return (decoded, *align_session(decoded, spec, cfg))  # decoded, media after align, timeline
 
 
 @pytest.mark.parametrize("layout, vad", [("per_speaker", "pyannote"), ("stereo", "energy"), ("mixed", "energy")])
 def test_activity_matches_truth(tmp_path: Path, layout: str, vad: str) -> None:
     ((spec, truth),) = _synth(tmp_path, layout=layout, seed=1)
-    decoded, aligned = _run(spec, AlignConfig(vad=vad))
+    decoded, media, aligned = _run(spec, AlignConfig(vad=vad))
     frames = aligned.activity.shape[1]
     assert aligned.activity.dtype == np.uint8 and frames % 15 == 0
     assert frames == 15 * -(-decoded.num_samples // 4800)
-    origin = decoded.sources["origin_s"]
-    for i, stream in enumerate(aligned.decoded.streams):
+    origin = float(decoded.provenance.origin)
+    for i, stream in enumerate(media.streams):
         speaker = None if stream.speaker == "mixed" else stream.speaker
         score = f1(_truth_activity(truth, speaker, origin, frames), aligned.activity[i])
         assert score >= 0.9, (stream.speaker, score)
@@ -60,9 +61,9 @@ def test_activity_matches_truth(tmp_path: Path, layout: str, vad: str) -> None:
 
 def test_overlaps_and_backchannels_survive(tmp_path: Path) -> None:
     ((spec, truth),) = _synth(tmp_path, duration_s=30.0, seed=2)
-    decoded, aligned = _run(spec)
-    speakers = [s.speaker for s in aligned.decoded.streams]
-    origin = decoded.sources["origin_s"]
+    decoded, media, aligned = _run(spec)
+    speakers = [s.speaker for s in media.streams]
+    origin = float(decoded.provenance.origin)
 
     def frames_of(event) -> slice:
         return slice(int((event.start_s - origin) * 75), max(int((event.end_s - origin) * 75), int((event.start_s - origin) * 75) + 1))
@@ -79,7 +80,7 @@ def test_overlaps_and_backchannels_survive(tmp_path: Path) -> None:
 @pytest.mark.parametrize("offset_ms", [-500.0, -180.0, 0.0, 90.0, 333.0, 500.0])
 def test_av_offset_recovered_within_one_codec_frame(tmp_path: Path, offset_ms: float) -> None:
     ((spec, truth),) = _synth(tmp_path, duration_s=10.0, av_offset_ms=offset_ms, seed=3)
-    _, aligned = _run(spec, AlignConfig(vad="energy", estimate_av_offset=True))
+    _, media, aligned = _run(spec, AlignConfig(vad="energy", estimate_av_offset=True))
     assert abs(aligned.av_offset_sample / 24 - truth.av_offset_ms) <= 13.3
     assert aligned.av_offset_confidence is not None and aligned.av_offset_confidence > 0.3
     if abs(offset_ms) >= 13.4:
@@ -89,8 +90,8 @@ def test_av_offset_recovered_within_one_codec_frame(tmp_path: Path, offset_ms: f
 def test_av_offset_applied_repicks_frames(tmp_path: Path) -> None:
     """After correction the picture of each chunk shows the loudness of that chunk, not 400 ms later."""
     ((spec, truth),) = _synth(tmp_path, duration_s=10.0, av_offset_ms=400.0, seed=4, vary_starts=False)
-    decoded, aligned = _run(spec, AlignConfig(vad="energy", estimate_av_offset=True))
-    before, after = decoded.video, aligned.decoded.video
+    decoded, media, aligned = _run(spec, AlignConfig(vad="energy", estimate_av_offset=True))
+    before, after = decoded.video, media.video
     assert before is not None and after is not None
     assert after.frame_chunks[0] == 0  # video moved earlier: the first chunks still get frames
     left_half = lambda v: v.frames_rgb[:, :, : v.frames_rgb.shape[2] // 2].mean(axis=(1, 2, 3))  # noqa: E731
@@ -108,7 +109,7 @@ def test_real_two_speaker_call_matches_reference_turns() -> None:
     if not (sample / "sample.wav").exists():
         pytest.skip("pyannote sample not installed")
     spec = SessionSpec.model_validate({"session_id": "call", "audio": [{"uri": str(sample / "sample.wav")}]})
-    _, aligned = _run(spec, AlignConfig())
+    _, media, aligned = _run(spec, AlignConfig())
     frames = aligned.activity.shape[1]
     centres = (np.arange(frames) + 0.5) / 75
     ref = np.zeros(frames, dtype=bool)
@@ -129,7 +130,7 @@ def test_real_stereo_dialogue_one_voice_per_channel() -> None:
             "transcript": {"uri": str(shared("dialogue", "michaelandsickmichael.TextGrid")), "format": "textgrid"},
         }
     )
-    _, aligned = _run(spec)
+    _, media, aligned = _run(spec)
     # utterances alternate: the two streams are rarely active together once leakage is suppressed
     both = (aligned.activity.sum(axis=0) == 2).mean()
     assert both < 0.05 and aligned.activity.any(axis=1).all()
@@ -148,8 +149,8 @@ def _stereo_same_signal(tmp: Path) -> SessionSpec:
 
 
 def test_duplicate_channels_become_one_mixed_stream(tmp_path: Path) -> None:
-    _, aligned = _run(_stereo_same_signal(tmp_path))
-    assert [s.speaker for s in aligned.decoded.streams] == ["mixed"]
+    _, media, aligned = _run(_stereo_same_signal(tmp_path))
+    assert [s.speaker for s in media.streams] == ["mixed"]
     assert aligned.activity.shape[0] == 1
     assert "duplicate_channels:mixed" in aligned.flags and "undiarized_mixed" in aligned.flags
 
@@ -165,7 +166,7 @@ def test_quality_filters(tmp_path: Path) -> None:
     x = burst(16000, 3.0, [(0.5, 0.8)])
     wav = write_wav(tmp_path / "quiet.wav", x, 16000)
     spec = SessionSpec.model_validate({"session_id": "q", "audio": [{"uri": str(wav), "speaker": "a"}]})
-    _, aligned = _run(spec)
+    _, media, aligned = _run(spec)
     quality = aligned.quality
     assert 0.05 < quality["speech_ratio"] < 0.2 and quality["streams"]["a"]["clipping_ratio"] == 0.0
     with pytest.raises(StageError) as err:
@@ -179,14 +180,14 @@ def test_quality_filters(tmp_path: Path) -> None:
 
 
 def test_energy_fallback_when_model_cannot_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import microturn.align.vad as vad
+    import microturn.pipeline.align as align
 
     def broken(*_a, **_k):
-        raise vad.VadUnavailable("simulated: model file missing")
+        raise align.VadUnavailable("simulated: model file missing")
 
-    monkeypatch.setattr(vad, "load_pyannote", broken)
+    monkeypatch.setattr(align, "load_pyannote", broken)
     x = burst(16000, 2.0, [(0.5, 1.5)])
     spec = SessionSpec.model_validate({"session_id": "f", "audio": [{"uri": str(write_wav(tmp_path / "a.wav", x, 16000)), "speaker": "a"}]})
-    _, aligned = _run(spec, AlignConfig(vad="pyannote"))
+    _, media, aligned = _run(spec, AlignConfig(vad="pyannote"))
     assert "vad:energy_fallback" in aligned.flags
     assert f1(np.r_[np.zeros(37), np.ones(75), np.zeros(38)].astype(bool), aligned.activity[0][:150]) > 0.9

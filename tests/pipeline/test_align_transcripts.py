@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from tests.media_helpers import shared
-from microturn.align.transcripts import channel_base, parse_time, read_transcript, speaker_to_stream, to_words
-from microturn.manifest import TRANSCRIPT_FORMATS
+from microturn.align.transcripts import (
+    TRANSCRIPT_FORMATS,
+    channel_base,
+    format_of_extension,
+    parse_time,
+    read_transcript,
+    speaker_to_stream,
+    to_words,
+)
 from microturn.records import StageError
 
 
@@ -143,3 +150,18 @@ def test_deep_or_huge_json_is_a_bad_transcript(tmp_path: Path, text: str) -> Non
     with pytest.raises(StageError) as info:
         read_transcript(_write(tmp_path, "t.json", text), "json")
     assert info.value.reason == "bad_transcript"
+
+
+def test_one_registry_names_the_formats_the_manifest_and_the_folder_scan_accept(tmp_path) -> None:
+    from microturn.manifest import parse_rows
+    from microturn.report.folder_manifest import group_files
+
+    assert format_of_extension(".TEXTGRID") == format_of_extension(".TextGrid") == "textgrid"
+    assert format_of_extension(".srt") is None
+    for fmt in (*TRANSCRIPT_FORMATS, "srt"):
+        row = {"session_id": "s", "audio": [{"uri": "a.wav"}], "transcript": {"uri": "t", "format": fmt}}
+        specs, problems = parse_rows([(1, row)], str(tmp_path))
+        assert bool(specs) == (fmt in TRANSCRIPT_FORMATS) and bool(problems) == (fmt not in TRANSCRIPT_FORMATS)
+    files = [tmp_path / "s.wav", tmp_path / "s.TextGrid"]
+    sessions, skipped = group_files(files, tmp_path)
+    assert sessions["s"].transcript == (tmp_path / "s.TextGrid", "textgrid") and skipped == []

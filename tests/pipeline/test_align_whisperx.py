@@ -83,7 +83,7 @@ def test_whisperx_alignment_offline_on_tiny_model(tmp_path: Path, tiny_wav2vec2:
     spec = _session(tmp_path, TRANSCRIPT)
     decoded = decode_session(spec, DecodeConfig())
     cfg = AlignConfig(vad="energy", align_model_dir=tiny_wav2vec2, nltk_data_dir=tmp_path / "nltk", device="cpu")
-    aligned = align_session(decoded, spec, cfg)
+    _, aligned = align_session(decoded, spec, cfg)
     assert "words:aligned" in aligned.flags
     assert (tmp_path / "nltk" / "tokenizers" / "punkt_tab" / "english" / "ortho_context.tab").exists()
     by_stream = {k: [w for w in aligned.words if w.stream == k] for k in (0, 1)}
@@ -143,7 +143,7 @@ def test_asr_words_are_forced_aligned_when_an_alignment_model_is_set(tmp_path, t
     decoded = decode_session(spec, DecodeConfig())
     cfg = AlignConfig(asr_model_dir=whisper_base, align_model_dir=tiny_wav2vec2, nltk_data_dir=tmp_path / "nltk",
                       device="cpu", asr_threads=2)
-    aligned = align_session(decoded, spec, cfg)
+    _, aligned = align_session(decoded, spec, cfg)
     assert "words:asr_aligned" in aligned.flags
     texts = [w.text.lower().strip(".,") for w in aligned.words if w.stream == 1]
     assert texts[-3:] == ["seems", "extremely", "distant"]  # Whisper's words, the aligner's times

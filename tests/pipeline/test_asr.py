@@ -186,7 +186,7 @@ def asr_runs(whisper_base) -> dict:
     for case in _cases():
         spec = SessionSpec.model_validate({"session_id": case["session_id"], "audio": case["audio"]})
         decoded = decode_session(spec, DecodeConfig())
-        out[case["name"]] = (case, decoded, align_session(decoded, spec, cfg))
+        out[case["name"]] = (case, decoded, align_session(decoded, spec, cfg)[1])
     return out
 
 
@@ -270,7 +270,7 @@ def test_the_other_speakers_bleed_is_not_transcribed(whisper_base, tmp_path):
     audio = [dict(a, uri=str(path)) for a in case["audio"]]
     spec = SessionSpec.model_validate({"session_id": "bled", "audio": audio, "language": "en"})
     decoded = decode_session(spec, DecodeConfig())
-    aligned = align_session(decoded, spec, AlignConfig(asr_model_dir=whisper_base, device="cpu", asr_threads=2))
+    _, aligned = align_session(decoded, spec, AlignConfig(asr_model_dir=whisper_base, device="cpu", asr_threads=2))
     assert not any(f.startswith("asr_language:") for f in aligned.flags)  # given by the manifest
     turns = case["turns"]
     for k in (0, 1):
@@ -323,7 +323,7 @@ def test_a_build_of_real_dialogues_has_words_text_and_show_prints_them(whisper_b
             words = [w for w in s.words if w["stream"] == k]
             assert all(w["timing"] == "whisper" for w in words)
             if words:  # a stream with words has Whisper tokens on its text stream
-                assert (s.text[k] < pad).sum() >= len(words)
+                assert (s.arrays["text.npy"][k] < pad).sum() >= len(words)
         if not s.words:
             continue
         result = runner.invoke(app, ["show", str(out), s.key, "--width", "50"], catch_exceptions=False)

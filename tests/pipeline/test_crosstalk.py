@@ -48,9 +48,9 @@ def room_sessions(tmp: Path, sessions: int, duration_s: float, seed: int = 0):
 
 def scores(spec, truth, cfg: AlignConfig) -> tuple[list[float], float, float, np.ndarray]:
     decoded = decode_session(spec, DecodeConfig())
-    aligned = align_session(decoded, spec, cfg)
+    _, aligned = align_session(decoded, spec, cfg)
     act = aligned.activity
-    origin = float(decoded.sources["origin_s"])
+    origin = float(decoded.provenance.origin)
     ref = np.stack([truth_frames([(s.start_s, s.end_s) for s in truth.segments_of(k)], origin, act.shape[1]) for k in "AB"])
     return [f1(ref[k], act[k]) for k in range(2)], overlap_ratio(act), overlap_ratio(ref), act
 
@@ -132,7 +132,7 @@ def test_room_crosstalk_session_attributed_per_speaker(tmp_path: Path) -> None:
 def test_dominance_rule_still_selectable(tmp_path: Path) -> None:
     ((spec, _),) = room_sessions(tmp_path, 1, 6.0, seed=3)
     decoded = decode_session(spec, DecodeConfig())
-    aligned = align_session(decoded, spec, AlignConfig(vad="energy", crosstalk="dominance"))
+    _, aligned = align_session(decoded, spec, AlignConfig(vad="energy", crosstalk="dominance"))
     assert "crosstalk:dominance" in aligned.flags and "crosstalk_suppressed" in aligned.flags
     assert "activity_correlation" in aligned.quality
 
@@ -219,7 +219,7 @@ def test_real_dialogue_cross_mixed_through_real_rooms(tmp_path: Path, k: int) ->
             "audio": [{"uri": str(wav), "channel": 0, "speaker": "michael"}, {"uri": str(wav), "channel": 1, "speaker": "sickmichael"}],
         }
     )
-    aligned = align_session(decode_session(spec, DecodeConfig()), spec, AlignConfig())
+    _, aligned = align_session(decode_session(spec, DecodeConfig()), spec, AlignConfig())
     segs = read_transcript(str(shared("dialogue", "michaelandsickmichael.TextGrid")), "textgrid")
     frames = aligned.activity.shape[1]
     for i, name in enumerate(("michael", "sickmichael")):

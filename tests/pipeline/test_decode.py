@@ -14,6 +14,7 @@ from tests.media_helpers import burst, shared, write_video, write_wav
 from microturn.clock import GRID
 from microturn.config import DecodeConfig
 from microturn.manifest import SessionSpec
+from microturn.media.video import repick_video
 from microturn.pipeline.decode import decode_session
 from microturn.records import StageError
 from tests.pipeline.crafted import pcm_with_timestamp_jump, video_with_times
@@ -218,6 +219,86 @@ def test_video_far_ahead_of_its_audio_is_decoded_in_two_exact_passes(tmp_path: P
     assert np.array_equal(one_pass.video.frame_chunks, two_pass.video.frame_chunks)
     assert np.array_equal(one_pass.video.frames_rgb, two_pass.video.frames_rgb)
     assert one_pass.video.offset_sample == two_pass.video.offset_sample == 7200
+
+
+# ---------------------------------------------------------------- one pass gives the A/V offset inputs
+
+
+def test_trace_and_candidates_come_from_the_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import av
+
+    pts_ms = [0, 100, 150, 420, 450, 500, 900, 1000, 1100, 1500] + [1600 + 100 * i for i in range(15)]
+    wav = write_wav(tmp_path / "a.wav", burst(16000, 3.2, [(0.5, 1.0)]), 16000)
+    mp4 = write_video(tmp_path / "v.mp4", len(pts_ms), pts=pts_ms)
+    opened: list[str] = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda target, *a, **k: opened.append(str(target)) or real_open(target, *a, **k))
+    spec = _spec(audio=[{"uri": str(wav), "speaker": "A"}], video={"uri": str(mp4)})
+    out = decode_session(spec, DecodeConfig(), trace=True, candidates=True)
+    assert opened.count(str(mp4)) == 1 and opened.count(str(wav)) == 1
+    assert out.trace is not None and out.candidates is not None
+    # every decoded frame, on the session clock (both sources start at 0: sample = 24 x ms)
+    assert out.trace.times_sample.tolist() == [24 * t for t in pts_ms]
+    assert out.trace.features.shape == (len(pts_ms), 32) and out.trace.features.dtype == np.float32
+    luma = out.trace.features[:, :16].mean(axis=1)  # frame i is brighter than frame i - 1
+    assert np.all(np.diff(luma) > 0) and not out.trace.features[0, 16:].any()
+    assert out.candidates.samples.tolist() == [24 * t for t in pts_ms]
+    assert out.candidates.frames_rgb.shape == (len(pts_ms), 64, 64, 3)
+    plain = decode_session(spec, DecodeConfig())
+    assert plain.trace is None and plain.candidates is None
+    assert np.array_equal(plain.video.frames_rgb, out.video.frames_rgb)  # type: ignore[union-attr]
+
+
+def _picked_by_pts(pts_ms: list[int], shift_ms: int, end_ms: int, num_chunks: int) -> dict[int, int]:
+    """Frame index per chunk for a picture moved ``shift_ms`` earlier, straight from the PTS: the frame
+    whose interval covers the chunk start; the first frame also for a chunk up to 100 ms before it."""
+    moved = [p - shift_ms for p in pts_ms]
+    picks = {}
+    for c in range(num_chunks):
+        t = 200 * c
+        if moved[0] - 100 <= t < end_ms - shift_ms:
+            picks[c] = max([i for i, p in enumerate(moved) if p <= t], default=0)
+    return picks
+
+
+@pytest.mark.parametrize("shift_ms", [0, 1, -1, 37, 100, -100, 250, -333, 500, -500])
+def test_repick_video_moves_the_picture_without_opening_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shift_ms: int
+) -> None:
+    import av
+
+    pts_ms = [0, 100, 150, 420, 450, 500, 900, 1000, 1100, 1500] + [1600 + 100 * i for i in range(10)]
+    wav = write_wav(tmp_path / "a.wav", burst(16000, 2.4, [(0.5, 1.0)]), 16000)
+    mp4 = write_video(tmp_path / "v.mp4", len(pts_ms), pts=pts_ms, size=(64, 48))
+    spec = _spec(audio=[{"uri": str(wav), "speaker": "A"}], video={"uri": str(mp4)})
+    media = decode_session(spec, DecodeConfig(frame_width=32, frame_height=24), candidates=True)
+    assert media.video is not None and media.candidates is not None
+    monkeypatch.setattr(av, "open", lambda *a, **k: pytest.fail("repick_video opened a file"))
+    moved = repick_video(media, 24 * shift_ms)
+    end_ms = media.candidates.end_sample // 24
+    expected = _picked_by_pts(pts_ms, shift_ms, end_ms, GRID.num_chunks(media.num_samples))
+    got = {int(c): int(round(float(f.mean()) / 10)) for c, f in zip(moved.frame_chunks, moved.frames_rgb)}
+    assert got == expected
+    assert moved.offset_sample == media.video.offset_sample - 24 * shift_ms
+    if shift_ms == 0:
+        assert np.array_equal(moved.frames_rgb, media.video.frames_rgb)
+        assert np.array_equal(moved.frame_chunks, media.video.frame_chunks)
+
+
+def test_frame_candidates_past_their_limit_are_dropped_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import microturn.media.video as video
+
+    monkeypatch.setattr(video, "MAX_CANDIDATE_FRAMES", 5)
+    wav = write_wav(tmp_path / "a.wav", burst(16000, 2.0, [(0.5, 1.0)]), 16000)
+    mp4 = write_video(tmp_path / "v.mp4", 20)
+    spec = _spec(audio=[{"uri": str(wav), "speaker": "A"}], video={"uri": str(mp4)})
+    out = decode_session(spec, DecodeConfig(), trace=True, candidates=True)
+    assert out.candidates is None and "video_candidates_dropped:>5" in out.warnings
+    assert out.trace is not None and out.trace.times_sample.shape == (20,)  # the estimate still runs
+    with pytest.raises(ValueError):
+        repick_video(out, 2400)
 
 
 # ---------------------------------------------------------------- bounded buffers on crafted input

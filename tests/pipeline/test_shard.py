@@ -13,18 +13,12 @@ import numpy as np
 import pytest
 
 from microturn.config import ChunkConfig, EventsConfig, ShardConfig
+from microturn.errors import FormatError
 from microturn.format import decode_sample, iter_samples
-from microturn.pipeline.chunk import make_samples, random_tokenized_session
 from microturn.pipeline.events import detect_events
-from microturn.pipeline.shard import (
-    ShardSink,
-    finalize_dataset,
-    read_part,
-    sample_tar_bytes,
-    write_part,
-    write_quarantine,
-)
+from microturn.pipeline.shard import ShardSink, finalize_dataset, read_part_summary, write_part, write_quarantine
 from microturn.records import Rejection
+from tests.factories import random_tokenized_session, sample_tar_bytes
 
 CHUNK = ChunkConfig(window_chunks=50, hop_chunks=50)  # 10 s windows keep the tests small
 TOKENIZERS = {
@@ -36,7 +30,7 @@ TOKENIZERS = {
 
 def session_samples(i: int, seconds: float = 23.0):
     tok = random_tokenized_session(f"sess{i:02d}", int(seconds * 24000) + 1234 * i, seed=i)
-    return make_samples(tok, detect_events(tok.aligned.activity, EventsConfig()), CHUNK)
+    return tok.samples(detect_events(tok.activity, EventsConfig()), CHUNK)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +58,8 @@ def test_our_reader_gets_back_every_sample_in_order(tmp_path, sessions):
     got = dict(iter_samples(str(tmp_path / "shards" / "shard-000000.tar")))[first.key]
     assert got == first.members
     decoded = decode_sample(got, first.key)
-    assert decoded.codes.dtype == np.int16 and decoded.codes.shape == (2, 8, 750)
+    codes = decoded.arrays["codes.npy"]
+    assert codes.dtype == np.int16 and codes.shape == (2, 8, 750)
 
 
 def test_plain_webdataset_decodes_with_standard_handlers(tmp_path, sessions):
@@ -78,7 +73,7 @@ def test_plain_webdataset_decodes_with_standard_handlers(tmp_path, sessions):
     assert [g["__key__"] for g in got] == [s.key for s in expected]
     for g, s in zip(got, expected):
         assert set(k for k in g if not k.startswith("__")) == set(s.members)
-        assert np.array_equal(g["codes.npy"], decode_sample(s.members, s.key).codes)
+        assert np.array_equal(g["codes.npy"], decode_sample(s.members, s.key).arrays["codes.npy"])
         assert g["codes.npy"].dtype == np.int16 and g["text.npy"].dtype == np.int32
         assert g["meta.json"]["session_id"] == s.index_row["session_id"]
         assert isinstance(g["events.json"], list)
@@ -97,7 +92,7 @@ def test_ray_data_reads_the_shards(tmp_path, sessions):
     expected = [s for samples in sessions[:2] for s in samples]
     assert sorted(r["__key__"] for r in rows) == sorted(s.key for s in expected)
     row = next(r for r in rows if r["__key__"] == expected[0].key)
-    assert np.array_equal(np.asarray(row["activity.npy"]), decode_sample(expected[0].members).activity)
+    assert np.array_equal(np.asarray(row["activity.npy"]), decode_sample(expected[0].members).arrays["activity.npy"])
 
 
 def test_two_builds_give_byte_identical_files(tmp_path, sessions):
@@ -121,9 +116,9 @@ def test_tar_headers_are_normalised_and_members_in_format_order(sessions):
 
 def test_long_session_ids_survive_the_tar(tmp_path):
     tok = random_tokenized_session("x" * 120, 24000 * 3, seed=1)
-    samples = make_samples(tok, [], CHUNK)
+    samples = tok.samples([], CHUNK)
     write_part(str(tmp_path / "p.tar"), samples)
-    assert [s.key for s in read_part(str(tmp_path / "p.tar"))] == [s.key for s in samples]
+    assert [k for k, _ in iter_samples(str(tmp_path / "p.tar"))] == [s.key for s in samples]
 
 
 def test_dataset_json_records_checksums_and_totals(tmp_path, sessions):
@@ -221,16 +216,48 @@ def test_a_session_cannot_be_written_twice(tmp_path, sessions):
     sink.abort()
 
 
-def test_samples_added_one_by_one_group_by_session(tmp_path, sessions):
-    a = ShardSink(str(tmp_path / "a"), ShardConfig(target_bytes=1))
-    for samples in sessions[:3]:
-        for s in samples:
-            a.add(s)
-    assert [i.sessions for i in a.close()] == [("sess00",), ("sess01",), ("sess02",)]
+def test_a_session_of_mixed_samples_is_refused(tmp_path, sessions):
+    sink = ShardSink(str(tmp_path), ShardConfig())
+    with pytest.raises(ValueError, match="more than one session"):
+        sink.add_session([sessions[0][0], sessions[1][0]])
+    sink.abort()
 
 
-def test_parts_round_trip_with_their_index_rows(tmp_path, sessions):
-    info = write_part(str(tmp_path / "_work" / "sess00.tar"), sessions[0])
-    back = read_part(str(tmp_path / "_work" / "sess00.tar"))
-    assert info["samples"] == len(back) == len(sessions[0])
-    assert [(s.key, s.members, s.index_row) for s in back] == [(s.key, s.members, s.index_row) for s in sessions[0]]
+def test_parts_keep_their_index_rows_and_byte_range(tmp_path, sessions):
+    part = tmp_path / "_work" / "sess00.tar"
+    summary = write_part(str(part), sessions[0])
+    assert read_part_summary(str(part)) == summary
+    assert [r["key"] for r in summary.rows] == [s.key for s in sessions[0]]
+    assert [dict(r) for r in summary.rows] == [s.index_row for s in sessions[0]]
+    data = part.read_bytes()
+    assert summary.tar_bytes == len(data) and summary.tar_sha256 == hashlib.sha256(data).hexdigest()
+    assert data[summary.samples_bytes:].strip(b"\0") == b""  # after the samples: only the end-of-archive
+    assert [(k, m) for k, m in iter_samples(str(part))] == [(s.key, s.members) for s in sessions[0]]
+
+
+def test_shards_from_parts_are_the_shards_from_samples(tmp_path, sessions):
+    """The sink copies a part's bytes as they are: the same shards, markers and index as tarring anew."""
+    cfg = ShardConfig(target_bytes=400_000)
+    build(tmp_path / "samples", sessions, cfg)
+    sink = ShardSink(str(tmp_path / "parts"), cfg)
+    for samples in sessions:
+        part = tmp_path / "work" / f"{samples[0].index_row['session_id']}.tar"
+        write_part(str(part), samples)
+        sink.add_part(str(part))
+    finalize_dataset(str(tmp_path / "parts"), sink, config_hash="c" * 64, tokenizers=TOKENIZERS, rejections=[],
+                     sessions_in=len(sessions))
+    a, b = files(tmp_path / "samples"), files(tmp_path / "parts")
+    assert a.keys() == b.keys() and [k for k in a if a[k] != b[k]] == []
+
+
+def test_an_empty_part_adds_nothing_and_a_truncated_one_is_refused(tmp_path, sessions):
+    write_part(str(tmp_path / "empty.tar"), [])
+    write_part(str(tmp_path / "short.tar"), sessions[0])
+    (tmp_path / "short.tar").write_bytes((tmp_path / "short.tar").read_bytes()[:1000])
+    sink = ShardSink(str(tmp_path / "out"), ShardConfig())
+    sink.add_part(str(tmp_path / "empty.tar"))
+    assert sink.close() == []
+    sink = ShardSink(str(tmp_path / "out2"), ShardConfig())
+    with pytest.raises(FormatError, match="truncated_part|before its samples"):
+        sink.add_part(str(tmp_path / "short.tar"))
+    sink.abort()

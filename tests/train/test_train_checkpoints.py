@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from microturn.train.loader import TrainDataError
-from microturn.train.loop import checkpoints, load_latest_checkpoint, save_checkpoint, train
+from microturn.errors import TrainDataError
+from microturn.train.checkpoint import checkpoints, load_latest_checkpoint, save_checkpoint
+from microturn.train.loop import train
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from microturn.train.loader import TrainDataError, TrainLoader, build_example, read_corpus
+from microturn.errors import TrainDataError
+from microturn.train.corpus import read_corpus
+from microturn.train.examples import build_example
+from microturn.train.loader import TrainLoader
 from microturn.train.loop import example_spec, main, resolve_config, train
 
 from train_corpus_util import derive_corpus, make_sample
@@ -197,7 +200,7 @@ def test_bad_samples_go_into_metrics_and_the_checkpoint(tiny_cfg, train_corpus, 
     assert summary["steps"] == 8
     last = read_metrics(tmp_path / "run")[-1]
     assert last["bad_samples"] == 2 and last["bad_samples_by_reason"] == {"bad_dtype": 1, "bad_meta": 1}
-    from microturn.train.loop import load_checkpoint
+    from microturn.train.checkpoint import load_checkpoint
 
     state = load_checkpoint(Path(summary["checkpoint"]), torch.device("cpu"))
     assert sorted(r for r, _ in state["loaders"][0]["bad"].values()) == ["bad_dtype", "bad_meta"]

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from microturn.train.loader import (
-    Position,
-    TrainDataError,
-    TrainLoader,
-    build_example,
-    iter_raw_samples,
-    read_corpus,
-    shards_for,
-    split_train_eval,
-)
+from microturn.errors import TrainDataError
+from microturn.train.corpus import iter_raw_samples, read_corpus, shards_for, split_train_eval
+from microturn.train.examples import build_example
+from microturn.train.loader import TrainLoader
+from microturn.train.stream import Position
 from microturn.train.loop import example_spec, resolve_config
 
 from train_corpus_util import FINGERPRINTS, derive_corpus, make_sample, write_corpus
@@ -97,14 +92,15 @@ def test_batches_hold_the_real_samples_tokens(tiny_cfg, train_corpus):
     K = cfg.model.codebooks
     for i, (key, members) in enumerate(list(iter_samples(corpus.shard_uris[0]))[:4]):
         s = decode_sample(members, key)
+        codes, text = s.arrays["codes.npy"], s.arrays["text.npy"]
         valid = s.meta["valid_frames"]
-        assert np.array_equal(batch["model_codes"][i, :, :valid].numpy(), s.codes[0, :K, :valid])
-        assert np.array_equal(batch["user_codes"][i, :, :valid].numpy(), s.codes[1, :K, :valid])
-        assert np.array_equal(batch["model_text"][i, :valid].numpy(), s.text[0, :valid])
-        assert np.array_equal(batch["user_text"][i, :valid].numpy(), s.text[1, :valid])
+        assert np.array_equal(batch["model_codes"][i, :, :valid].numpy(), codes[0, :K, :valid])
+        assert np.array_equal(batch["user_codes"][i, :, :valid].numpy(), codes[1, :K, :valid])
+        assert np.array_equal(batch["model_text"][i, :valid].numpy(), text[0, :valid])
+        assert np.array_equal(batch["user_text"][i, :valid].numpy(), text[1, :valid])
         assert int(batch["valid"][i].sum()) == valid
         frames = batch["frames"][i]
-        for frame, chunk in zip(s.frames, s.frame_chunks):
+        for frame, chunk in zip(s.arrays["frames.npy"], s.arrays["frame_chunks.npy"]):
             assert np.array_equal(frames[chunk].numpy(), frame.reshape(-1))
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from microturn.train.loader import TrainDataError
-from microturn.train.loop import load_checkpoint, main, train
+from microturn.errors import TrainDataError
+from microturn.train.checkpoint import load_checkpoint
+from microturn.train.loop import main, train
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]

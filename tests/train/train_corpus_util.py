@@ -73,6 +73,7 @@ def make_sample(
         "speakers": [f"spk{s}" for s in range(streams)],
         "sources": {},
         "fingerprints": fingerprints or FINGERPRINTS,
+        "stats": {},
         "quality": {},
     }
     return {
@@ -143,8 +144,7 @@ def derive_corpus(
     in shard order), copied byte for byte with the build's own tar writer; dataset.json is the source's
     with the shard list replaced. ``edit[j]`` rewrites the members of sample j on the way (to damage it
     after the build, as a disk or a bad copy would)."""
-    from microturn.format import iter_dataset
-    from microturn.pipeline.shard import TarStream
+    from microturn.format import TarStream, iter_dataset
 
     samples = list(iter_dataset(str(source)))
     doc = json.loads((source / "dataset.json").read_text())

@@ -1,0 +1,328 @@
+"""Video: one file's decoded frames, picked by presentation time onto the chunk grid as they come.
+
+Why here: the picture is read once, in the same pass as the audio (see ``container.py``), so
+everything later stages need from it is taken in that pass. ``VideoPicker`` keeps one small RGB frame
+per 200 ms chunk (the frame whose presentation interval covers the chunk start), converted only
+when a chunk takes it, so a full-resolution decoded video is never held. On request it also keeps
+- the luma trace (``VideoTrace``: a ``GRID_CELLS`` x ``GRID_CELLS`` brightness grid and its motion
+  per decoded frame) that ``align/av_offset.py`` correlates with the audio loudness;
+- the frame candidates (``FrameCandidates``: every frame at output size with its place on the
+  clock), from which ``repick_video`` picks the frames again for a picture moved by an estimated
+  A/V offset, without opening the file a second time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import numpy as np
+
+from microturn.clock import CODEC_RATE, GRID
+from microturn.errors import StageError
+from microturn.media.container import PacketStats, frame_time, max_timeline_s, too_long
+from microturn.records import DecodedMedia, FrameCandidates, VideoFrames, VideoTrace
+
+if TYPE_CHECKING:
+    from microturn.config import DecodeConfig
+
+GRID_CELLS = 4  # the luma trace's grid: 4 x 4 cells, each the mean of 4 x 4 pixels of a 16 x 16 thumbnail
+# The A/V offset estimate needs a few minutes of picture, not hours (20 000 frames: 13 min at 25 fps).
+MAX_TRACE_FRAMES = 20_000
+# Frame candidates cost frame_width x frame_height x 3 bytes each (12 KiB at 64 x 64: 240 MiB here).
+# Past this many the session keeps none and says so in its warnings: the offset cannot be applied.
+MAX_CANDIDATE_FRAMES = 20_000
+
+
+def scaler() -> Any:
+    """A swscale context to reuse across frames: a frame's own ``to_ndarray`` sets one up per call
+    (2x slower for small RGB, 6x for the trace's thumbnails); the pixels are the same."""
+    from av.video.reformatter import VideoReformatter
+
+    return VideoReformatter()
+
+
+def _scaled(sws: Any, frame: Any, fmt: str, width: int, height: int) -> np.ndarray:
+    return sws.reformat(frame, width=width, height=height, format=fmt, interpolation="AREA").to_ndarray()
+
+
+def frame_to_rgb(frame: Any, width: int, height: int, mode: str, sws: Any) -> np.ndarray:
+    """uint8 [height, width, 3]: the frame scaled by swscale (area filter, ``sws`` from ``scaler``)
+    then cropped/padded."""
+    src_w, src_h = frame.width, frame.height
+    if mode == "stretch" or (src_w * height == src_h * width):
+        return _scaled(sws, frame, "rgb24", width, height)
+    if mode == "crop":  # scale so the frame covers the target, then cut the centre
+        scale = max(Fraction(width, src_w), Fraction(height, src_h))
+        sw, sh = max(width, round(src_w * scale)), max(height, round(src_h * scale))
+        img = _scaled(sws, frame, "rgb24", sw, sh)
+        x0, y0 = (sw - width) // 2, (sh - height) // 2
+        return np.ascontiguousarray(img[y0 : y0 + height, x0 : x0 + width])
+    # pad: scale so the frame fits inside, then letterbox with black
+    scale = min(Fraction(width, src_w), Fraction(height, src_h))
+    sw, sh = max(1, min(width, round(src_w * scale))), max(1, min(height, round(src_h * scale)))
+    img = _scaled(sws, frame, "rgb24", sw, sh)
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    x0, y0 = (width - sw) // 2, (height - sh) // 2
+    out[y0 : y0 + sh, x0 : x0 + sw] = img
+    return out
+
+
+class _Picture:
+    """One frame at output size, converted at most once and only when something takes it."""
+
+    __slots__ = ("_frame", "_convert", "_rgb")
+
+    def __init__(self, frame: Any = None, convert: Optional[Callable[[Any], np.ndarray]] = None,
+                 rgb: Optional[np.ndarray] = None) -> None:
+        self._frame, self._convert, self._rgb = frame, convert, rgb
+
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            assert self._convert is not None
+            self._rgb = self._convert(self._frame)
+            self._frame = None
+        return self._rgb
+
+
+class _ChunkFill:
+    """Frames in presentation order, placed on session samples -> one frame per chunk.
+
+    Chunk ``c`` gets the frame whose presentation interval covers its start; a chunk starting up to
+    half a chunk before the first frame still gets that frame; chunks before it get none."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self._shape = (height, width)
+        self._images: list[np.ndarray] = []
+        self._chunks: list[int] = []
+        self._next_c = 0
+        self._prev: Optional[_Picture] = None
+
+    def place(self, s: int, picture: _Picture) -> None:
+        """``picture`` presented from sample ``s`` on (later than every frame placed before)."""
+        chunk = GRID.chunk_samples
+        tol = chunk // 2
+        prev = self._prev
+        if prev is None:
+            self._next_c = max(0, -(-(s - tol) // chunk))  # first chunk whose start is >= s - tol
+        while GRID.chunk_to_sample(self._next_c) < s:
+            if prev is not None:
+                self._take(self._next_c, prev)
+            elif s - GRID.chunk_to_sample(self._next_c) <= tol:
+                self._take(self._next_c, picture)  # video starts just after this chunk: nearest frame
+            self._next_c += 1
+        self._prev = picture
+
+    def _take(self, c: int, picture: _Picture) -> None:
+        self._images.append(picture.rgb())
+        self._chunks.append(c)
+
+    def finish(self, end_sample: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [n, height, width, 3] frames and int32 [n] chunks, the last frame lasting to ``end_sample``."""
+        while self._prev is not None and GRID.chunk_to_sample(self._next_c) < end_sample:
+            self._take(self._next_c, self._prev)
+            self._next_c += 1
+        frames = np.stack(self._images) if self._images else np.zeros((0, *self._shape, 3), dtype=np.uint8)
+        return frames, np.asarray(self._chunks, dtype=np.int32)
+
+
+class LumaTrace:
+    """Per-cell brightness of every decoded frame, for the A/V offset estimate (``align/av_offset.py``)."""
+
+    def __init__(self, max_frames: int = MAX_TRACE_FRAMES) -> None:
+        self._max_frames = max_frames
+        self._sws = scaler()
+        self._times: list[Fraction] = []
+        self._cells: list[np.ndarray] = []
+
+    def observe(self, frame: Any, t: Fraction) -> None:
+        if len(self._times) >= self._max_frames:
+            return
+        n = GRID_CELLS * 4
+        small = _scaled(self._sws, frame, "gray", n, n)
+        self._times.append(t)
+        self._cells.append(small.reshape(GRID_CELLS, 4, GRID_CELLS, 4).mean(axis=(1, 3)).reshape(-1))
+
+    def result(self, offset_s: Fraction, origin: Fraction) -> VideoTrace:
+        """Frames in time order on the session clock (placed as the picker places them); features
+        float32 [n, 2 * GRID_CELLS**2]: the cell means, then their absolute change from the frame before."""
+        times = np.asarray([round((offset_s + t - origin) * CODEC_RATE) for t in self._times], dtype=np.int64)
+        order = np.argsort(times, kind="stable")
+        luma = np.asarray(self._cells, dtype=np.float32)[order] if self._cells else np.zeros((0, GRID_CELLS**2), np.float32)
+        motion = np.abs(np.diff(luma, axis=0, prepend=luma[:1])) if len(luma) else luma
+        return VideoTrace(times[order], np.concatenate([luma, motion], axis=1))
+
+
+class _Candidates:
+    """Every frame the picker placed, at output size, with its session sample (bounded)."""
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+        self.images: list[np.ndarray] = []
+        self.dropped = False
+
+    def add(self, s: int, picture: _Picture) -> None:
+        if self.dropped:
+            return
+        if len(self.samples) >= MAX_CANDIDATE_FRAMES:
+            self.dropped = True
+            self.samples, self.images = [], []
+            return
+        self.samples.append(s)
+        self.images.append(picture.rgb())
+
+    def result(self, end_sample: int) -> Optional[FrameCandidates]:
+        if self.dropped or not self.images:
+            return None
+        return FrameCandidates(np.asarray(self.samples, dtype=np.int64), np.stack(self.images), end_sample)
+
+
+@dataclass
+class VideoResult:
+    """One file's picked frames and where they sit; the trace and candidates when asked for."""
+
+    frames_rgb: np.ndarray  # uint8 [n, height, width, 3]
+    frame_chunks: np.ndarray  # int32 [n]
+    offset_sample: int  # where the first decoded frame sits on the session clock
+    end_sample: int  # session sample where the last frame's presentation ends
+    first_s: Fraction  # presentation time of the first decoded frame, container clock
+    warnings: list[str]
+    trace: Optional[VideoTrace] = None
+    candidates: Optional[FrameCandidates] = None
+
+
+class VideoPicker:
+    """Takes one file's video frames in order and keeps one per chunk, chosen by presentation time.
+
+    Frames are placed on the session clock, so they wait (``pending``) until ``settle`` gives the
+    origin. The video start is the presentation time of the first frame the decoder outputs
+    (B-frames and edit lists make ``stream.start_time`` an unreliable stand-in). ``trace`` and
+    ``candidates``: also keep the luma trace and the frame candidates (see the module docstring).
+    """
+
+    def __init__(self, uri: str, offset_s: Fraction, cfg: "DecodeConfig", *, trace: bool = False,
+                 candidates: bool = False) -> None:
+        self.uri = uri
+        self.offset_s = offset_s
+        self.cfg = cfg
+        self.first_s: Optional[Fraction] = None
+        self.origin: Optional[Fraction] = None
+        self.pending: list[Any] = []
+        self._fill = _ChunkFill(cfg.frame_height, cfg.frame_width)
+        self._sws = scaler()
+        self._trace = LumaTrace() if trace else None
+        self._candidates = _Candidates() if candidates else None
+        self._prev: Any = None
+        self._prev_sample = 0
+        self._intervals: list[int] = []
+        self._skipped = 0
+        self._max_sample = GRID.seconds_to_samples(max_timeline_s(cfg))
+
+    def feed(self, frame: Any) -> None:
+        if frame.width * frame.height > self.cfg.max_frame_pixels:  # a resolution change mid-stream
+            raise StageError(
+                "decode",
+                "frame_too_large",
+                f"a {frame.width}x{frame.height} frame exceeds max_frame_pixels {self.cfg.max_frame_pixels}",
+                source=self.uri,
+            )
+        t = frame_time(frame)
+        if self._trace is not None and t is not None:
+            self._trace.observe(frame, t)
+        if self.origin is not None:
+            self._pick(frame, t)
+        elif t is not None or self.pending:  # untimed frames before the first are useless
+            if self.first_s is None:
+                self.first_s = t
+            self.pending.append(frame)
+
+    def settle(self, origin: Fraction) -> None:
+        self.origin = origin
+        pending, self.pending = self.pending, []
+        for frame in pending:
+            self._pick(frame, frame_time(frame))
+
+    def _sample_of(self, t: Optional[Fraction]) -> int:
+        if t is None:  # an untimed frame lasts as long as the one before
+            return self._prev_sample + (self._intervals[-1] if self._intervals else GRID.chunk_samples)
+        return round((self.offset_s + t - self.origin) * CODEC_RATE)  # type: ignore[operator]
+
+    def _pick(self, frame: Any, t: Optional[Fraction]) -> None:
+        if t is None and self._prev is None:
+            return
+        s = self._sample_of(t)
+        if s > self._max_sample:  # before any chunk is filled up to it
+            raise too_long("a video frame's timestamp", GRID.samples_to_seconds(s), self.cfg, self.uri)
+        if self._prev is not None and s <= self._prev_sample:
+            self._skipped += 1  # out-of-order or duplicate timestamp: keep the earlier frame
+            return
+        picture = _Picture(frame, self._to_rgb)
+        self._fill.place(s, picture)
+        if self._candidates is not None:
+            self._candidates.add(s, picture)
+        if self._prev is not None:
+            self._intervals.append(s - self._prev_sample)
+            if len(self._intervals) > 64:
+                self._intervals.pop(0)
+        self._prev, self._prev_sample = frame, s
+
+    def _to_rgb(self, frame: Any) -> np.ndarray:
+        return frame_to_rgb(frame, self.cfg.frame_width, self.cfg.frame_height, self.cfg.resize, self._sws)
+
+    def _end_sample(self) -> int:
+        """Where the last frame's presentation ends: its own duration, else the usual interval."""
+        prev = self._prev
+        last_len = int(np.median(self._intervals)) if self._intervals else GRID.chunk_samples
+        if prev.duration and prev.time_base:
+            last_len = max(1, round(Fraction(prev.duration) * Fraction(prev.time_base) * CODEC_RATE))
+        end_sample = self._prev_sample + last_len
+        if end_sample > self._max_sample:  # a last frame that claims to last for hours
+            raise too_long("the last video frame's duration", GRID.samples_to_seconds(end_sample), self.cfg, self.uri)
+        return end_sample
+
+    def finish(self, stats: PacketStats) -> VideoResult:
+        stats.check(self.uri, "video")
+        if self._prev is None or self.first_s is None or self.origin is None:
+            raise StageError("decode", "undecodable", "video stream yielded no timestamped frame", source=self.uri)
+        end_sample = self._end_sample()
+        frames_rgb, frame_chunks = self._fill.finish(end_sample)
+        warnings: list[str] = []
+        if stats.errors:
+            warnings.append(f"video_decode_errors:{stats.errors}/{stats.packets}")
+        if self._skipped:
+            warnings.append(f"video_nonmonotonic_frames:{self._skipped}")
+        candidates = self._candidates.result(end_sample) if self._candidates is not None else None
+        if self._candidates is not None and self._candidates.dropped:
+            warnings.append(f"video_candidates_dropped:>{MAX_CANDIDATE_FRAMES}")  # the offset cannot be applied
+        return VideoResult(
+            frames_rgb=frames_rgb,
+            frame_chunks=frame_chunks,
+            offset_sample=round((self.offset_s + self.first_s - self.origin) * CODEC_RATE),
+            end_sample=end_sample,
+            first_s=self.first_s,
+            warnings=warnings,
+            trace=self._trace.result(self.offset_s, self.origin) if self._trace is not None else None,
+            candidates=candidates,
+        )
+
+
+def repick_video(media: DecodedMedia, shift_sample: int) -> VideoFrames:
+    """The session's video frames picked again with the picture moved ``shift_sample`` earlier on the
+    clock (a content sync error: the picture lags the sound), from ``media.candidates``: no file is
+    opened. ``media`` is as decode returned it. The session origin and length do not change; frames
+    that would fall before sample 0 or past the end are dropped.
+
+    Every frame moves by exactly ``shift_sample``, so the result is what decoding the file again
+    with the video's manifest offset lowered by ``shift_sample / 24000`` s picks, except for a frame
+    whose exact time falls on half a sample: such a decode rounds it half to even, one sample off
+    this translation when ``shift_sample`` is odd."""
+    video, cand = media.video, media.candidates
+    if video is None or cand is None:
+        raise ValueError("no frame candidates: decode_session(candidates=True) keeps them, up to a limit")
+    fill = _ChunkFill(cand.frames_rgb.shape[1], cand.frames_rgb.shape[2])
+    for s, rgb in zip(cand.samples.tolist(), cand.frames_rgb):
+        fill.place(s - shift_sample, _Picture(rgb=rgb))
+    frames_rgb, frame_chunks = fill.finish(cand.end_sample - shift_sample)
+    keep = frame_chunks < GRID.num_chunks(media.num_samples)
+    return VideoFrames(video.source_uri, frames_rgb[keep], frame_chunks[keep], video.offset_sample - shift_sample)
