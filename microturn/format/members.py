@@ -97,6 +97,9 @@ class MemberTable(Mapping[str, MemberSpec]):
     def __repr__(self) -> str:
         return f"MemberTable({list(self._specs)})"
 
+    def __hash__(self) -> int:  # equal tables (Mapping equality: same specs) hash alike
+        return hash(tuple(self._specs.values()))
+
     @property
     def order(self) -> tuple[str, ...]:
         """Member suffixes in tar order."""

@@ -7,15 +7,16 @@ tokenizers) or, failing that, they must agree across the members that use them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 import numpy as np
 
 from microturn.clock import FRAMES_PER_CHUNK
 from microturn.errors import FormatError
 from microturn.format.codec import decode_json, decode_npy, encode_json, encode_npy, jsonable
-from microturn.format.members import FORMAT_VERSION, MEMBERS, MemberTable
+from microturn.format.members import FORMAT_VERSION, MEMBERS, MemberSpec, MemberTable
 
 EVENT_KINDS = ("turn", "gap", "pause", "overlap", "backchannel", "interruption")
 # meta.json's required fields and their JSON types
@@ -101,45 +102,61 @@ def shape_problems(
 ) -> list[tuple[str, str]]:
     """(code, message) for every array of the table whose dtype or shape disagrees with the grid the
     meta implies (S = len(speakers), F = num_frames), with ``known`` sizes (e.g. K, H, W), or with the
-    other members sharing a symbol. ``arrays`` holds every array member of ``table``."""
+    other members sharing a symbol. ``arrays``: the array members to check (all of the table's, or
+    those a reader asked for)."""
+    speakers = meta.get("speakers")
+    grid = (len(speakers) if isinstance(speakers, list) else None, meta.get("num_frames"), meta.get("valid_frames"))
+    layout = tuple((suffix, arr.dtype.str, arr.shape) for suffix, arr in arrays.items())
+    try:
+        # samples of a corpus share a handful of layouts: check each once (a loader decodes thousands
+        # of samples per second, and this check was a fifth of its time)
+        return list(_layout_problems(table, layout, grid, tuple(sorted((known or {}).items())), frames_per_chunk))
+    except TypeError:  # an unhashable meta value (a list where a number belongs): check without the cache
+        return list(_layout_problems.__wrapped__(table, layout, grid, tuple(sorted((known or {}).items())),
+                                                 frames_per_chunk))
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout_problems(table: MemberTable, layout: tuple, grid: tuple, known: tuple,
+                     frames_per_chunk: int) -> tuple[tuple[str, str], ...]:
+    shapes = {suffix: shape for suffix, _, shape in layout}
+    dtypes = {suffix: np.dtype(dt) for suffix, dt, _ in layout}
     out: list[tuple[str, str]] = []
-    for spec in table.arrays:
-        arr = arrays[spec.suffix]
-        if arr.dtype != np.dtype(spec.dtype):
-            out.append(("bad_dtype", f"{spec.suffix} has dtype {arr.dtype}, expected {spec.dtype}"))
-        if arr.ndim != len(spec.dims):
-            out.append(("bad_shape", f"{spec.suffix} has shape {tuple(arr.shape)}, expected {len(spec.dims)} "
-                                     f"dims [{', '.join(spec.dims)}]"))
+    specs = [spec for spec in table.arrays if spec.suffix in shapes]
+    for spec in specs:
+        if dtypes[spec.suffix] != np.dtype(spec.dtype):
+            out.append(("bad_dtype", f"{spec.suffix} has dtype {dtypes[spec.suffix]}, expected {spec.dtype}"))
+        if len(shapes[spec.suffix]) != len(spec.dims):
+            out.append(("bad_shape", f"{spec.suffix} has shape {tuple(shapes[spec.suffix])}, expected "
+                                     f"{len(spec.dims)} dims [{', '.join(spec.dims)}]"))
     if out:
-        return out
-    sizes = _bind_dims(meta, arrays, table, known or {})
-    for spec in table.arrays:
-        got = tuple(int(n) for n in arrays[spec.suffix].shape)
+        return tuple(out)
+    S, F, valid = grid
+    sizes = _bind_dims(S, F, shapes, specs, dict(known))
+    for spec in specs:
+        got = tuple(int(n) for n in shapes[spec.suffix])
         want = tuple(sizes[d] for d in spec.dims)
         if got != want:
             bound = ", ".join(f"{d}={sizes[d]}" for d in dict.fromkeys(spec.dims))
             out.append(("bad_shape", f"{spec.suffix} has shape {got}, the grid implies {want} ({bound})"))
-    F = meta.get("num_frames")
     if isinstance(F, int) and F % frames_per_chunk:
         out.append(("bad_grid", f"num_frames {F} is not a whole number of {frames_per_chunk}-frame chunks"))
-    valid = meta.get("valid_frames")
     if isinstance(F, int) and isinstance(valid, int) and not 0 < valid <= F:
         out.append(("bad_grid", f"valid_frames {valid} outside (0, {F}]"))
-    return out
+    return tuple(out)
 
 
-def _bind_dims(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], table: MemberTable,
+def _bind_dims(S: Any, F: Any, shapes: Mapping[str, tuple], specs: Sequence[MemberSpec],
                known: Mapping[str, int]) -> dict[str, int]:
     """The size of every symbol: meta's S and F, then ``known``, then the first member (in table
     order) that uses a symbol still unbound."""
     sizes = {d: int(n) for d, n in known.items() if isinstance(n, int) and not isinstance(n, bool)}
-    speakers, F = meta.get("speakers"), meta.get("num_frames")
-    if isinstance(speakers, list):
-        sizes["S"] = len(speakers)
+    if isinstance(S, int):
+        sizes["S"] = S
     if isinstance(F, int) and not isinstance(F, bool):
         sizes["F"] = F
-    for spec in table.arrays:
-        for d, n in zip(spec.dims, arrays[spec.suffix].shape):
+    for spec in specs:
+        for d, n in zip(spec.dims, shapes[spec.suffix]):
             sizes.setdefault(d, int(n))
     return sizes
 
@@ -178,17 +195,24 @@ def decode_sample(
     *,
     table: MemberTable = MEMBERS,
     known: Optional[Mapping[str, int]] = None,
+    only: Optional[Collection[str]] = None,
 ) -> DecodedSample:
     """Decode a sample's members (suffix -> bytes) as ``table`` describes them. Raises ``FormatError``
     on a missing member, an unreadable member, or a dtype/shape that disagrees with the grid (with
-    ``known`` symbol sizes, e.g. ``{"K": 8}``, checked too). Members outside the table are ignored."""
-    missing = [s for s in table if s not in members]
+    ``known`` symbol sizes, e.g. ``{"K": 8}``, checked too). Members outside the table are ignored.
+
+    ``only``: the members a reader uses (meta.json is always read): the others are neither required,
+    decoded nor checked (a training loader reads 5 of 8 members; parsing words and events it never
+    looks at would cost it a quarter of its throughput)."""
+    wanted = [s for s in table if only is None or s in only or s == "meta.json"]
+    missing = [s for s in wanted if s not in members]
     if missing:
         raise FormatError("missing_member", f"missing {', '.join(missing)}", where=key)
     meta = decode_meta(members["meta.json"], key)
-    arrays = {spec.suffix: decode_npy(members[spec.suffix], where=f"{key}.{spec.suffix}") for spec in table.arrays}
-    words = decode_json(members["words.json"], where=f"{key}.words.json")
-    events = decode_json(members["events.json"], where=f"{key}.events.json")
+    arrays = {spec.suffix: decode_npy(members[spec.suffix], where=f"{key}.{spec.suffix}")
+              for spec in table.arrays if spec.suffix in wanted}
+    words = decode_json(members["words.json"], where=f"{key}.words.json") if "words.json" in wanted else []
+    events = decode_json(members["events.json"], where=f"{key}.events.json") if "events.json" in wanted else []
     problems = shape_problems(meta, arrays, table=table, known=known)
     if problems:
         raise FormatError(problems[0][0], "; ".join(m for _, m in problems), where=key)

@@ -42,6 +42,12 @@ class ExampleSpec:
     user_text: bool
 
     @property
+    def members(self) -> tuple[str, ...]:
+        """The members an example is built from (the rest of a sample is not decoded)."""
+        video = ("frames.npy", "frame_chunks.npy") if self.video else ()
+        return ("meta.json", "codes.npy", "text.npy", *video)
+
+    @property
     def frames(self) -> int:
         return self.window_chunks * FRAMES_PER_CHUNK
 
@@ -65,12 +71,12 @@ def _reason(exc: FormatError) -> str:
     return exc.code
 
 
-def _decode(raw: dict[str, Any], where: str) -> DecodedSample:
+def _decode(raw: dict[str, Any], where: str, members: tuple[str, ...]) -> DecodedSample:
     size = len(raw.get("meta.json", b""))
     if size > MAX_META_BYTES:
         raise SampleError("bad_meta", f"meta.json is {size} bytes (at most {MAX_META_BYTES})", source=where)
     try:
-        return decode_sample(raw, raw.get("__key__", ""))
+        return decode_sample(raw, raw.get("__key__", ""), only=members)
     except FormatError as exc:
         raise SampleError(_reason(exc), exc.message, source=where) from None
 
@@ -95,9 +101,9 @@ def _checked(sample: DecodedSample, spec: ExampleSpec, expected_fp: dict[str, Op
     _check_tokens(codes_SKF[:, : spec.codebooks], spec.audio_vocab, "codes", where)
     _check_tokens(text_SF, spec.text_vocab, "text", where)
     frames_NP = chunks_N = None
-    frames_NHW = sample.arrays["frames.npy"]
+    frames_NHW = sample.arrays.get("frames.npy")
     # no frames (an audio-only session: [0, h, w]) leaves every chunk with the "no frame" token
-    if spec.video and len(frames_NHW):
+    if spec.video and frames_NHW is not None and len(frames_NHW):
         N, h, w = frames_NHW.shape
         if h * w != spec.frame_tokens:
             raise SampleError("bad_shape", f"frames {frames_NHW.shape} hold {h * w} tokens each, model expects "
@@ -116,7 +122,7 @@ def _parse(raw: dict[str, Any], spec: ExampleSpec, expected_fp: dict[str, Option
     if failed is not None:
         raise failed
     try:
-        parsed = _checked(_decode(raw, where), spec, expected_fp, where)
+        parsed = _checked(_decode(raw, where, spec.members), spec, expected_fp, where)
     except SampleError as exc:
         raw["__error__"] = exc
         raise
