@@ -38,6 +38,7 @@ from microturn.format.members import (
     DEFAULT_REPRESENTATION_MEMBERS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    FRAME_INDEX,
     KEY_RE,
     MEMBERS,
     MemberSpec,
@@ -70,7 +71,7 @@ from microturn.format.tar import (
 
 __all__ = [
     "CORE_MEMBERS", "DATASET_JSON", "DEFAULT_REPRESENTATION_MEMBERS", "EVENT_KINDS", "FORMAT_NAME",
-    "FORMAT_VERSION", "INDEX_COLUMNS", "INDEX_OPTIONAL_COLUMNS", "INDEX_PARQUET", "KEY_RE", "MEMBERS",
+    "FORMAT_VERSION", "FRAME_INDEX", "INDEX_COLUMNS", "INDEX_OPTIONAL_COLUMNS", "INDEX_PARQUET", "KEY_RE", "MEMBERS",
     "META_REQUIRED", "QUARANTINE_COLUMNS", "QUARANTINE_PARQUET", "SHARDS_DIR", "TAR_MAX_MEMBER_BYTES",
     "DecodedSample", "FormatError", "MemberSpec", "MemberTable", "TarStream", "arrow_schema",
     "dataset_json_problems", "decode_json", "decode_meta", "decode_npy", "decode_sample", "encode_json",

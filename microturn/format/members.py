@@ -24,6 +24,7 @@ KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 # otherwise must agree across the members that use them. A representation may add its own: one capital
 # letter, so a shape reads like the comments ("[S, K, F]").
 _DIM_RE = re.compile(r"^[A-Z]$")
+FRAME_INDEX = "frame_chunks.npy"  # the core member that says which chunk each video frame belongs to
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,13 @@ CORE_MEMBERS: tuple[MemberSpec, ...] = (
     MemberSpec("meta.json", "json", None, (), "session, window offsets, sources, fingerprints, stats", 0),
     MemberSpec("activity.npy", "npy", "uint8", ("S", "F"), "speech activity per stream, 0/1", 20),
     MemberSpec("words.json", "json", None, (), "words with window-relative frames", 40),
+    # which chunk each picked video frame belongs to: the index every video-frame member ([N, ...]:
+    # frame-codec tokens, pixels) shares, whichever of them a corpus holds
+    MemberSpec(FRAME_INDEX, "npy", "int32", ("N",), "window-relative chunk of each frame", 60),
     MemberSpec("events.json", "json", None, (), "turn-taking events with window-relative frames", 70),
 )
-# The representations built today (EnCodec codes, text tokens, frame codec tokens); each will declare
-# its own members next to its tokenizer.
+# Format version 1's representation members (EnCodec codes, text tokens, frame codec tokens): what a
+# corpus whose dataset.json lists no members holds; those representations declare exactly these.
 DEFAULT_REPRESENTATION_MEMBERS: tuple[MemberSpec, ...] = (
     MemberSpec("codes.npy", "npy", "int16", ("S", "K", "F"), "audio codec codes per speaker stream", 10,
                tokenizer="audio"),
@@ -132,7 +136,6 @@ DEFAULT_REPRESENTATION_MEMBERS: tuple[MemberSpec, ...] = (
                tokenizer="text"),
     MemberSpec("frames.npy", "npy", "int16", ("N", "H", "W"), "frame-codec tokens of video frames", 50,
                tokenizer="frames"),
-    MemberSpec("frame_chunks.npy", "npy", "int32", ("N",), "window-relative chunk of each frame", 60),
 )
 
 

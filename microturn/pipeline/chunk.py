@@ -14,7 +14,15 @@ import numpy as np
 
 from microturn.clock import GRID, Grid
 from microturn.config import ChunkConfig
-from microturn.format import FORMAT_VERSION, EVENT_KINDS, encode_sample, index_row_from_meta, member_table, sample_key
+from microturn.format import (
+    EVENT_KINDS,
+    FORMAT_VERSION,
+    FRAME_INDEX,
+    encode_sample,
+    index_row_from_meta,
+    member_table,
+    sample_key,
+)
 from microturn.records import Event, Sample, SessionHeader, StageError, Timeline, Tokens, Word
 
 
@@ -81,16 +89,13 @@ def _event_json(e: Event, f0: int, num_frames: int) -> dict[str, Any]:
     return out
 
 
-# The N-axis member that says which chunk each video frame belongs to: members shaped [N, ...] are cut
-# into windows by it, and it is written window-relative.
-FRAME_INDEX = "frame_chunks.npy"
 
 
 def _check(header: SessionHeader, timeline: Timeline, tokens: Tokens, grid: Grid) -> None:
     sid, S, F = header.session_id, len(header.streams), tokens.num_frames
     if F % grid.frames_per_chunk:
         raise StageError("chunk", "bad_grid", f"num_frames {F} is not whole chunks", source=sid)
-    dims = {m.suffix: m.dims for m in tokens.members}
+    dims = {suffix: spec.dims for suffix, spec in member_table(tokens.members).items()}
     for suffix, arr in tokens.arrays.items():
         want = dims.get(suffix)
         if want is None or arr.ndim != len(want):
@@ -116,13 +121,12 @@ def _window_arrays(tokens: Tokens, activity: np.ndarray, f0: int, c0: int, in_fr
                    F: int) -> dict[str, np.ndarray]:
     """Every array member of one window: frame-grid members cut at [f0, f0 + F) and padded with their
     representation's fill, video-frame members cut to the window's frames."""
-    out = {"activity.npy": _fit(activity, f0, F, 0)}
+    frame_chunks = tokens.arrays[FRAME_INDEX]
+    out = {"activity.npy": _fit(activity, f0, F, 0), FRAME_INDEX: (frame_chunks[in_frames] - c0).astype(np.int32)}
     for spec in tokens.members:
         arr = tokens.arrays[spec.suffix]
         if spec.dims[-1:] == ("F",):
             out[spec.suffix] = _fit(arr, f0, F, tokens.fill.get(spec.suffix, 0))
-        elif spec.suffix == FRAME_INDEX:
-            out[spec.suffix] = (arr[in_frames] - c0).astype(arr.dtype)
         elif spec.dims[:1] == ("N",):
             out[spec.suffix] = np.ascontiguousarray(arr[in_frames])
         else:
@@ -190,7 +194,7 @@ def make_samples(
     table = member_table(tokens.members)
     F = grid.chunk_to_frame(cfg.window_chunks)
     activity = _fit(np.asarray(timeline.activity, dtype=np.uint8), 0, tokens.num_frames, 0)
-    frame_chunks = tokens.arrays.get(FRAME_INDEX, np.zeros(0, dtype=np.int32))
+    frame_chunks = tokens.arrays[FRAME_INDEX]
     valid_chunks = grid.frame_to_chunk(tokens.valid_frames + grid.frames_per_chunk - 1)
     shared = _session_meta(header, timeline, tokens)
     session_duration_s = float(grid.frames_to_seconds(tokens.valid_frames))

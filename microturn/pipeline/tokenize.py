@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from microturn.clock import GRID
+from microturn.format import FRAME_INDEX
 from microturn.records import DecodedMedia, StageError, Timeline, TokenizeInput, Tokens
 from microturn.tokenizers import TokenizerSet
 from microturn.tokenizers.representation import session_frames
@@ -34,9 +35,12 @@ def padded_waves(media: DecodedMedia) -> np.ndarray:
 
 
 def tokenize_input(media: DecodedMedia, timeline: Timeline) -> TokenizeInput:
+    """Frames of chunks past the padded audio are dropped here, once: the grid is set by the audio."""
     video = media.video
     if video is not None:
-        frames_rgb, frame_chunks = np.asarray(video.frames_rgb), np.asarray(video.frame_chunks, dtype=np.int32)
+        chunks = np.asarray(video.frame_chunks, dtype=np.int32)
+        keep = (chunks >= 0) & (chunks < GRID.num_chunks(media.num_samples))
+        frames_rgb, frame_chunks = np.asarray(video.frames_rgb)[keep], chunks[keep]
     else:
         frames_rgb, frame_chunks = np.zeros((0, 1, 1, 3), dtype=np.uint8), np.zeros((0,), dtype=np.int32)
     return TokenizeInput(media.num_samples, padded_waves(media), frames_rgb, frame_chunks, timeline.words)
@@ -45,7 +49,7 @@ def tokenize_input(media: DecodedMedia, timeline: Timeline) -> TokenizeInput:
 def tokenize_session(inp: TokenizeInput, toks: TokenizerSet) -> Tokens:
     """Every representation of ``toks`` on one session; member names never collide (checked)."""
     num_frames, valid_frames = session_frames(inp)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {FRAME_INDEX: np.asarray(inp.frame_chunks, dtype=np.int32)}
     fill: dict[str, int] = {}
     window_meta: dict[str, object] = {}
     reports: dict[str, dict] = {}

@@ -206,12 +206,12 @@ class FrameTokenizer:
     """uint8 [n, H, W, 3] <-> int16 [n, h, w] (H = W = image_size).
 
     The ``frames`` representation: ``frames.npy`` int16 [N, H, W] tokens of the video frames kept and
-    ``frame_chunks.npy`` int32 [N], the chunk of each (one frame per chunk)."""
+    its frames are the session's picked frames (``frame_chunks.npy``, a core member, says their chunks)."""
 
     name = "frames"
     frame_rate = Fraction(1) / GRID.chunk_seconds  # one frame per chunk
     # declared by format version 1 (corpora whose dataset.json lists no members hold exactly these)
-    members = (MEMBERS["frames.npy"], MEMBERS["frame_chunks.npy"])
+    members = (MEMBERS["frames.npy"],)
     fill: dict[str, int] = {}
 
     def __init__(self, model: Any, cfg: FrameCodecConfig, weights_tag: str) -> None:
@@ -249,14 +249,9 @@ class FrameTokenizer:
         return [(self._session_tokens(inp), {}) for inp in batch]
 
     def _session_tokens(self, inp: TokenizeInput) -> dict[str, np.ndarray]:
-        """Frames past the padded audio are dropped: the grid is set by the audio."""
-        num_chunks = GRID.num_chunks(inp.num_samples)
-        chunks = np.asarray(inp.frame_chunks, dtype=np.int32)
         if not len(inp.frames_rgb):
-            return {"frames.npy": np.zeros((0,) + self.grid, dtype=np.int16),
-                    "frame_chunks.npy": np.zeros((0,), dtype=np.int32)}
-        keep = (chunks >= 0) & (chunks < num_chunks)
-        return {"frames.npy": self.encode(np.asarray(inp.frames_rgb)[keep]), "frame_chunks.npy": chunks[keep]}
+            return {"frames.npy": np.zeros((0,) + self.grid, dtype=np.int16)}
+        return {"frames.npy": self.encode(np.asarray(inp.frames_rgb))}
 
     def describe(self) -> dict[str, Any]:
         return {"fingerprint": self.fingerprint, "vocab_size": self.vocab_size, "grid": list(self.grid),

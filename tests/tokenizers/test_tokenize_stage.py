@@ -74,9 +74,9 @@ def test_a_session_without_audio_is_a_typed_error():
 def test_only_the_configured_representations_run_and_write_members(toks):
     text_only = TokenizerSet({"text": toks.text})
     out = tokenize_session(tokenize_input(*session(4800, (4800, 4800))), text_only)
-    assert set(out.arrays) == {"text.npy"} and set(out.fingerprints) == {"text"}
+    assert set(out.arrays) == {"text.npy", "frame_chunks.npy"} and set(out.fingerprints) == {"text"}
     table = member_table(out.members)
-    assert list(table) == ["meta.json", "activity.npy", "text.npy", "words.json", "events.json"]
+    assert list(table) == ["meta.json", "activity.npy", "text.npy", "words.json", "frame_chunks.npy", "events.json"]
 
 
 def test_the_member_table_follows_the_representations_in_tar_order(toks):
