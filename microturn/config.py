@@ -191,6 +191,21 @@ class DMelConfig(Section):
         return self
 
 
+class PixelsConfig(Section):
+    """Pixel frames: the picked video frames themselves, stored as decoded (never rescaled), for models
+    that cut them into ``patch`` x ``patch`` patches and embed those (no codec on the input side)."""
+
+    size: int = Field(80, gt=0, description="frame side in pixels; decode.frame_width and frame_height must equal it")
+    patch: int = Field(40, gt=0, description="side of the square patches a model cuts; size must be a multiple")
+
+    @model_validator(mode="after")
+    def _whole_patches(self) -> "PixelsConfig":
+        if self.size % self.patch:
+            raise ValueError(f"pixels.size {self.size} is not a multiple of pixels.patch {self.patch}: a frame must "
+                             f"cut into whole patches")
+        return self
+
+
 class TokenizerConfig(Section):
     representations: tuple[str, ...] = Field(
         ("audio", "frames", "text"), description="what each session is tokenized into, by name "
@@ -199,6 +214,7 @@ class TokenizerConfig(Section):
     frames: FrameCodecConfig = FrameCodecConfig()
     text: TextConfig = TextConfig()
     dmel: DMelConfig = DMelConfig()
+    pixels: PixelsConfig = PixelsConfig()
 
     @field_validator("representations")
     @classmethod
@@ -304,6 +320,16 @@ class BuildConfig(RootConfig):
     events: EventsConfig = EventsConfig()
     shard: ShardConfig = ShardConfig()
     job: JobConfig = JobConfig()
+
+    @model_validator(mode="after")
+    def _pixels_as_decoded(self) -> "BuildConfig":
+        size = self.tokenizers.pixels.size
+        frame = (self.decode.frame_width, self.decode.frame_height)
+        if "pixels" in self.tokenizers.representations and frame != (size, size):
+            raise ValueError(f"tokenizers.pixels.size is {size} but decode.frame_width x frame_height is "
+                             f"{frame[0]}x{frame[1]}: set them equal (pixel frames are stored as decoded, "
+                             f"never rescaled)")
+        return self
 
     def config_hash(self) -> str:
         """sha256 of the resolved config, key-sorted JSON (job settings excluded: they never change data)."""

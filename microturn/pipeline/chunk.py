@@ -106,6 +106,10 @@ def _check(header: SessionHeader, timeline: Timeline, tokens: Tokens, grid: Grid
         if bad:
             raise StageError("chunk", "bad_shape", f"{suffix} shape {arr.shape} != {list(want)} with "
                                                    f"S={S}, F={F}", source=sid)
+    chunks = F // grid.frames_per_chunk
+    uneven = [s for s, arr in tokens.arrays.items() if dims[s][-1:] == ("T",) and arr.shape[-1] % chunks]
+    if uneven:
+        raise StageError("chunk", "bad_grid", f"{uneven} do not hold a whole number of steps per chunk", source=sid)
     n_frames = {arr.shape[0] for suffix, arr in tokens.arrays.items() if dims[suffix][:1] == ("N",)}
     if len(n_frames) > 1:
         raise StageError("chunk", "bad_shape", f"video-frame members disagree on their frame count {sorted(n_frames)}",
@@ -118,15 +122,20 @@ def _check(header: SessionHeader, timeline: Timeline, tokens: Tokens, grid: Grid
 
 
 def _window_arrays(tokens: Tokens, activity: np.ndarray, f0: int, c0: int, in_frames: np.ndarray,
-                   F: int) -> dict[str, np.ndarray]:
+                   F: int, grid: Grid) -> dict[str, np.ndarray]:
     """Every array member of one window: frame-grid members cut at [f0, f0 + F) and padded with their
-    representation's fill, video-frame members cut to the window's frames."""
+    representation's fill, members on a time axis of their own (``T``: steps per chunk = their session
+    length / the session's chunks) cut at the same chunks, video-frame members cut to the window's frames."""
+    chunks, window = tokens.num_frames // grid.frames_per_chunk, F // grid.frames_per_chunk
     frame_chunks = tokens.arrays[FRAME_INDEX]
     out = {"activity.npy": _fit(activity, f0, F, 0), FRAME_INDEX: (frame_chunks[in_frames] - c0).astype(np.int32)}
     for spec in tokens.members:
         arr = tokens.arrays[spec.suffix]
         if spec.dims[-1:] == ("F",):
             out[spec.suffix] = _fit(arr, f0, F, tokens.fill.get(spec.suffix, 0))
+        elif spec.dims[-1:] == ("T",):
+            steps = arr.shape[-1] // chunks
+            out[spec.suffix] = _fit(arr, c0 * steps, window * steps, tokens.fill.get(spec.suffix, 0))
         elif spec.dims[:1] == ("N",):
             out[spec.suffix] = np.ascontiguousarray(arr[in_frames])
         else:
@@ -208,7 +217,7 @@ def make_samples(
         in_frames = (frame_chunks >= c0) & (frame_chunks < c0 + cfg.window_chunks)
         win_events = [e for e in events if e.end_frame > f0 and e.start_frame < f1]
         words = [_word_json(w, f0, F, grid) for w, (a, b) in zip(timeline.words, word_frames) if b > f0 and a < f1]
-        arrays = _window_arrays(tokens, activity, f0, c0, in_frames, F)
+        arrays = _window_arrays(tokens, activity, f0, c0, in_frames, F, grid)
         meta = {
             **shared,
             "window_index": window_index,

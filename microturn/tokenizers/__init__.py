@@ -103,6 +103,12 @@ def _dmel(cfg: TokenizerConfig) -> "Representation":
     return DMelTokenizer(cfg.dmel)
 
 
+def _pixels(cfg: TokenizerConfig) -> "Representation":
+    from microturn.tokenizers.pixels import PixelsRepresentation
+
+    return PixelsRepresentation(cfg.pixels)
+
+
 def _text(cfg: TokenizerConfig) -> "Representation":
     return TextRepresentation(load_text_tokenizer(cfg.text.kind, cfg.text.tokenizer_json))
 
@@ -113,6 +119,7 @@ REPRESENTATIONS: dict[str, Callable[[TokenizerConfig], "Representation"]] = {
     "frames": _frames,
     "text": _text,
     "dmel": _dmel,
+    "pixels": _pixels,
 }
 
 

@@ -89,7 +89,9 @@ class DMelTokenizer:
         self.frames_per_chunk = GRID.steps_per_chunk(self.frame_rate)
         self.vocab_size = cfg.bins
         self.device = resolve_device(cfg.device, "tokenize")
-        self.members = (MemberSpec("dmel.npy", "npy", "uint8", ("S", "M", "F"),
+        # on the codec frame grid (F) at the default hop; at another hop on a time axis of its own (T)
+        time_axis = "F" if self.hop == GRID.hop else "T"
+        self.members = (MemberSpec("dmel.npy", "npy", "uint8", ("S", "M", time_axis),
                                    "dMel: log-mel bins per speaker stream", order=15, tokenizer="dmel"),)
         self.fill = {"dmel.npy": 0}  # bin 0 is silence
         self.filters = mel_filters(cfg)

@@ -104,3 +104,24 @@ def test_a_rate_that_does_not_tile_a_chunk_is_refused(toks):
 def test_an_unknown_representation_in_the_config_is_refused():
     with pytest.raises(ValueError, match="unknown representation"):
         TokenizerConfig(representations=("audio", "mimi"))
+
+
+def test_a_representation_on_its_own_time_axis_is_windowed_by_chunk(toks):
+    """dMel at hop 160 (30 steps per chunk, not the codec grid) declares a T axis: each window holds
+    its chunks' steps, padded past the end with its fill."""
+    from microturn.config import ChunkConfig, DMelConfig
+    from microturn.format import decode_sample
+    from microturn.pipeline.chunk import make_samples
+    from microturn.tokenizers.dmel import DMelTokenizer
+
+    dmel = DMelTokenizer(DMelConfig(hop_samples=160, mel_channels=20))
+    assert dmel.members[0].dims == ("S", "M", "T") and check_tiles(dmel) == 30
+    media, timeline = session(3 * 24000 + 1000, (3 * 24000 + 1000,), video=False)  # 16 chunks, last mostly padding
+    out = tokenize_session(tokenize_input(media, timeline), TokenizerSet({"dmel": dmel, "text": toks.text}))
+    whole = out.arrays["dmel.npy"]
+    assert whole.shape == (1, 20, 16 * 30)
+    samples = make_samples(media.header(), timeline, out, [], ChunkConfig(window_chunks=10, hop_chunks=10))
+    first, last = (decode_sample(s.members, table=member_table(out.members)) for s in samples)
+    assert np.array_equal(first.arrays["dmel.npy"], whole[:, :, :300])
+    assert np.array_equal(last.arrays["dmel.npy"][:, :, :180], whole[:, :, 300:])
+    assert not last.arrays["dmel.npy"][:, :, 180:].any()  # padded with bin 0 (silence)
