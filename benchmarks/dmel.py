@@ -15,6 +15,12 @@ every channel a stream: encode, decode (dMel: Griffin-Lim; EnCodec: its decoder)
 - ``stoi``: pystoi's STOI of decoded against original at 24 kHz.
 The seeded EnCodec is untrained, so its figures are the contrast of a codec that keeps nothing.
 
+``--demo-share DIR``: instead, dMel's share of a demo build's wall time. Builds the demo corpus (``make
+demo``'s 8 sessions of 30 s, configs/demo.yaml) under DIR, then decodes each session's audio as the
+build does and times ``DMelTokenizer.tokenize`` on it (one thread, best of ``--repeats``);
+``share_of_wall`` = those seconds / the build's wall time, ``share_of_stages`` = / the seconds its
+workers spent in all stages together (stats.json ``stage_s``: CPU time the build asked for).
+
 Prints one JSON line last.
 """
 
@@ -31,6 +37,7 @@ sys.path.insert(0, str(_HERE.parent))
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -85,12 +92,55 @@ def speed(dmel, codec, wave: np.ndarray, repeats: int) -> tuple[float, float]:
     return dmel_s, codec_s
 
 
+def demo_share(workdir: Path, repeats: int) -> dict[str, float]:
+    """dMel seconds on the demo sessions' audio against the demo build's wall and stage seconds."""
+    import torch
+
+    from microturn.config import load_config
+    from microturn.jobs.build import run_build
+    from microturn.manifest import load_manifest
+    from microturn.pipeline.decode import decode_session
+    from microturn.pipeline.tokenize import padded_waves
+    from microturn.records import TokenizeInput
+    from microturn.synth import synthesize_corpus
+    from microturn.tokenizers.dmel import DMelTokenizer
+
+    manifest = synthesize_corpus(workdir / "media", sessions=8, seed=0, duration_s=30.0)
+    cfg = load_config(_HERE.parent / "configs" / "demo.yaml", [])
+    shutil.rmtree(workdir / "corpus", ignore_errors=True)  # a whole build, not a resumed one
+    summary = run_build(str(manifest), str(workdir / "corpus"), cfg, progress=False)
+    specs, _ = load_manifest(manifest)
+    inputs = []
+    for spec in specs:  # what the tokenize stage hands dMel: the padded 24 kHz streams
+        media = decode_session(spec, cfg.decode)
+        inputs.append(TokenizeInput(media.num_samples, padded_waves(media), np.zeros((0, 1, 1, 3), np.uint8),
+                                    np.zeros((0,), np.int32), ()))
+    torch.set_num_threads(1)
+    dmel = DMelTokenizer(cfg.tokenizers.dmel.model_copy(update={"device": "cpu"}))
+    dmel.tokenize(inputs[:1])  # warm-up
+    dmel_s = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dmel.tokenize(inputs)
+        dmel_s = min(dmel_s, time.perf_counter() - t0)
+    stages_s = sum(summary.stage_s.values())
+    return {"sessions": len(inputs), "media_s": round(summary.media_s_in, 1), "dmel_s": round(dmel_s, 3),
+            "build_wall_s": round(summary.wall_s, 2), "build_stage_s": round(stages_s, 2),
+            "share_of_wall": round(dmel_s / summary.wall_s, 4), "share_of_stages": round(dmel_s / stages_s, 4),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", nargs="+", default=[str(MEDIA / p) for p in DEFAULT_INPUTS])
     ap.add_argument("--speed-seconds", type=float, default=60.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--demo-share", type=Path, metavar="DIR", help="dMel's share of a demo build's wall time "
+                    "(builds the demo corpus under DIR)")
     args = ap.parse_args()
+    if args.demo_share:
+        print(json.dumps(demo_share(args.demo_share, args.repeats)))
+        return
 
     import torch
 

@@ -265,14 +265,14 @@ def render(
     out: Path = typer.Option(..., "--out", help="folder for <key>.png and <key>.wav"),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads for decoding (0 = default)"),
 ) -> None:
-    """A PNG of the sample (activity, words, events, video thumbnails, audio codes) and a stereo WAV."""
+    """A PNG of the sample (activity, words, events, video thumbnails, dMel or codes) and a WAV (from dMel or codes)."""
     from microturn.report.corpus import find_sample, open_target
     from microturn.report.render import load_codecs, render_sample
 
     with _user_errors():
         target = open_target(path)
         view = find_sample(target, key)
-    with err_console.status("decoding audio codes and video tokens..."):
+    with err_console.status("decoding audio and video..."), _user_errors():
         toks = load_codecs(target.dataset_uri)
         result = render_sample(view, toks, out, torch_threads=threads)
     from microturn.report import safe  # warnings quote fingerprints from the sample's meta.json
@@ -281,6 +281,7 @@ def render(
         err_console.print(f"[yellow]warning:[/] {safe(w)}")
     console.print(f"picture: [bold]{safe(result.png)}[/] ({result.width_px}x{result.height_px})")
     console.print(f"audio:   [bold]{safe(result.wav)}[/] ({result.wav_seconds:.2f} s, {result.wav_channels} channel(s), 24 kHz)")
+    console.print(f"audio decoded from {result.audio_from}; video frames: {result.frames_from}")
 
 
 @app.command()

@@ -46,6 +46,7 @@ from microturn.format import (
     iter_tar,
     known_dims_of_dataset,
     member_table_of_dataset,
+    read_dataset_json,
 )
 
 
@@ -501,8 +502,10 @@ def validate_dataset(uri: str, deep: bool = False) -> ValidationReport:
 
 
 def validate_shard(uri: str) -> ValidationReport:
-    """Deep-check one shard on its own (no dataset.json: no checksums, vocabularies or index)."""
+    """Deep-check one shard on its own (no checksums, vocabularies or index). Its members are those the
+    dataset.json of the corpus it sits in declares (``<corpus>/shards/<name>.tar``), else format 1's."""
     v = _Validator(uri, True)
+    v.table, v.known = _layout_of_shard(uri)
     data = _read(uri)
     if data is None:
         v.report.add("missing_shard", uri, "does not exist")
@@ -513,6 +516,20 @@ def validate_shard(uri: str) -> ValidationReport:
     except FormatError as exc:
         v.report.add(exc.code, uri, exc.message)
     return v.report
+
+
+def _layout_of_shard(uri: str) -> tuple[MemberTable, dict[str, int]]:
+    """The member table and dimension sizes of the corpus holding the shard; format 1's table when it
+    sits in no corpus (or its dataset.json is unreadable: the samples' members then say what differs)."""
+    folder, _, _ = uri.rstrip("/").rpartition("/")
+    corpus, _, name = folder.rpartition("/")
+    if name != SHARDS_DIR or not corpus:
+        return MEMBERS, {}
+    try:
+        doc = read_dataset_json(corpus)
+        return member_table_of_dataset(doc), known_dims_of_dataset(doc)
+    except FormatError:
+        return MEMBERS, {}
 
 
 __all__ = ["Problem", "ValidationReport", "DatasetInvalid", "validate_dataset", "validate_shard"]

@@ -19,7 +19,7 @@ def test_dotted_override_changes_one_value():
     cfg = load_config(REPO / "configs" / "demo.yaml", ["tokenizers.audio.bandwidth_kbps=3", "chunk.window_chunks=10"])
     assert cfg.tokenizers.audio.bandwidth_kbps == 3.0
     assert cfg.chunk.window_chunks == 10
-    assert cfg.decode.frame_width == 64  # untouched values keep the file's
+    assert cfg.decode.frame_width == 80  # untouched values keep the file's
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -14,11 +14,12 @@ by ``microturn.format`` (the one module that owns the sample format).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Iterator, Literal, Optional
 
 from microturn import storage
+from microturn.format import MEMBERS, MemberTable
 from microturn.report import UserError
 from microturn.report.sample import SampleView, view_from_decoded
 
@@ -47,6 +48,27 @@ class Target:
 
     def shard(self, name: str) -> Optional[ShardRef]:
         return next((s for s in self.shards if s.name == name or s.uri == name), None)
+
+    @property
+    def layout(self) -> "Layout":
+        """How its samples decode: the member table and dimension sizes dataset.json declares (the
+        default table when read without a corpus)."""
+        from microturn.format import FormatError, known_dims_of_dataset, member_table_of_dataset
+
+        if self.dataset is None:
+            return Layout()
+        try:
+            return Layout(member_table_of_dataset(self.dataset), known_dims_of_dataset(self.dataset))
+        except FormatError as exc:
+            raise UserError(f"{self.dataset_uri}: {exc.message} (run `microturn validate`)") from None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The member table samples are decoded with, and the symbol sizes (``{"K": 8, "M": 80}``) checked."""
+
+    table: MemberTable = MEMBERS
+    known: dict[str, int] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- opening targets
@@ -193,20 +215,21 @@ def iter_raw_samples(shard_uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         raise UserError(f"{shard_uri}: {exc.code}: {exc.message} (run `microturn validate`)") from None
 
 
-def decode(key: str, members: dict[str, bytes]) -> SampleView:
+def decode(key: str, members: dict[str, bytes], layout: Layout = Layout()) -> SampleView:
     """Decode one sample's members with microturn.format; malformed members -> ``UserError``."""
     from microturn.format import FormatError, decode_sample
 
     try:
-        decoded = decode_sample(members, key)
+        decoded = decode_sample(members, key, table=layout.table, known=layout.known)
     except FormatError as exc:
         raise UserError(f"sample {key}: {exc.code}: {exc.message}") from None
-    return view_from_decoded(key, decoded)
+    return view_from_decoded(key, decoded, layout.table)
 
 
-def iter_samples(shard_uri: str) -> Iterator[SampleView]:
+def iter_samples(shard_uri: str, layout: Layout = Layout()) -> Iterator[SampleView]:
+    """The samples of one shard, decoded as ``layout`` (``Target.layout``) says."""
     for key, members in iter_raw_samples(shard_uri):
-        yield decode(key, members)
+        yield decode(key, members, layout)
 
 
 def read_index(dataset_uri: Optional[str]) -> list[dict[str, Any]]:
@@ -236,10 +259,11 @@ def find_sample(target: Target, key: str) -> SampleView:
         if hit is not None:
             order.remove(hit)
             order.insert(0, hit)
+    layout = target.layout
     for ref in order:
         for k, members in iter_raw_samples(ref.uri):
             if k == key:
-                return decode(k, members)
+                return decode(k, members, layout)
     keys = _nearby_keys(target, key)
     hint = f"; keys like it: {', '.join(keys)}" if keys else ""
     raise UserError(f"no sample {key!r} in {target.uri}{hint}")

@@ -15,7 +15,7 @@ from microturn.report import safe
 from microturn import storage
 from microturn.report.corpus import Target, iter_samples, read_index
 from microturn.report.progress import progress
-from microturn.report.sample import EVENT_COLUMNS
+from microturn.report.sample import EVENT_COLUMNS, representations_of
 
 CHECK_OK = "ok"
 CHECK_MISMATCH = "MISMATCH"
@@ -44,7 +44,7 @@ def shard_rows(target: Target, *, verify: bool = True, show_progress: bool = Tru
                 row["sessions"] = len({r.get("session_id") for r in rows_here})
                 row["hours"] = round(sum(float(r.get("duration_s") or 0.0) for r in rows_here) / 3600, 6)
             elif size is not None:
-                views = list(iter_samples(ref.uri))
+                views = list(iter_samples(ref.uri, target.layout))
                 row["samples"] = len(views)
                 row["sessions"] = len({v.session_id for v in views})
                 row["hours"] = round(sum(v.duration_s for v in views) / 3600, 6)
@@ -72,9 +72,10 @@ def _checksum_status(expected: Optional[str], expected_bytes: Optional[int], uri
 def sample_rows(target: Target, *, show_progress: bool = True) -> list[dict[str, Any]]:
     """One row per sample of every shard of the target, in shard order."""
     rows = []
+    layout = target.layout
     with progress("samples", len(target.shards), enabled=show_progress and len(target.shards) > 1) as advance:
         for ref in target.shards:
-            for view in iter_samples(ref.uri):
+            for view in iter_samples(ref.uri, layout):
                 rows.append({"shard": ref.name, **view.summary()})
             advance(1)
     return rows
@@ -90,6 +91,8 @@ def inspect_report(target: Target, *, samples: bool = False, verify: bool = True
             for k in ("format", "format_version", "config_hash", "totals", "tokenizers", "created_by")
             if k in target.dataset
         }
+        # what each sample holds besides the format's own members, by representation (dataset.json members)
+        out["dataset"]["representations"] = {k: list(v) for k, v in representations_of(target.layout.table).items()}
     if target.kind == "shard" or samples:
         out["samples"] = sample_rows(target, show_progress=show_progress)
     else:
@@ -115,6 +118,9 @@ def print_inspect(report: dict[str, Any], console) -> None:
                       f"v{safe(ds.get('format_version'))}  config {safe(str(ds.get('config_hash', ''))[:12])}")
         for name, fp in fps.items():
             console.print(f"  {safe(f'{name:<7}')}{safe(fp)}", soft_wrap=True)
+        reps = ds.get("representations") or {}
+        named = ", ".join(f"{safe(k)} ({', '.join(map(safe, v))})" for k, v in reps.items())
+        console.print(f"  representations: {named}", soft_wrap=True)
     if "shards" in report:
         table = Table(title=f"{len(report['shards'])} shard(s)")
         for col, just in (("shard", "left"), ("samples", "right"), ("sessions", "right"), ("MB", "right"),

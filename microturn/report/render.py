@@ -1,9 +1,12 @@
 """`microturn render`: one sample as a picture and as sound.
 
 The PNG (matplotlib, Agg) has three panels on one time axis (session seconds): each speaker's speech
-activity with their words and the turn-taking events, thumbnails of the video frames decoded by the
-frame codec at their chunk times, and a heat map of the audio codes (stream x codebook rows). The WAV is
-the audio decoded from the codes by the audio codec, one speaker per channel, cut to the valid frames.
+activity with their words and the turn-taking events, thumbnails of the video frames at their chunk times
+(the stored ``pixels.npy`` frames when the sample has them, else the frame codec's decoding of its
+tokens), and a heat map of the audio (dMel bins, stream x mel channel rows, when the sample has them,
+else the codes, stream x codebook rows). The WAV is the audio decoded from dMel (Griffin-Lim: real,
+recognisable speech, no weights) when the sample has it, else from the codes by the audio codec; one
+speaker per channel, cut to the valid frames. Both say what they were decoded from.
 
 Decoding uses the tokenizers of the corpus' own config (config.yaml beside dataset.json); when their
 fingerprints differ from the sample's, the result is still written and a warning says why it may be noise.
@@ -20,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from microturn.clock import CODEC_RATE, GRID
+from microturn.report import UserError
 from microturn.report.sample import SampleView
 
 log = logging.getLogger(__name__)
@@ -45,22 +49,65 @@ class RenderResult:
     height_px: int
     wav_seconds: float
     wav_channels: int
+    audio_from: str  # what the WAV was decoded from, e.g. "dmel (Griffin-Lim)"
+    frames_from: str  # where the thumbnails come from, e.g. "pixels (stored frames)"
     warnings: list[str] = field(default_factory=list)
 
 
-def fingerprint_warnings(sample_fps: dict, codec_fps: dict) -> list[str]:
+AUDIO_SOURCES = {"dmel": "dmel (Griffin-Lim)", "audio": "codes (audio codec)"}
+FRAME_SOURCES = {"pixels": "pixels (stored frames)", "frames": "frame-codec tokens (decoded)", "": "no video"}
+
+
+def fingerprint_warnings(sample_fps: dict, codec_fps: dict,
+                         names: tuple[str, ...] = ("audio", "frames")) -> list[str]:
+    """A warning for each representation decoded (``names``) whose tokenizer differs from the sample's."""
     out = []
-    for name in ("audio", "frames"):
+    for name in names:
         want, have = sample_fps.get(name), codec_fps.get(name)
         if want is not None and want != have:
             out.append(f"{name} codec fingerprint {have} differs from the sample's {want}: the decoded {name} may be noise")
     return out
 
 
-def decode_audio(view: SampleView, toks) -> np.ndarray:
-    """float32 [S, valid_frames * 320] at 24 kHz, decoded from the sample's codes."""
-    wave_SN = np.asarray(toks.audio.decode(view.codes), dtype=np.float32)
+def audio_source(view: SampleView) -> str:
+    """The representation the WAV is decoded from: dMel when the sample has it, else the codes."""
+    if view.dmel is not None:
+        return "dmel"
+    if view.codes is not None:
+        return "audio"
+    raise UserError(f"sample {view.key} holds no audio representation (dmel.npy or codes.npy)")
+
+
+def frame_source(view: SampleView) -> str:
+    """Where the thumbnails come from: the stored pixels, else the frame codec's tokens ("" for none)."""
+    return "pixels" if view.pixels is not None else "frames" if view.frames is not None else ""
+
+
+def decode_audio(view: SampleView, toks, source: str) -> np.ndarray:
+    """float32 [S, valid_frames * 320] at 24 kHz, decoded from the sample's ``source`` member."""
+    tokens = view.dmel if source == "dmel" else view.codes
+    wave_SN = np.asarray(_representation(toks, source).decode(tokens), dtype=np.float32)
     return wave_SN[:, : GRID.frame_to_sample(view.valid_frames)]
+
+
+def decode_frames(view: SampleView, toks, source: str) -> np.ndarray:
+    """uint8 [N, height, width, 3]: the stored pixels, or the frame codec's decoding of the tokens."""
+    if source == "pixels":
+        return np.asarray(view.pixels)
+    if source == "frames" and view.frames.shape[0]:
+        return toks.frames.decode(view.frames)
+    return np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def _representation(toks, name: str):
+    """The configured representation ``name``; built from the config's section when the corpus config
+    does not list it (a shard read without its corpus)."""
+    if name in toks.representations:
+        return toks[name]
+    from microturn.config import TokenizerConfig
+    from microturn.tokenizers import REPRESENTATIONS
+
+    return REPRESENTATIONS[name](TokenizerConfig())
 
 
 def write_wav(path: Path, wave_SN: np.ndarray, rate: int = CODEC_RATE) -> None:
@@ -81,17 +128,22 @@ def render_sample(view: SampleView, toks, out_dir: Path, *, torch_threads: int =
         torch.set_num_threads(torch_threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    warnings = fingerprint_warnings(view.meta.get("fingerprints") or {}, toks.fingerprints())
-    images = toks.frames.decode(view.frames) if view.frames.shape[0] else np.zeros((0, 1, 1, 3), np.uint8)
-    audio = decode_audio(view, toks)
+    a_src, f_src = audio_source(view), frame_source(view)
+    decoded_names = (a_src, *(("frames",) if f_src == "frames" else ()))
+    warnings = fingerprint_warnings(view.meta.get("fingerprints") or {}, toks.fingerprints(), decoded_names)
+    images = decode_frames(view, toks, f_src)
+    audio = decode_audio(view, toks, a_src)
     png = out_dir / f"{view.key}.png"
     wav = out_dir / f"{view.key}.wav"
-    w, h = draw_png(view, images, png, warnings)
+    w, h = draw_png(view, images, png, warnings, (AUDIO_SOURCES[a_src], FRAME_SOURCES[f_src]))
     write_wav(wav, audio)
-    return RenderResult(png, wav, w, h, audio.shape[1] / CODEC_RATE, int(audio.shape[0]), warnings)
+    return RenderResult(png, wav, w, h, audio.shape[1] / CODEC_RATE, int(audio.shape[0]), AUDIO_SOURCES[a_src],
+                        FRAME_SOURCES[f_src], warnings)
 
 
-def draw_png(view: SampleView, images: np.ndarray, path: Path, warnings: list[str]) -> tuple[int, int]:
+def draw_png(view: SampleView, images: np.ndarray, path: Path, warnings: list[str],
+             sources: tuple[str, str] = ("", "")) -> tuple[int, int]:
+    """``sources``: (what the audio, what the thumbnails were decoded from), written on the picture."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -107,8 +159,11 @@ def draw_png(view: SampleView, images: np.ndarray, path: Path, warnings: list[st
     t_valid = t0 + view.duration_s
 
     _draw_activity(ax_act, view, t0)
-    _draw_thumbnails(ax_img, view, images, t0)
-    _draw_codes(ax_codes, view, t0)
+    _draw_thumbnails(ax_img, view, images, t0, sources[1])
+    if view.dmel is not None:
+        _draw_dmel(ax_codes, view, t0)
+    else:
+        _draw_codes(ax_codes, view, t0)
     for ax in (ax_act, ax_img, ax_codes):
         ax.set_xlim(t0, t_end)
         if t_valid < t_end:
@@ -120,6 +175,8 @@ def draw_png(view: SampleView, images: np.ndarray, path: Path, warnings: list[st
     fig.suptitle(title, fontsize=12, x=0.08, y=0.975, ha="left")
     fig.text(0.08, 0.93, "codecs: " + "  |  ".join(f"{k} {v}" for k, v in sorted(fps.items())), fontsize=7,
              color="0.35")
+    if sources[0]:
+        fig.text(0.93, 0.975, f"audio decoded from {sources[0]}", fontsize=9, ha="right", va="top")
     if warnings:
         fig.text(0.98, 0.005, "; ".join(warnings)[:200], fontsize=6, color="tab:red", ha="right")
     fig.savefig(path, dpi=DPI)
@@ -169,10 +226,10 @@ def _draw_activity(ax, view: SampleView, t0: float) -> None:
         ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=7, ncol=len(labelled), frameon=False)
 
 
-def _draw_thumbnails(ax, view: SampleView, images: np.ndarray, t0: float) -> None:
+def _draw_thumbnails(ax, view: SampleView, images: np.ndarray, t0: float, source: str = "") -> None:
     ax.set_yticks([])
     ax.set_ylim(0, 1)
-    ax.set_title("video frames (decoded by the frame codec) at their chunk times", fontsize=9, loc="left")
+    ax.set_title(f"video frames at their chunk times: {source or 'none'}", fontsize=9, loc="left")
     n = images.shape[0]
     if n == 0:
         ax.text(0.5, 0.5, "no video frames in this window", transform=ax.transAxes, ha="center", va="center")
@@ -196,6 +253,20 @@ def _draw_codes(ax, view: SampleView, t0: float) -> None:
     ax.set_yticks([s * K + K / 2 for s in range(S)], [f"{spk}\n{K} codebooks" for spk in view.speakers], fontsize=8)
     ax.set_title("audio codes (rows: stream x codebook)", fontsize=9, loc="left")
     pos = ax.get_position()  # a colorbar beside the panel, so the three panels keep one time axis
+    ax.figure.colorbar(im, cax=ax.figure.add_axes((0.94, pos.y0, 0.01, pos.height)))
+
+
+def _draw_dmel(ax, view: SampleView, t0: float) -> None:
+    S, M, F = view.dmel.shape
+    # low channels at the bottom of each stream's band, like a spectrogram
+    heat = view.dmel[:, ::-1, :].reshape(S * M, F).astype(np.float32)
+    t1 = t0 + float(GRID.frames_to_seconds(F))
+    im = ax.imshow(heat, aspect="auto", interpolation="nearest", cmap="magma", extent=(t0, t1, S * M, 0))
+    for s in range(1, S):
+        ax.axhline(s * M, color="w", lw=1.5)
+    ax.set_yticks([s * M + M / 2 for s in range(S)], [f"{spk}\n{M} mel" for spk in view.speakers], fontsize=8)
+    ax.set_title("dMel bins (rows: stream x mel channel, low frequencies at the bottom)", fontsize=9, loc="left")
+    pos = ax.get_position()
     ax.figure.colorbar(im, cax=ax.figure.add_axes((0.94, pos.y0, 0.01, pos.height)))
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection, Optional
 
 import numpy as np
 
 from microturn.clock import CODEC_RATE, GRID
-from microturn.format import EVENT_KINDS, DecodedSample
+from microturn.format import CORE_MEMBERS, EVENT_KINDS, MEMBERS, DecodedSample, MemberTable
 
 EVENT_COLUMNS = {k: k + "s" for k in EVENT_KINDS}  # index.parquet's column for each event kind
 
@@ -25,32 +25,52 @@ class SampleView(DecodedSample):
     """A decoded sample (fields and shapes: ``microturn.format.DecodedSample``) with the measures and
     clock conversions the CLI shows. Words and events are window-relative codec frames."""
 
+    # the corpus' member table (dataset.json ``members``): which members a sample holds and which
+    # representation wrote each; the default table for a shard read without its corpus
+    table: MemberTable = MEMBERS
+
     # -- the members the report commands draw (the one place they are named; `show` lists every
-    # member of the table generically)
+    # member of the table generically). A representation the corpus was not built with is None.
     @property
     def activity(self) -> np.ndarray:
         """uint8 [S, F]"""
         return self.arrays["activity.npy"]
 
     @property
-    def codes(self) -> np.ndarray:
-        """int16 [S, K, F]"""
-        return self.arrays["codes.npy"]
+    def codes(self) -> Optional[np.ndarray]:
+        """int16 [S, K, F]: EnCodec codes"""
+        return self.arrays.get("codes.npy")
 
     @property
-    def text(self) -> np.ndarray:
+    def text(self) -> Optional[np.ndarray]:
         """int32 [S, F]"""
-        return self.arrays["text.npy"]
+        return self.arrays.get("text.npy")
 
     @property
-    def frames(self) -> np.ndarray:
-        """int16 [N, H, W]"""
-        return self.arrays["frames.npy"]
+    def frames(self) -> Optional[np.ndarray]:
+        """int16 [N, H, W]: frame-codec tokens"""
+        return self.arrays.get("frames.npy")
+
+    @property
+    def dmel(self) -> Optional[np.ndarray]:
+        """uint8 [S, M, F]: dMel bins"""
+        return self.arrays.get("dmel.npy")
+
+    @property
+    def pixels(self) -> Optional[np.ndarray]:
+        """uint8 [N, Y, X, 3]: the video frames themselves (RGB)"""
+        return self.arrays.get("pixels.npy")
 
     @property
     def frame_chunks(self) -> np.ndarray:
         """int32 [N]"""
         return self.arrays["frame_chunks.npy"]
+
+    @property
+    def representations(self) -> dict[str, tuple[str, ...]]:
+        """Representation name -> the members of it this sample holds, in tar order (the core members,
+        which every corpus holds, are no representation's)."""
+        return representations_of(self.table, present=self.arrays)
 
     # -- shapes and clock
     @property
@@ -153,12 +173,26 @@ class SampleView(DecodedSample):
             "stream_speech_ratio": [round(r, 4) for r in self.stream_speech_ratios()],
             "overlap_ratio": round(self.overlap_ratio(), 6),
             "word_count": int(self.stats.get("word_count", len(self.words))),
-            "num_video_frames": int(self.frames.shape[0]) if self.frames.ndim == 3 else 0,
+            "num_video_frames": int(self.frame_chunks.shape[0]),
+            "representations": sorted(self.representations),
             **{EVENT_COLUMNS[k]: counts[k] for k in EVENT_KINDS},
         }
 
 
-def view_from_decoded(key: str, decoded: DecodedSample) -> SampleView:
-    """The display view of a sample ``microturn.format`` decoded (and already checked)."""
+def representations_of(table: MemberTable, present: Optional[Collection[str]] = None) -> dict[str, tuple[str, ...]]:
+    """Representation name -> its members in ``table`` (those in ``present`` only, when given). A member
+    is named by the dataset.json ``tokenizers`` entry it belongs to, else by its stem (``pixels.npy``)."""
+    core = {m.suffix for m in CORE_MEMBERS}
+    out: dict[str, tuple[str, ...]] = {}
+    for suffix, spec in table.items():
+        if suffix in core or (present is not None and suffix not in present):
+            continue
+        name = spec.tokenizer or suffix.split(".")[0]
+        out[name] = (*out.get(name, ()), suffix)
+    return out
+
+
+def view_from_decoded(key: str, decoded: DecodedSample, table: MemberTable = MEMBERS) -> SampleView:
+    """The display view of a sample ``microturn.format`` decoded (and already checked) with ``table``."""
     fields = {f.name: getattr(decoded, f.name) for f in dataclasses.fields(DecodedSample)}
-    return SampleView(**{**fields, "key": key or decoded.key})
+    return SampleView(**{**fields, "key": key or decoded.key, "table": table})

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from microturn.clock import CODEC_RATE, GRID
-from microturn.format import MEMBERS
 from microturn.report import safe
 from microturn.report.sample import SampleView
 
@@ -153,30 +152,11 @@ def show_sample(view: SampleView, console, *, width_chunks: int = 50) -> None:
     legend = "  ".join(f"{m} {k}" for k, m in EVENT_MARKS.items())
     console.print(f"[dim]talk: {LEVELS[1]}..{LEVELS[-1]} share of the chunk spoken, {PADDING} padding; events: {legend}[/]")
 
-    tokens = Table(title="tokens per stream")
-    for col in ("stream", "speaker", "codes K x F", "distinct/codebook", "entropy bits", "text tokens", "words"):
-        tokens.add_column(col)
-    pad = _pad_id(view.text)
-    for s, spk in enumerate(speakers):
-        codes = view.codes[s, :, : view.valid_frames]
-        distinct = [int(np.unique(row).size) for row in codes]
-        ent = codebook_entropy_bits(codes)
-        text_ids = view.text[s, : view.valid_frames]
-        tokens.add_row(
-            str(s), safe(spk), f"{view.codes.shape[1]} x {view.codes.shape[2]}",
-            f"{min(distinct, default=0)}..{max(distinct, default=0)}",
-            f"{min(ent, default=0):.1f}..{max(ent, default=0):.1f}",
-            f"{int((text_ids != pad).sum())} non-PAD", str(sum(1 for w in view.words if w.get("stream") == s)),
-        )
-    console.print(tokens)
-    if view.frames.shape[0]:
-        covered = sorted(set(int(c) for c in view.frame_chunks))
-        console.print(
-            f"[bold]video[/]: {view.frames.shape[0]} frame(s) of {view.frames.shape[1]}x{view.frames.shape[2]} tokens, "
-            f"{np.unique(view.frames).size} distinct tokens, chunks {covered[0]}..{covered[-1]}"
-        )
-    else:
-        console.print("[bold]video[/]: no frames in this window")
+    console.print(_tokens(view))
+    console.print(_video(view))
+    reps = view.representations
+    console.print("[bold]representations[/]: " + ("  ".join(
+        f"{safe(name)} ({', '.join(map(safe, members))})" for name, members in reps.items()) or "none"))
     console.print(_members(view))
 
     fp = Table(title="fingerprints", show_header=False)
@@ -210,12 +190,60 @@ def _members(view: SampleView):
     for col in ("member", "dtype", "shape", "values"):
         table.add_column(col)
     for suffix, arr in view.arrays.items():
-        spec = MEMBERS.get(suffix)
+        spec = view.table.get(suffix)
         dims = spec.dims if spec is not None and len(spec.dims) == arr.ndim else ("",) * arr.ndim
         shape = " x ".join(f"{d}={n}" if d else str(n) for d, n in zip(dims, arr.shape))
         values = f"{arr.min()}..{arr.max()}" if arr.size else "empty"
         table.add_row(safe(suffix), str(arr.dtype), shape, values)
     return table
+
+
+def _tokens(view: SampleView):
+    """Per stream: the codes (distinct values and entropy per codebook), dMel bins, text tokens, words
+    (a column for each representation the sample holds)."""
+    from rich.table import Table
+
+    tokens = Table(title="tokens per stream")
+    columns = {"stream": True, "speaker": True, "codes K x F": view.codes is not None,
+               "distinct/codebook": view.codes is not None, "entropy bits": view.codes is not None,
+               "dmel M x F": view.dmel is not None, "dmel bins": view.dmel is not None,
+               "text tokens": view.text is not None, "words": True}
+    for col, shown in columns.items():
+        if shown:
+            tokens.add_column(col)
+    pad = _pad_id(view.text) if view.text is not None else -1
+    for s, spk in enumerate(view.speakers):
+        row = [str(s), safe(spk)]
+        if view.codes is not None:
+            codes = view.codes[s, :, : view.valid_frames]
+            distinct = [int(np.unique(r).size) for r in codes]
+            ent = codebook_entropy_bits(codes)
+            row += [f"{view.codes.shape[1]} x {view.codes.shape[2]}",
+                    f"{min(distinct, default=0)}..{max(distinct, default=0)}",
+                    f"{min(ent, default=0):.1f}..{max(ent, default=0):.1f}"]
+        if view.dmel is not None:
+            bins = view.dmel[s, :, : view.valid_frames]
+            row += [f"{view.dmel.shape[1]} x {view.dmel.shape[2]}",
+                    f"{bins.min()}..{bins.max()}, mean {bins.mean():.1f}" if bins.size else "empty"]
+        if view.text is not None:
+            row.append(f"{int((view.text[s, : view.valid_frames] != pad).sum())} non-PAD")
+        row.append(str(sum(1 for w in view.words if w.get("stream") == s)))
+        tokens.add_row(*row)
+    return tokens
+
+
+def _video(view: SampleView) -> str:
+    n = int(view.frame_chunks.shape[0])
+    if not n:
+        return "[bold]video[/]: no frames in this window"
+    covered = sorted(set(int(c) for c in view.frame_chunks))
+    held = []
+    if view.pixels is not None:
+        held.append(f"pixels {view.pixels.shape[1]}x{view.pixels.shape[2]} RGB")
+    if view.frames is not None:
+        held.append(f"{view.frames.shape[1]}x{view.frames.shape[2]} frame-codec tokens "
+                    f"({np.unique(view.frames).size} distinct)")
+    return f"[bold]video[/]: {n} frame(s), chunks {covered[0]}..{covered[-1]}: {'; '.join(held) or 'chunk index only'}"
 
 
 def _provenance(view: SampleView):

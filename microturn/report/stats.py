@@ -98,19 +98,13 @@ class _Accumulator:
                 self.session_events[v.session_id].append(
                     {**e, "start_frame": int(e["start_frame"]) + f0, "end_frame": int(e["end_frame"]) + f0}
                 )
-        codes = v.codes[:, :, :vf]
-        vocab = max(1024, int(codes.max()) + 1 if codes.size else 1024)
-        if self.code_counts is None or self.code_counts.shape[1] < vocab:
-            grown = np.zeros((codes.shape[1], vocab), dtype=np.int64)
-            if self.code_counts is not None:
-                grown[:, : self.code_counts.shape[1]] = self.code_counts
-            self.code_counts = grown
-        for k in range(codes.shape[1]):
-            self.code_counts[k] += np.bincount(codes[:, k, :].ravel().astype(np.int64), minlength=self.code_counts.shape[1])
-        ids, counts = np.unique(v.frames, return_counts=True)
-        for i, c in zip(ids.tolist(), counts.tolist()):
-            self.frame_token_counts[i] += c
-        text = v.text[:, :vf]
+        if v.codes is not None:  # token statistics of the representations the corpus holds
+            self._add_codes(v.codes[:, :, :vf])
+        if v.frames is not None:
+            ids, counts = np.unique(v.frames, return_counts=True)
+            for i, c in zip(ids.tolist(), counts.tolist()):
+                self.frame_token_counts[i] += c
+        text = v.text[:, :vf] if v.text is not None else np.zeros((0, 0), np.int32)
         if text.size:
             ids, counts = np.unique(text, return_counts=True)
             pad = int(ids[np.argmax(counts)])  # PAD fills the frames between words
@@ -124,6 +118,17 @@ class _Accumulator:
         if isinstance(quality, dict) and v.session_id not in self.session_bleed:
             self.session_bleed[v.session_id] = (_number(quality.get("overlap_ratio")),
                                                 _number(quality.get("activity_correlation")))  # fmt: skip
+
+
+    def _add_codes(self, codes: np.ndarray) -> None:
+        vocab = max(1024, int(codes.max()) + 1 if codes.size else 1024)
+        if self.code_counts is None or self.code_counts.shape[1] < vocab:
+            grown = np.zeros((codes.shape[1], vocab), dtype=np.int64)
+            if self.code_counts is not None:
+                grown[:, : self.code_counts.shape[1]] = self.code_counts
+            self.code_counts = grown
+        for k in range(codes.shape[1]):
+            self.code_counts[k] += np.bincount(codes[:, k, :].ravel().astype(np.int64), minlength=self.code_counts.shape[1])
 
 
 # A session above either is worth a look: its other talker was probably labelled speech on each
@@ -161,9 +166,10 @@ def corpus_stats(target: Target, *, show_progress: bool = True) -> dict[str, Any
     """Every figure as a JSON-ready dict (the raw duration lists are under ``_durations`` for plots)."""
     acc = _Accumulator()
     expected = len(read_index(target.dataset_uri)) or None
+    layout = target.layout
     with progress("reading samples", expected, enabled=show_progress) as advance:
         for ref in target.shards:
-            for view in iter_samples(ref.uri):
+            for view in iter_samples(ref.uri, layout):
                 acc.add(view)
                 advance(1)
     return _finish(acc, target)

@@ -18,14 +18,15 @@ import math
 import os
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Collection, Iterator, Optional
 
 import numpy as np
 import webdataset as wds
 
 from microturn import storage
 from microturn.errors import FormatError, TrainDataError
-from microturn.format import MEMBERS, SHARDS_DIR, decode_npy, iter_sample_views, read_dataset_json
+from microturn.format import (MEMBERS, SHARDS_DIR, decode_npy, iter_sample_views, member_table_of_dataset,
+                              read_dataset_json)
 from microturn.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,13 @@ def _shard_names(doc: dict[str, Any], source: str) -> list[str]:
     return names
 
 
-def read_corpus(data_uri: str) -> CorpusInfo:
+def read_corpus(data_uri: str, needs: Collection[str] = ()) -> CorpusInfo:
     """Describe the built corpus under ``data_uri`` from its ``dataset.json``: the shards it lists
     (``shards[].name`` under ``shards/``), tokenizer fingerprints and vocab sizes
     (``tokenizers.{audio,frames,text}.{fingerprint,vocab_size}``) and ``tokenizers.audio.codebooks``.
     A missing file or key raises ``TrainDataError``: a corpus is trained on only as its build described it.
+    ``needs``: the members the model reads (``ExampleSpec.members``); a corpus whose member table lacks
+    one is refused (``missing_member``) before anything else is read. Other members are never read.
     """
     root = data_uri.rstrip("/") if data_uri != "/" else data_uri
     source = storage.join(root, "dataset.json")
@@ -92,6 +95,7 @@ def read_corpus(data_uri: str) -> CorpusInfo:
     except FormatError as exc:
         reason = "no_corpus" if exc.code == "missing_dataset_json" else exc.code
         raise TrainDataError(reason, exc.message, source=source) from None
+    _check_members(doc, needs, source)
     fingerprints = {n: _required(doc, f"tokenizers.{n}.fingerprint", str, source) for n in ("audio", "frames", "text")}
     vocab = {n: _required(doc, f"tokenizers.{n}.vocab_size", int, source) for n in ("audio", "frames", "text")}
     codebooks = _required(doc, "tokenizers.audio.codebooks", int, source)
@@ -109,6 +113,22 @@ def read_corpus(data_uri: str) -> CorpusInfo:
         samples=samples if isinstance(samples, int) else None,
         shard_samples={u: n for u, n in listed.items() if isinstance(n, int) and not isinstance(n, bool) and n >= 0},
     )
+
+
+def _check_members(doc: dict[str, Any], needs: Collection[str], source: str) -> None:
+    """Refuse a corpus whose member table (dataset.json ``members``) lacks a member the model reads."""
+    try:
+        held = member_table_of_dataset(doc)
+    except FormatError as exc:
+        raise TrainDataError("bad_dataset_json", exc.message, source=source) from None
+    missing = [m for m in needs if m not in held]
+    if missing:
+        raise TrainDataError(
+            "missing_member",
+            f"the model reads {', '.join(missing)}, which this corpus does not hold (it holds {', '.join(held)}); "
+            "train on a corpus built with the representations that write them (tokenizers.representations)",
+            source=source,
+        )
 
 
 def split_train_eval(corpus: CorpusInfo, cfg: TrainConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -28,6 +28,12 @@ from microturn.train.corpus import check_fingerprints, name_hash, seeded_rng
 MAX_META_BYTES = 1 << 20
 
 
+def example_members(video: bool) -> tuple[str, ...]:
+    """The members the model reads: EnCodec codes and text, and the frame-codec tokens with video (a
+    corpus must hold them; its other members, dMel or pixels, are not read yet)."""
+    return ("meta.json", "codes.npy", "text.npy", *(("frames.npy", "frame_chunks.npy") if video else ()))
+
+
 @dataclass(frozen=True)
 class ExampleSpec:
     """Shapes of one training example."""
@@ -44,8 +50,7 @@ class ExampleSpec:
     @property
     def members(self) -> tuple[str, ...]:
         """The members an example is built from (the rest of a sample is not decoded)."""
-        video = ("frames.npy", "frame_chunks.npy") if self.video else ()
-        return ("meta.json", "codes.npy", "text.npy", *video)
+        return example_members(self.video)
 
     @property
     def frames(self) -> int:

@@ -34,7 +34,7 @@ from microturn.train.checkpoint import (
 )
 from microturn.train.config import TrainConfig, load_train_config
 from microturn.train.corpus import CorpusInfo, check_fingerprints, frame_tokens_in, read_corpus, split_train_eval
-from microturn.train.examples import ExampleSpec
+from microturn.train.examples import ExampleSpec, example_members
 from microturn.train.loader import TrainLoader
 from microturn.train.metrics import MetricsLog, StepLog, peak_flops
 from microturn.train.model import InteractionModel, train_flops_per_example
@@ -205,11 +205,12 @@ def _resume_point(cfg: TrainConfig, out: Path, d: Dist
 def _prepare_data(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> RunData:
     """Read the corpus, hold out eval shards (or read data.eval_data), resolve the config against the
     corpus; rank 0 saves the resolved config as RUN_DIR/config.yaml."""
-    corpus = read_corpus(data_uri)
+    needs = example_members(cfg.data.video)  # refused up front: a corpus without a member the model reads
+    corpus = read_corpus(data_uri, needs)
     train_shards, eval_shards = split_train_eval(corpus, cfg)
     eval_samples = corpus.shard_samples
     if cfg.data.eval_data:
-        eval_corpus = read_corpus(cfg.data.eval_data)
+        eval_corpus = read_corpus(cfg.data.eval_data, needs)
         eval_shards, eval_samples = eval_corpus.shard_uris, eval_corpus.shard_samples
     cfg = resolve_config(cfg, corpus)
     expected_fp = cfg.fingerprints.model_dump() if cfg.data.check_fingerprints else {}

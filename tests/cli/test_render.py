@@ -1,4 +1,4 @@
-"""`microturn render`: a PNG with real content and a stereo WAV decoded from the codes."""
+"""`microturn render`: a PNG with real content and a stereo WAV decoded from the dMel (the demo config writes it)."""
 
 from __future__ import annotations
 

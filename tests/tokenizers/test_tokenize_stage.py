@@ -87,7 +87,7 @@ def test_the_member_table_follows_the_representations_in_tar_order(toks):
 
 
 def test_every_registered_representation_tiles_the_200ms_chunk(toks):
-    assert set(REPRESENTATIONS) == {"audio", "frames", "text", "dmel"}
+    assert set(REPRESENTATIONS) == {"audio", "frames", "text", "dmel", "pixels"}
     assert {rep.name: check_tiles(rep) for rep in toks} == {"audio": 15, "frames": 1, "text": 15}
 
 

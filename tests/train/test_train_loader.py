@@ -13,7 +13,7 @@ import torch
 
 from microturn.errors import TrainDataError
 from microturn.train.corpus import iter_raw_samples, read_corpus, shards_for, split_train_eval
-from microturn.train.examples import build_example
+from microturn.train.examples import build_example, example_members
 from microturn.train.loader import TrainLoader
 from microturn.train.stream import Position
 from microturn.train.loop import example_spec, resolve_config
@@ -46,8 +46,10 @@ def test_corpus_description_comes_from_dataset_json(train_corpus):
     doc = json.loads((train_corpus / "dataset.json").read_text())
     corpus = read_corpus(str(train_corpus))
     assert corpus.shard_uris == tuple(str(train_corpus / "shards" / s["name"]) for s in doc["shards"])
-    assert corpus.fingerprints == {k: t["fingerprint"] for k, t in doc["tokenizers"].items()}
-    assert corpus.vocab == {k: t["vocab_size"] for k, t in doc["tokenizers"].items()}
+    read = ("audio", "frames", "text")  # what the model reads; the demo corpus also holds dmel and pixels
+    assert corpus.fingerprints == {k: doc["tokenizers"][k]["fingerprint"] for k in read}
+    assert corpus.vocab == {k: doc["tokenizers"][k]["vocab_size"] for k in read}
+    assert {"dmel", "pixels"} <= set(doc["tokenizers"])
     assert corpus.codebooks == doc["tokenizers"]["audio"]["codebooks"] == 8
     assert corpus.samples == 12
 
@@ -78,6 +80,46 @@ def test_a_dataset_listing_no_shards_is_refused(train_corpus, tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps(doc))
     with pytest.raises(TrainDataError, match="no_shards"):
         read_corpus(str(tmp_path))
+
+
+@pytest.mark.parametrize("video, dropped, named", [
+    (False, "codes.npy", "codes.npy"),
+    (True, "frames.npy", "frames.npy"),
+    (False, "frames.npy", None),  # an audio-only model does not read frame tokens
+])
+def test_a_corpus_without_a_member_the_model_reads_is_refused_when_opened(train_corpus, tmp_path, video, dropped,
+                                                                            named):
+    doc = json.loads((train_corpus / "dataset.json").read_text())
+    doc["members"] = [m for m in doc["members"] if m["suffix"] != dropped]
+    (tmp_path / "dataset.json").write_text(json.dumps(doc))
+    needs = example_members(video)
+    if named is None:
+        assert read_corpus(str(tmp_path), needs).samples == 12
+        return
+    with pytest.raises(TrainDataError) as err:
+        read_corpus(str(tmp_path), needs)
+    assert err.value.code == "missing_member"
+    assert f"the model reads {named}," in err.value.message
+    held = err.value.message.split("it holds ", 1)[1]  # what the corpus holds, dMel and pixels among them
+    assert "dmel.npy" in held and "pixels.npy" in held and dropped not in held
+
+
+def test_the_training_run_refuses_a_corpus_without_codes(tiny_cfg, train_corpus, tmp_path):
+    from microturn.train.loop import train
+
+    doc = json.loads((train_corpus / "dataset.json").read_text())
+    doc["members"] = [m for m in doc["members"] if m["suffix"] != "codes.npy"]
+    (tmp_path / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(TrainDataError, match="missing_member") as err:
+        train(tiny_cfg, str(tmp_path), tmp_path / "run")
+    assert "codes.npy" in err.value.message
+
+
+def test_extra_members_do_not_stop_training_reads(train_corpus):
+    """The demo corpus holds dMel and pixels too: the trainer opens it and never reads them."""
+    corpus = read_corpus(str(train_corpus), example_members(video=True))
+    raw = next(iter_raw_samples(corpus.shard_uris[0]))
+    assert "codes.npy" in raw and "dmel.npy" not in raw and "pixels.npy" not in raw
 
 
 def test_batches_hold_the_real_samples_tokens(tiny_cfg, train_corpus):
