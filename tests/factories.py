@@ -10,14 +10,17 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from microturn.clock import GRID, Grid
-from microturn.config import ChunkConfig
+from microturn.config import ChunkConfig, EventsConfig, ShardConfig
 from microturn.format import DEFAULT_REPRESENTATION_MEMBERS, TarStream
 from microturn.pipeline.chunk import make_samples
+from microturn.pipeline.events import detect_events
+from microturn.pipeline.shard import ShardSink, finalize_dataset
 from microturn.records import (
     AudioSource,
     Event,
@@ -153,3 +156,15 @@ def sample_tar_bytes(samples: Sequence[Sample]) -> bytes:
         stream.add_sample(s.key, s.members)
     stream.finish()
     return buf.getvalue()
+
+
+def write_corpus(out: Path, tok: TokenizedSession, tokenizers: dict, *, window_chunks: int = 20,
+                 edit: Callable[[Sample], Sample] = lambda s: s) -> Path:
+    """A one-session corpus under ``out`` (one shard per sample) from ``tok``'s windows of
+    ``window_chunks`` chunks with its turn-taking events, each sample passed through ``edit``."""
+    samples = tok.samples(detect_events(tok.activity, EventsConfig()),
+                          ChunkConfig(window_chunks=window_chunks, hop_chunks=window_chunks))
+    sink = ShardSink(str(out), ShardConfig(target_bytes=1))
+    sink.add_session([edit(s) for s in samples])
+    finalize_dataset(str(out), sink, config_hash="h" * 64, tokenizers=tokenizers, rejections=[], sessions_in=1)
+    return out

@@ -244,29 +244,26 @@ def _draw_thumbnails(ax, view: SampleView, images: np.ndarray, t0: float, source
 
 
 def _draw_codes(ax, view: SampleView, t0: float) -> None:
-    S, K, F = view.codes.shape
-    heat = view.codes.reshape(S * K, F).astype(np.float32)
-    t1 = t0 + float(GRID.frames_to_seconds(F))
-    im = ax.imshow(heat, aspect="auto", interpolation="nearest", cmap="viridis", extent=(t0, t1, S * K, 0))
-    for s in range(1, S):
-        ax.axhline(s * K, color="w", lw=1.5)
-    ax.set_yticks([s * K + K / 2 for s in range(S)], [f"{spk}\n{K} codebooks" for spk in view.speakers], fontsize=8)
-    ax.set_title("audio codes (rows: stream x codebook)", fontsize=9, loc="left")
-    pos = ax.get_position()  # a colorbar beside the panel, so the three panels keep one time axis
-    ax.figure.colorbar(im, cax=ax.figure.add_axes((0.94, pos.y0, 0.01, pos.height)))
+    _draw_heat(ax, view.codes, view.speakers, t0, "codebooks", "audio codes (rows: stream x codebook)", "viridis")
 
 
 def _draw_dmel(ax, view: SampleView, t0: float) -> None:
-    S, M, F = view.dmel.shape
     # low channels at the bottom of each stream's band, like a spectrogram
-    heat = view.dmel[:, ::-1, :].reshape(S * M, F).astype(np.float32)
+    _draw_heat(ax, view.dmel[:, ::-1, :], view.speakers, t0, "mel",
+               "dMel bins (rows: stream x mel channel, low frequencies at the bottom)", "magma")
+
+
+def _draw_heat(ax, values_SRF: np.ndarray, speakers: list[str], t0: float, unit: str, title: str, cmap: str) -> None:
+    """A [streams, rows, frames] array as one heat map on the session time axis, streams stacked."""
+    S, R, F = values_SRF.shape
+    heat = values_SRF.reshape(S * R, F).astype(np.float32)
     t1 = t0 + float(GRID.frames_to_seconds(F))
-    im = ax.imshow(heat, aspect="auto", interpolation="nearest", cmap="magma", extent=(t0, t1, S * M, 0))
+    im = ax.imshow(heat, aspect="auto", interpolation="nearest", cmap=cmap, extent=(t0, t1, S * R, 0))
     for s in range(1, S):
-        ax.axhline(s * M, color="w", lw=1.5)
-    ax.set_yticks([s * M + M / 2 for s in range(S)], [f"{spk}\n{M} mel" for spk in view.speakers], fontsize=8)
-    ax.set_title("dMel bins (rows: stream x mel channel, low frequencies at the bottom)", fontsize=9, loc="left")
-    pos = ax.get_position()
+        ax.axhline(s * R, color="w", lw=1.5)
+    ax.set_yticks([s * R + R / 2 for s in range(S)], [f"{spk}\n{R} {unit}" for spk in speakers], fontsize=8)
+    ax.set_title(title, fontsize=9, loc="left")
+    pos = ax.get_position()  # a colorbar beside the panel, so the three panels keep one time axis
     ax.figure.colorbar(im, cax=ax.figure.add_axes((0.94, pos.y0, 0.01, pos.height)))
 
 

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from microturn.config import ChunkConfig, EventsConfig, ShardConfig
 from microturn.format import decode_sample, encode_sample
-from tests.factories import random_tokenized_session
-from microturn.pipeline.events import detect_events
-from microturn.pipeline.shard import ShardSink, finalize_dataset
 from microturn.records import Sample
+from tests.factories import random_tokenized_session, write_corpus
 
 TOKENIZERS = {
     "audio": {"fingerprint": "untrained:[/]", "vocab_size": 1024, "codebooks": 8},
@@ -33,13 +30,8 @@ def _marked_up(sample: Sample) -> Sample:
 
 @pytest.fixture(scope="module")
 def marked_corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("markup")
     tok = random_tokenized_session("s0", 24000 * 6, seed=1)
-    samples = tok.samples(detect_events(tok.activity, EventsConfig()), ChunkConfig(window_chunks=20, hop_chunks=20))
-    sink = ShardSink(str(out), ShardConfig(target_bytes=1))
-    sink.add_session([_marked_up(s) for s in samples])
-    finalize_dataset(str(out), sink, config_hash="h" * 64, tokenizers=TOKENIZERS, rejections=[], sessions_in=1)
-    return out
+    return write_corpus(tmp_path_factory.mktemp("markup"), tok, TOKENIZERS, edit=_marked_up)
 
 
 def test_show_prints_words_and_speakers_literally(cli, marked_corpus):

@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from microturn.config import ChunkConfig, EventsConfig, ShardConfig
-from microturn.pipeline.events import detect_events
-from microturn.pipeline.shard import ShardSink, finalize_dataset
-from tests.factories import random_tokenized_session
+from tests.factories import random_tokenized_session, write_corpus
 
 TOKENIZERS = {
     "audio": {"fingerprint": "untrained:0", "vocab_size": 1024, "codebooks": 8},
@@ -22,13 +19,8 @@ TOKENIZERS = {
 
 @pytest.fixture(scope="module")
 def codes_corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("codes_only")
     tok = random_tokenized_session("s0", 24000 * 4, seed=2)
-    samples = tok.samples(detect_events(tok.activity, EventsConfig()), ChunkConfig(window_chunks=20, hop_chunks=20))
-    sink = ShardSink(str(out), ShardConfig(target_bytes=1))
-    sink.add_session(samples)
-    finalize_dataset(str(out), sink, config_hash="h" * 64, tokenizers=TOKENIZERS, rejections=[], sessions_in=1)
-    return out
+    return write_corpus(tmp_path_factory.mktemp("codes_only"), tok, TOKENIZERS)
 
 
 def test_a_sample_without_dmel_or_pixels_is_rendered_from_codes_and_frame_tokens(cli, codes_corpus, tmp_path):
