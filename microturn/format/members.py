@@ -78,6 +78,7 @@ class MemberTable(Mapping[str, MemberSpec]):
     def __init__(self, specs: Iterable[MemberSpec]):
         ordered = sorted(specs, key=lambda m: (m.order, m.suffix))
         self._specs = {m.suffix: m for m in ordered}
+        self._hash = hash(tuple(ordered))  # tables key the readers' caches: hash once
         if len(self._specs) != len(ordered):
             seen = [m.suffix for m in ordered]
             twice = sorted({s for s in seen if seen.count(s) > 1})
@@ -99,7 +100,7 @@ class MemberTable(Mapping[str, MemberSpec]):
         return f"MemberTable({list(self._specs)})"
 
     def __hash__(self) -> int:  # equal tables (Mapping equality: same specs) hash alike
-        return hash(tuple(self._specs.values()))
+        return self._hash
 
     @property
     def order(self) -> tuple[str, ...]:
