@@ -52,6 +52,14 @@ def random_batch(cfg, batch: int, chunks: int, device):
     }
 
 
+def bench_config(path: str | Path, **sections: dict):
+    """The train config at ``path`` with the corpus's vocabularies (and any ``sections`` overrides)."""
+    from microturn.train.config import load_train_config
+
+    model = {"audio_vocab": 1024, "text_vocab": 260, "frame_vocab": 1000, "frame_tokens": 64}
+    return load_train_config(path).replace(model=model, **sections)
+
+
 def measured_cpu_peak_flops(seconds: float = 1.0) -> float:
     """fp32 GEMM FLOP/s this process reaches with its thread count (the CPU 'peak' for MFU)."""
     import torch
@@ -123,12 +131,9 @@ def main() -> None:
 
     import torch
 
-    from microturn.train.config import load_train_config
     from microturn.train.metrics import PEAK_BF16_TFLOPS
 
-    cfg = load_train_config(args.config).replace(
-        model={"audio_vocab": 1024, "text_vocab": 260, "frame_vocab": 1000, "frame_tokens": 64}
-    )
+    cfg = bench_config(args.config)
     gpu = torch.cuda.is_available()
     device = torch.device("cuda") if gpu else torch.device("cpu")
     if not gpu:

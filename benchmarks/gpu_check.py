@@ -1,0 +1,299 @@
+"""One prepared GPU check: tokenization, decode and training throughput on one CUDA device, in minutes.
+
+    .venv/bin/python benchmarks/gpu_check.py
+
+Without CUDA it prints ``{"cuda": false}`` and exits 0 (only torch is imported). With CUDA it runs
+each part below in a child process of its own with a hard time cap (about 7.5 minutes in all), so a
+part that fails, hangs or runs out of memory is reported as ``{"error": "..."}`` and the rest still run:
+
+- ``encodec``: EnCodec 6 kbps audio seconds per wall second (``*_rt``) of ``--streams`` speech-like
+  streams of ``--stream-s`` seconds (``load_audio_tokenizer``, seeded weights), fp32 and bf16, each at
+  ``batch_windows`` 8, 32 and 128 (a 60 s stream is 6 windows of 10 s); one warm-up call first;
+  ``bf16_codes_differ_vs_fp32``: the fraction of codes bf16 changes.
+- ``dmel``: dMel audio seconds per wall second on CUDA and on the CPU with one thread, same audio;
+  ``bytes_equal``: whether the two give the same tokens.
+- ``decode``: frames per second decoding a synthetic 640x360 30 fps H.264 video of ``--video-s``
+  seconds with PyAV in software (FFmpeg threads) and with PyAV's CUDA hardware decoding (NVDEC, PyAV
+  >= 14), or ``"hw_decode": "unavailable: <why>"``.
+- ``train_grouped``, ``train_padded``, ``train_loop``: tokens/s and MFU of ``train_small`` in bf16 for
+  each expert dispatch (``benchmarks/train.py``'s ``run``; eager, not compiled, to fit the time).
+- ``streaming_step_ms``: the streaming micro-turn step is not built yet (issue 14).
+
+Prints one JSON line last: ``cuda``, ``device``, ``torch``, ``wall_s``, then one entry per part.
+``--part NAME --device cpu`` runs one part on the CPU (smaller sizes advised), to check the code paths
+on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this folder would come first on sys.path: put the repo there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+# part -> hard cap in seconds (child start-up included); 450 s in all, under the 8 minutes promised
+PART_CAPS_S = {"encodec": 150, "dmel": 45, "decode": 75, "train_grouped": 60, "train_padded": 60, "train_loop": 60}
+SOFT_MARGIN_S = 15  # a part stops starting new measurements this long before its cap
+DISPATCHES = ("grouped", "padded", "loop")
+BATCH_SWEEP = (8, 32, 128)
+DISTINCT_STREAMS = 8  # distinct speech-like signals; more streams repeat them (speed does not care)
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(device: str, fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(wall seconds, result) of ``fn``, the device synchronised before and after."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
+def speech_streams(streams: int, seconds: float) -> np.ndarray:
+    """float32 [streams, samples], whole 200 ms chunks of speech-like audio."""
+    from microturn.clock import CHUNK_SAMPLES, CODEC_RATE
+    from microturn.tokenizers.calibration import speech_like
+
+    samples = max(1, round(seconds * CODEC_RATE / CHUNK_SAMPLES)) * CHUNK_SAMPLES
+    distinct = [speech_like(samples / CODEC_RATE, seed=s)[:samples] for s in range(min(streams, DISTINCT_STREAMS))]
+    return np.stack([distinct[i % len(distinct)] for i in range(streams)]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- parts (each runs in a child)
+
+
+def part_encodec(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+    from microturn.clock import CODEC_RATE
+    from microturn.config import AudioCodecConfig
+    from microturn.tokenizers.audio import load_audio_tokenizer
+
+    waves = speech_streams(args.streams, args.stream_s)
+    audio_s = waves.size / CODEC_RATE
+    out: dict[str, Any] = {"streams": waves.shape[0], "audio_s": round(audio_s, 1)}
+    codes_by_precision: dict[str, np.ndarray] = {}
+    for precision in ("fp32", "bf16"):
+        for batch in BATCH_SWEEP:
+            key = f"{precision}_b{batch}_rt"
+            if time.monotonic() > deadline:
+                out[key] = "skipped: time cap"
+                continue
+            try:
+                cfg = AudioCodecConfig(device=args.device, precision=precision, batch_windows=batch)
+                tok = load_audio_tokenizer(cfg)
+                tok.encode(waves)  # warm-up: kernel choice and allocator caches for these shapes
+                wall_s, codes = _timed(args.device, lambda: tok.encode(waves))
+                out[key] = round(audio_s / wall_s, 1)
+                codes_by_precision.setdefault(precision, codes)
+            except Exception as exc:
+                out[key] = _error(exc)
+    if len(codes_by_precision) == 2:
+        out["bf16_codes_differ_vs_fp32"] = round(float((codes_by_precision["bf16"] != codes_by_precision["fp32"]).mean()), 5)
+    return out
+
+
+def part_dmel(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+    import torch
+
+    from microturn.clock import CODEC_RATE
+    from microturn.config import DMelConfig
+    from microturn.tokenizers.dmel import DMelTokenizer
+
+    waves = speech_streams(args.streams, args.stream_s)
+    audio_s = waves.size / CODEC_RATE
+    out: dict[str, Any] = {"streams": waves.shape[0], "audio_s": round(audio_s, 1)}
+    tokens: dict[str, np.ndarray] = {}
+    for name, device in ((f"{args.device}", args.device), ("cpu_1thread", "cpu")):
+        if time.monotonic() > deadline:
+            out[f"{name}_rt"] = "skipped: time cap"
+            continue
+        try:
+            if device == "cpu":
+                torch.set_num_threads(1)
+            tok = DMelTokenizer(DMelConfig(device=device))
+            tok.encode(waves[:, : 10 * CODEC_RATE])  # warm-up
+            wall_s, tokens[name] = _timed(device, lambda: tok.encode(waves))
+            out[f"{name}_rt"] = round(audio_s / wall_s, 1)
+        except Exception as exc:
+            out[f"{name}_rt"] = _error(exc)
+    if len(tokens) == 2:
+        a, b = tokens.values()
+        out["bytes_equal"] = bool(np.array_equal(a, b))
+    return out
+
+
+def write_test_video(path: Path, seconds: float, fps: int = 30, size: tuple[int, int] = (640, 360)) -> int:
+    """H.264 (libx264 veryfast, crf 23) of a blocky random texture panning 2 px per frame; frame count."""
+    import av
+
+    w, h = size
+    n = max(1, round(seconds * fps))
+    rng = np.random.default_rng(0)
+    texture = np.kron(rng.integers(0, 256, (h // 8, (w + 2 * n) // 8 + 1), dtype=np.uint8), np.ones((8, 8), np.uint8))
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(n):
+            img = np.repeat(texture[:, 2 * i : 2 * i + w, None], 3, axis=2)
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
+        out.mux(vs.encode(None))
+    return n
+
+
+def decode_fps(path: Path, hwaccel: Any) -> tuple[float, int, bool]:
+    """(frames per second, frames, decoded on the device) for one full decode of ``path``."""
+    import av
+
+    with av.open(str(path), hwaccel=hwaccel) as container:
+        stream = container.streams.video[0]
+        if hwaccel is None:
+            stream.thread_type = "AUTO"  # the software baseline gets FFmpeg's frame threads
+        t0, frames = time.perf_counter(), 0
+        for _ in container.decode(stream):
+            frames += 1
+        wall_s = time.perf_counter() - t0
+        on_device = bool(getattr(stream.codec_context, "is_hwaccel", False))
+    return frames / wall_s, frames, on_device
+
+
+def hw_decode(path: Path) -> dict[str, Any] | str:
+    """CUDA (NVDEC) decode through PyAV's hwaccel, without software fallback, or why it is unavailable."""
+    import av
+
+    try:
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+    except ImportError:
+        return f"unavailable: PyAV {av.__version__} has no av.codec.hwaccel (needs >= 14)"
+    if "cuda" not in hwdevices_available():
+        return f"unavailable: this PyAV's FFmpeg offers {hwdevices_available()}, not cuda"
+    try:
+        fps, frames, on_device = decode_fps(path, HWAccel(device_type="cuda", allow_software_fallback=False))
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}: {exc}"[:500]
+    if not on_device:
+        return "unavailable: the decoder did not run on the device"
+    return {"fps": round(fps, 1), "frames": frames}
+
+
+def part_decode(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+    import av
+
+    out: dict[str, Any] = {"pyav": av.__version__, "video": f"640x360 H.264 30 fps, {args.video_s:g} s"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gpu_check.mp4"
+        out["frames"] = write_test_video(path, args.video_s)
+        try:
+            out["sw_fps"] = round(decode_fps(path, None)[0], 1)
+        except Exception as exc:
+            out["sw_fps"] = _error(exc)
+        out["hw_decode"] = hw_decode(path) if time.monotonic() < deadline else "skipped: time cap"
+    return out
+
+
+def part_train(args: argparse.Namespace, dispatch: str) -> dict[str, Any]:
+    import torch
+
+    from benchmarks.train import bench_config, run
+    from microturn.train.metrics import peak_flops
+
+    cfg = bench_config(args.train_config, run={"compile": False})
+    device = torch.device(args.device)
+    r = run(cfg, device, cfg.data.batch_size, cfg.data.window_chunks, args.train_steps, dispatch)
+    peak = peak_flops(cfg, device)
+    return {
+        "config": Path(args.train_config).name,
+        "batch": cfg.data.batch_size,
+        "window_chunks": cfg.data.window_chunks,
+        "steps": args.train_steps,
+        "compiled": False,
+        "dispatch": r["dispatch"],
+        "step_s": round(r["step_s"], 4),
+        "tokens_per_s": round(r["tokens_per_s"], 1),
+        "tflops_per_s": round(r["flops_per_s"] / 1e12, 3),
+        "mfu": round(r["flops_per_s"] / peak, 4) if peak else None,
+    }
+
+
+def run_part(args: argparse.Namespace) -> dict[str, Any]:
+    deadline = time.monotonic() + PART_CAPS_S[args.part] - SOFT_MARGIN_S
+    try:
+        if args.part.startswith("train_"):
+            return part_train(args, args.part.removeprefix("train_"))
+        return {"encodec": part_encodec, "dmel": part_dmel, "decode": part_decode}[args.part](args, deadline)
+    except Exception as exc:
+        return _error(exc)
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def child(part: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one part in a fresh process under its hard cap; its last stdout line is its JSON."""
+    cap = PART_CAPS_S[part]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--device", args.device,
+           "--streams", str(args.streams), "--stream-s", str(args.stream_s), "--video-s", str(args.video_s),
+           "--train-config", str(args.train_config), "--train-steps", str(args.train_steps)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cap)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {cap} s"}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-400:]}"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=sorted(PART_CAPS_S), help="run one part here and print its JSON")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--streams", type=int, default=32, help="speech-like streams for EnCodec and dMel")
+    ap.add_argument("--stream-s", type=float, default=60.0)
+    ap.add_argument("--video-s", type=float, default=60.0)
+    ap.add_argument("--train-config", default=str(_HERE.parent / "configs" / "train_small.yaml"))
+    ap.add_argument("--train-steps", type=int, default=10)
+    args = ap.parse_args()
+    if args.part:
+        print(json.dumps(run_part(args)))
+        return
+
+    t0 = time.perf_counter()
+    import torch
+
+    if not torch.cuda.is_available():
+        print(json.dumps({"cuda": False}))
+        return
+    result: dict[str, Any] = {"cuda": True, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                              "wall_s": None}
+    for part in PART_CAPS_S:
+        result[part] = child(part, args)
+    result["streaming_step_ms"] = "not built (issue 14)"
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
