@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.microturn-installed
 DEMO := demo
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast bench-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# The FFmpeg CLI, the decode benchmark's baseline only (the project never needs it); Debian/Ubuntu.
+bench-deps:
+	apt-get update && apt-get install -y ffmpeg
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .hypothesis
