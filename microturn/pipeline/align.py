@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from microturn.align import quality as q
+from microturn.align.av_offset import estimate_av_offset
 from microturn.align.crosstalk import attribute_activity, suppress_crosstalk
 from microturn.align.transcripts import Segment, channel_base, read_transcript, speaker_to_stream, to_words
 from microturn.align.vad import (
@@ -44,6 +45,7 @@ from microturn.clock import ASR_RATE, CODEC_RATE, GRID, to_fraction
 from microturn.config import AlignConfig, QualityFilters
 from microturn.devices import resolve_device
 from microturn.manifest import SessionSpec
+from microturn.media.video import repick_video
 from microturn.records import AudioStream, DecodedMedia, StageError, Timeline, Word
 
 log = logging.getLogger(__name__)
@@ -407,9 +409,6 @@ def estimate_and_apply_av_offset(
     from its frame candidates (``candidates=True``): no file is opened here."""
     if decoded.video is None:
         return decoded, 0, None
-    from microturn.align.av_offset import estimate_av_offset
-    from microturn.media.video import repick_video
-
     est = None
     if decoded.trace is not None:
         est = estimate_av_offset([s.wave_24k for s in decoded.streams], decoded.trace, cfg.av_offset_max_ms)

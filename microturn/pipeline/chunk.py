@@ -18,6 +18,7 @@ from microturn.format import (
     EVENT_KINDS,
     FORMAT_VERSION,
     FRAME_INDEX,
+    MemberTable,
     encode_sample,
     index_row_from_meta,
     member_table,
@@ -91,11 +92,11 @@ def _event_json(e: Event, f0: int, num_frames: int) -> dict[str, Any]:
 
 
 
-def _check(header: SessionHeader, timeline: Timeline, tokens: Tokens, grid: Grid) -> None:
+def _check(header: SessionHeader, timeline: Timeline, tokens: Tokens, table: MemberTable, grid: Grid) -> None:
     sid, S, F = header.session_id, len(header.streams), tokens.num_frames
     if F % grid.frames_per_chunk:
         raise StageError("chunk", "bad_grid", f"num_frames {F} is not whole chunks", source=sid)
-    dims = {suffix: spec.dims for suffix, spec in member_table(tokens.members).items()}
+    dims = {suffix: spec.dims for suffix, spec in table.items()}
     for suffix, arr in tokens.arrays.items():
         want = dims.get(suffix)
         if want is None or arr.ndim != len(want):
@@ -199,8 +200,8 @@ def make_samples(
     marked ``clipped``); the index row counts the events that *start* inside the window, so counts over
     non-overlapping windows add up to the session's.
     """
-    _check(header, timeline, tokens, grid)
     table = member_table(tokens.members)
+    _check(header, timeline, tokens, table, grid)
     F = grid.chunk_to_frame(cfg.window_chunks)
     activity = _fit(np.asarray(timeline.activity, dtype=np.uint8), 0, tokens.num_frames, 0)
     frame_chunks = tokens.arrays[FRAME_INDEX]

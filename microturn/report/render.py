@@ -86,7 +86,7 @@ def frame_source(view: SampleView) -> str:
 def decode_audio(view: SampleView, toks, source: str) -> np.ndarray:
     """float32 [S, valid_frames * 320] at 24 kHz, decoded from the sample's ``source`` member."""
     tokens = view.dmel if source == "dmel" else view.codes
-    wave_SN = np.asarray(_representation(toks, source).decode(tokens), dtype=np.float32)
+    wave_SN = np.asarray(toks.get_or_build(source).decode(tokens), dtype=np.float32)
     return wave_SN[:, : GRID.frame_to_sample(view.valid_frames)]
 
 
@@ -97,17 +97,6 @@ def decode_frames(view: SampleView, toks, source: str) -> np.ndarray:
     if source == "frames" and view.frames.shape[0]:
         return toks.frames.decode(view.frames)
     return np.zeros((0, 1, 1, 3), np.uint8)
-
-
-def _representation(toks, name: str):
-    """The configured representation ``name``; built from the config's section when the corpus config
-    does not list it (a shard read without its corpus)."""
-    if name in toks.representations:
-        return toks[name]
-    from microturn.config import TokenizerConfig
-    from microturn.tokenizers import REPRESENTATIONS
-
-    return REPRESENTATIONS[name](TokenizerConfig())
 
 
 def write_wav(path: Path, wave_SN: np.ndarray, rate: int = CODEC_RATE) -> None:

@@ -56,8 +56,10 @@ __all__ = [
 class TokenizerSet:
     """The configured representations, by name, in configuration order (``toks.audio``, ``toks["text"]``)."""
 
-    def __init__(self, representations: Mapping[str, "Representation"]) -> None:
+    def __init__(self, representations: Mapping[str, "Representation"], cfg: TokenizerConfig = TokenizerConfig()) -> None:
         self.representations = dict(representations)
+        self.cfg = cfg  # the sections the representations were built from
+        self._extra: dict[str, "Representation"] = {}
         for rep in self.representations.values():
             check_tiles(rep)
 
@@ -72,6 +74,15 @@ class TokenizerSet:
 
     def __iter__(self) -> Iterator["Representation"]:
         return iter(self.representations.values())
+
+    def get_or_build(self, name: str) -> "Representation":
+        """``name``, built from this set's config section when the set does not hold it (a reader
+        meeting a member its corpus config does not list, e.g. a shard read without its corpus)."""
+        if name in self.representations:
+            return self.representations[name]
+        if name not in self._extra:  # kept apart: what the set tokenizes into never changes
+            self._extra[name] = REPRESENTATIONS[name](self.cfg)
+        return self._extra[name]
 
     def fingerprints(self) -> dict[str, str]:
         """What shards record, e.g. ``{"audio": "encodec24k/6kbps/K8/V1024/untrained:0@c8c8a6ce", ...}``."""
@@ -130,7 +141,7 @@ def load_tokenizers(cfg: TokenizerConfig) -> TokenizerSet:
 
 @functools.lru_cache(maxsize=2)
 def _load_cached(cfg: TokenizerConfig) -> TokenizerSet:
-    return TokenizerSet({name: REPRESENTATIONS[name](cfg) for name in cfg.representations})
+    return TokenizerSet({name: REPRESENTATIONS[name](cfg) for name in cfg.representations}, cfg)
 
 
 def __getattr__(name: str) -> object:
