@@ -18,8 +18,14 @@ with ``make bench-deps`` (``apt-get install -y ffmpeg``). Without it the baselin
 decode loop (no threading, every frame converted, frames picked afterwards), with a loud warning
 on stderr and ``"baseline": "pyav_plain"`` in the JSON.
 
-Each run is its own process (so peak RSS is its own); the two sides alternate, ``--repeats``
-rounds; times are medians (best times too).
+A third side, ``ours_skip_nonref``, is ours with ``decode.skip_nonref`` (non-reference frames are not
+decoded when the stream has frames to spare; a chunk may then get a frame up to one run of B-frames
+earlier than the exact one, see microturn/media/video.py): ``skip_nonref_s`` and ``ratio_skip_nonref``.
+
+Each run is its own process (so peak RSS is its own); the sides alternate, ``--repeats`` rounds;
+times are medians (best times too). A 1080p H.264 input (the issue's case) is made with the CLI:
+``ffmpeg -f lavfi -i testsrc2=size=1920x1080:rate=25 -f lavfi -i sine=frequency=220:sample_rate=48000
+-t 60 -c:v libx264 -preset veryfast -pix_fmt yuv420p -c:a aac talk1080.mp4``.
 
     .venv/bin/python benchmarks/decode.py [--input PATH | --synth-seconds 60] [--repeats 3] [--av-offset]
 
@@ -93,7 +99,7 @@ def _plan(row: dict) -> tuple[list[str], str | None]:
     return audio, video  # type: ignore[return-value]
 
 
-def run_ours(row: dict, av_offset: bool = False) -> dict:
+def run_ours(row: dict, av_offset: bool = False, skip_nonref: bool = False) -> dict:
     import av  # noqa: F401  (imported before the clock starts, as the baselines do)
 
     from microturn.config import DecodeConfig
@@ -102,7 +108,8 @@ def run_ours(row: dict, av_offset: bool = False) -> dict:
 
     spec = SessionSpec.model_validate(row)
     t0 = time.perf_counter()
-    out = decode_session(spec, DecodeConfig(frame_width=WIDTH, frame_height=HEIGHT), trace=av_offset, candidates=av_offset)
+    cfg = DecodeConfig(frame_width=WIDTH, frame_height=HEIGHT, skip_nonref=skip_nonref)
+    out = decode_session(spec, cfg, trace=av_offset, candidates=av_offset)
     dt = time.perf_counter() - t0
     frames = 0 if out.video is None else int(out.video.frames_rgb.shape[0])
     return {
@@ -260,8 +267,8 @@ def _synth_row(folder: Path, seconds: float) -> dict:
 
 
 def _worker(kind: str, row: dict, av_offset: bool) -> dict:
-    if kind == "ours":
-        return run_ours(row, av_offset)
+    if kind in ("ours", "ours_skip_nonref"):
+        return run_ours(row, av_offset, skip_nonref=kind == "ours_skip_nonref")
     return {"pyav_plain": run_pyav_plain, "ffmpeg_cli": run_ffmpeg}[kind](row)
 
 
@@ -271,7 +278,7 @@ def main() -> None:
     ap.add_argument("--synth-seconds", type=float, help="decode a generated conversation of this length instead")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--av-offset", action="store_true", help="ours also keeps the A/V offset's trace and frame candidates")
-    ap.add_argument("--worker", choices=["ours", "pyav_plain", "ffmpeg_cli"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["ours", "ours_skip_nonref", "pyav_plain", "ffmpeg_cli"], help=argparse.SUPPRESS)
     ap.add_argument("--row", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -287,7 +294,7 @@ def main() -> None:
                 path = DEFAULT_INPUT.resolve() if DEFAULT_INPUT.exists() else make_input(Path(tmp.name))
             row, label = _row_for(Path(path)), str(path)
         baseline = _baseline()
-        runs: dict[str, list[dict]] = {"ours": [], baseline: []}
+        runs: dict[str, list[dict]] = {"ours": [], "ours_skip_nonref": [], baseline: []}
         for _ in range(max(1, args.repeats)):  # alternate the sides: load from others hits both
             for kind in runs:
                 runs[kind].append(_run_worker(kind, row, args.av_offset))
@@ -318,6 +325,7 @@ def _run_worker(kind: str, row: dict, av_offset: bool) -> dict:
 
 def _summary(runs: dict[str, list[dict]], baseline: str, label: str, av_offset: bool) -> dict:
     ours_s = statistics.median(r["seconds"] for r in runs["ours"])
+    skip_s = statistics.median(r["seconds"] for r in runs["ours_skip_nonref"])
     base_s = statistics.median(r["seconds"] for r in runs[baseline])
     ours, base = runs["ours"][0], runs[baseline][0]
     return {
@@ -342,6 +350,10 @@ def _summary(runs: dict[str, list[dict]], baseline: str, label: str, av_offset: 
         "realtime_x": round(ours["media_s"] / ours_s, 1),
         "goal_ratio": 1.0,
         "ratio": round(base_s / ours_s, 3),
+        "skip_nonref_s": round(skip_s, 4),
+        "skip_nonref_best_s": round(min(r["seconds"] for r in runs["ours_skip_nonref"]), 4),
+        "skip_nonref_frames": runs["ours_skip_nonref"][0]["frames"],
+        "ratio_skip_nonref": round(base_s / skip_s, 3),
     }
 
 

@@ -8,8 +8,8 @@ Makes a two-speaker session of ``--minutes`` by looping a real recording, one vo
 the build's processes every second from /proc.
 
 Prints one JSON line last: wall time of the build and of the session, the session's budget, peak RSS
-of the largest worker and of all the build's processes together, and ``ratio`` = budget / the
-session's wall time (> 1: it fits; the margin is the ratio).
+of the largest worker (sampled, and its high-water mark) and of all the build's processes together,
+and ``ratio`` = budget / the session's wall time (> 1: it fits; the margin is the ratio).
 """
 
 from __future__ import annotations
@@ -77,10 +77,12 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS:") -> float:
+    """Resident memory now (``VmRSS:``) or its high-water mark so far (``VmHWM:``, which catches the
+    peaks between two samples)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -114,15 +116,16 @@ def main() -> None:
                "--config", str(args.config), "--num-cpus", str(args.cpus)]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        peak_worker = peak_total = 0.0
+        peak_worker = peak_total = hwm_worker = 0.0
         log: list[str] = []
         os.set_blocking(proc.stdout.fileno(), False)
         while proc.poll() is None:
             pids = _tree(proc.pid)
             rss = {p: _rss_mb(p) for p in pids}
             peak_total = max(peak_total, sum(rss.values()))
-            workers = [r for p, r in rss.items() if "ray::" in _cmdline(p) or "default_worker" in _cmdline(p)]
-            peak_worker = max([peak_worker, *workers])
+            worker_pids = [p for p in rss if "ray::" in _cmdline(p) or "default_worker" in _cmdline(p)]
+            peak_worker = max([peak_worker, *(rss[p] for p in worker_pids)])
+            hwm_worker = max([hwm_worker, *(_rss_mb(p, "VmHWM:") for p in worker_pids)])
             for line in iter(proc.stdout.readline, ""):
                 log.append(line)
                 if line.startswith("[microturn]"):
@@ -145,7 +148,8 @@ def main() -> None:
         "session_wall_s": slow.get("wall_s"),
         "budget_s": slow.get("budget_s"),
         "realtime_factor": round(args.minutes * 60 / slow["wall_s"], 2) if slow.get("wall_s") else None,
-        "peak_worker_rss_mb": round(peak_worker, 1),
+        "peak_worker_rss_mb": round(peak_worker, 1),  # sampled every second
+        "peak_worker_hwm_mb": round(hwm_worker, 1),  # the kernel's high-water mark: the true peak
         "peak_total_rss_mb": round(peak_total, 1),
         "ratio": round(slow["budget_s"] / slow["wall_s"], 2) if slow.get("wall_s") else None,
     }

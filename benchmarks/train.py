@@ -80,7 +80,7 @@ def run(cfg, device, batch: int, chunks: int, steps: int, dispatch: str) -> dict
     from microturn.train.model import InteractionModel, train_flops_per_example
 
     torch.manual_seed(0)
-    model = InteractionModel(cfg.model, video=cfg.data.video).to(device)
+    model = InteractionModel(cfg.model).to(device)
     net = torch.compile(model) if cfg.run.compile and device.type == "cuda" else model
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=device.type == "cuda")
     data = random_batch(cfg, batch, chunks, device)

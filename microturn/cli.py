@@ -308,6 +308,78 @@ def stats(
         console.print(f"HTML report: [bold]{html}[/]")
 
 
+@app.command("eval")
+def eval_cmd(
+    path: str = typer.Argument(..., help="corpus folder, shard .tar, or list of shard URLs"),
+    run: Optional[Path] = typer.Option(None, "--run", help="a training run (model.audio: dmel) to stream over the "
+                                       "corpus' held-out sessions; without it: the human baseline"),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="read only the first N samples"),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="--run: sampling temperature (1 = the model's own distribution, 0 = greedy)"),
+    seed: int = typer.Option(0, "--seed", help="--run: sampling seed"),
+    threads: int = typer.Option(1, "--threads", min=1, help="--run: torch CPU threads"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Turn-taking metrics after Full-Duplex-Bench v1 (docs/evaluation.md): the human baseline of a corpus
+    (each speaker in the model's role in turn) and the sessions outside the human norms; with --run, a
+    trained model streamed in micro-turns in each speaker's place on sessions it did not train on."""
+    from microturn.evaluate.baseline import human_baseline
+    from microturn.evaluate.report import print_evaluation
+    from microturn.errors import TrainDataError
+    from microturn.report.corpus import open_target
+
+    with _user_errors():
+        target = open_target(path)
+        if run is None:
+            result = human_baseline(target, max_samples)
+        else:
+            from microturn.evaluate.streamed import evaluate_run
+
+            try:
+                with err_console.status("streaming the model...") as status:
+                    result = evaluate_run(run, target, max_samples=max_samples, temperature=temperature, seed=seed,
+                                          threads=threads, progress=lambda line: status.update(line))  # fmt: skip
+            except TrainDataError as exc:
+                _fail(str(exc))
+    if json_out:
+        _print_json(result)
+        return
+    print_evaluation(result, console)
+
+
+@app.command()
+def converse(
+    run: Path = typer.Option(..., "--run", help="a training run (model.audio: dmel)"),
+    data: str = typer.Option(..., "--data", help="corpus folder (or shard) holding the sample"),
+    key: str = typer.Option(..., "--key", help="the sample whose user side is replayed"),
+    out: Path = typer.Option(..., "--out", help="folder for KEY.wav and KEY.png"),
+    user_stream: int = typer.Option(0, "--user-stream", min=0, max=1, help="the recorded stream replayed as the user"),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="sampling temperature (1 = the model's own distribution, 0 = greedy)"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Replay one side of a held-out sample chunk by chunk and let the model answer in 200 ms micro-turns:
+    KEY.wav (left: user, right: model, decoded from dMel), KEY.png (both activities, words, events) and the
+    wall time of each micro-turn against the 200 ms budget."""
+    from microturn.errors import TrainDataError
+    from microturn.evaluate.converse import converse as run_converse
+
+    with _user_errors():
+        try:
+            result = run_converse(run, data, key, out, user_stream=user_stream, temperature=temperature, seed=seed,
+                                  threads=threads)
+        except TrainDataError as exc:
+            _fail(str(exc))
+    summary = result.to_json()
+    if json_out:
+        _print_json({k: summary[k] for k in ("key", "chunks", "step_ms", "budget_ms")})
+        return
+    steps = summary["step_ms"]
+    console.print(f"{result.key}: {result.chunks} micro-turns, step p50 {steps['p50']} ms, p99 {steps['p99']} ms, "
+                  f"max {steps['max']} ms (budget {summary['budget_ms']:g} ms)")
+    console.print(f"listen: [bold]{result.wav}[/]\nlook:   [bold]{result.png}[/]")
+
+
 # The transcript extensions come from the one registry of transcript formats.
 MANIFEST_HELP = (
     "Build a session manifest from a folder of media.\n\n"

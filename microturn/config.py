@@ -47,6 +47,12 @@ class DecodeConfig(Section):
     )
     window_s: float = Field(60.0, gt=0, description="decode long inputs in windows of this length")
     threads: int = Field(0, ge=0, description="decoder threads per stream (0 = FFmpeg's choice)")
+    hwaccel: Literal["auto", "off"] = Field(
+        "off", description="auto: decode video on a hardware decoder (CUDA, VAAPI, VideoToolbox) when FFmpeg and a "
+        "device support it, else in software; stats.json counts sessions per decoder")
+    skip_nonref: bool = Field(
+        False, description="skip non-reference frames of streams with >= 2x the frames the chunks take: faster; a "
+        "chunk may get a frame up to one run of B-frames earlier than the exact one (microturn/media/video.py)")
 
 
 class QualityFilters(Section):
@@ -215,6 +221,9 @@ class TokenizerConfig(Section):
     text: TextConfig = TextConfig()
     dmel: DMelConfig = DMelConfig()
     pixels: PixelsConfig = PixelsConfig()
+    cache_dir: Optional[Path] = Field(
+        None, description="where seeded (untrained) codecs keep their calibrated state between worker starts "
+        "(None = $XDG_CACHE_HOME/microturn/calibration, ~/.cache/...); never changes tokens, not in the config hash")
 
     @field_validator("representations")
     @classmethod
@@ -332,9 +341,11 @@ class BuildConfig(RootConfig):
         return self
 
     def config_hash(self) -> str:
-        """sha256 of the resolved config, key-sorted JSON (job settings excluded: they never change data)."""
+        """sha256 of the resolved config, key-sorted JSON (job settings and tokenizers.cache_dir excluded:
+        they never change data)."""
         plain = self.to_plain()
         plain.pop("job", None)
+        plain["tokenizers"].pop("cache_dir", None)  # where calibrations are cached, not what they are
         return self._hash_of(plain)
 
 

@@ -126,7 +126,8 @@ class AudioStream:
     source_uri: str
     channel: int  # -1: downmixed
     wave_24k: np.ndarray  # float32 [num_samples] at 24 kHz, sample 0 = session start
-    wave_16k: np.ndarray  # float32 [ceil(num_samples * 2 / 3)] at 16 kHz, same clock
+    wave_16k: Optional[np.ndarray]  # float32 [ceil(num_samples * 2 / 3)] at 16 kHz, same clock; None once
+    # align has used it (``align_session(release_16k=True)``: VAD, ASR and alignment read it, nothing after)
     offset_sample: int = 0  # offset applied (manifest offset + start-time difference), 24 kHz
 
 
@@ -194,6 +195,17 @@ class SessionHeader:
 
 
 @dataclass(frozen=True)
+class DecoderInfo:
+    """How a session's video was decoded (per session in its outcome; stats.json counts sessions by it)."""
+
+    hwaccel: Optional[str] = None  # the device type ("cuda") when its video decoder ran on one; None: software
+    skip_nonref: bool = False  # non-reference frames were not decoded (decode.skip_nonref, see media/video.py)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hwaccel": self.hwaccel, "skip_nonref": self.skip_nonref}
+
+
+@dataclass(frozen=True)
 class DecodedMedia:
     """Everything later stages need from a session's media files: after decode nothing opens a file."""
 
@@ -206,6 +218,7 @@ class DecodedMedia:
     warnings: tuple[str, ...] = ()
     trace: Optional[VideoTrace] = None  # when the A/V offset is estimated
     candidates: Optional[FrameCandidates] = None  # when it may also be applied
+    decoder: DecoderInfo = DecoderInfo()  # software, every frame, unless the config asked otherwise
 
     def header(self) -> SessionHeader:
         streams = tuple(StreamSource(s.source_uri, s.channel, s.speaker, s.offset_sample) for s in self.streams)

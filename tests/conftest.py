@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,13 @@ def make_corpus(dir: Path, sessions: int = 2, seed: int = 0, duration_s: float =
     from microturn.synth import synthesize_corpus
 
     return synthesize_corpus(Path(dir), sessions, seed, duration_s, **kw)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _calibration_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Seeded codecs cache their calibration under $XDG_CACHE_HOME (default ~/.cache): tests keep it in a
+    temporary folder shared by the session (and the processes it starts), never in the user's home."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
 
 
 @pytest.fixture(autouse=True)

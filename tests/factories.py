@@ -17,7 +17,7 @@ import numpy as np
 
 from microturn.clock import GRID, Grid
 from microturn.config import ChunkConfig, EventsConfig, ShardConfig
-from microturn.format import DEFAULT_REPRESENTATION_MEMBERS, TarStream
+from microturn.format import DEFAULT_REPRESENTATION_MEMBERS, MemberSpec, TarStream, member_table
 from microturn.pipeline.chunk import make_samples
 from microturn.pipeline.events import detect_events
 from microturn.pipeline.shard import ShardSink, finalize_dataset
@@ -77,6 +77,15 @@ class TokenizedSession:
         return make_samples(self.header, self.timeline, self.tokens, events, cfg)
 
 
+# the dMel and pixels representations' members (microturn/tokenizers/dmel.py, pixels.py) at the default hop
+EXTRA_MEMBERS = (
+    MemberSpec("dmel.npy", "npy", "uint8", ("S", "M", "F"), "dMel: log-mel bins per speaker stream", 15,
+               tokenizer="dmel"),
+    MemberSpec("pixels.npy", "npy", "uint8", ("N", "Y", "X", "C"), "RGB pixels of video frames", 55,
+               tokenizer="pixels"),
+)
+
+
 def _header(session_id: str, streams: int) -> SessionHeader:
     uris = [f"/data/{session_id}/spk{i}.wav" for i in range(streams)]
     provenance = Provenance(
@@ -118,7 +127,11 @@ def random_tokenized_session(
     text_vocab: int = 260,
     seed: int = 0,
     grid: Grid = GRID,
+    representations: Sequence[str] = ("audio", "frames", "text"),
+    dmel_channels: int = 8,
 ) -> TokenizedSession:
+    """``representations``: which members besides text the session holds: codes (audio), frame tokens
+    (frames), dMel bins [S, dmel_channels, F] of 16 bins (dmel), 80x80 RGB pixel frames (pixels)."""
     rng = np.random.default_rng(seed)
     num_frames = grid.chunk_to_frame(grid.num_chunks(num_samples))
     valid_frames = grid.valid_frames(num_samples)
@@ -136,14 +149,25 @@ def random_tokenized_session(
         "frames.npy": rng.integers(0, frames_vocab, size=(chunks, *frame_hw), dtype=np.int16),
         "frame_chunks.npy": np.arange(chunks, dtype=np.int32),
     }
+    if "dmel" in representations:
+        arrays["dmel.npy"] = rng.integers(0, 16, size=(streams, dmel_channels, num_frames), dtype=np.uint8)
+    if "pixels" in representations:
+        arrays["pixels.npy"] = rng.integers(0, 256, size=(chunks, 80, 80, 3), dtype=np.uint8)
+    held = {"audio": "codes.npy", "frames": "frames.npy", "dmel": "dmel.npy", "pixels": "pixels.npy"}
+    kept = {"text.npy", *(held[r] for r in representations if r in held)}
+    if not kept & {"frames.npy", "pixels.npy"}:  # no video member: no video frame to index
+        arrays["frame_chunks.npy"] = np.zeros(0, dtype=np.int32)
+    specs = {m.suffix: m for m in (*DEFAULT_REPRESENTATION_MEMBERS, *EXTRA_MEMBERS)}
+    fingerprints = {"audio": "untrained:0", "frames": "untrained:0", "text": "bytes:v1", "dmel": "dmel/test",
+                    "pixels": "pixels/80x80/rgb8/p40"}  # fmt: skip
     tokens = Tokens(
         num_frames=num_frames,
         valid_frames=valid_frames,
-        arrays=arrays,
-        members=DEFAULT_REPRESENTATION_MEMBERS,
-        fill={"codes.npy": 0, "text.npy": 0},
-        window_meta={"codebooks": codebooks},
-        fingerprints={"audio": "untrained:0", "frames": "untrained:0", "text": "bytes:v1"},
+        arrays={k: v for k, v in arrays.items() if k in kept or k == "frame_chunks.npy"},
+        members=tuple(specs[k] for k in specs if k in kept),
+        fill={k: 0 for k in ("codes.npy", "text.npy", "dmel.npy") if k in kept},
+        window_meta={"codebooks": codebooks} if "codes.npy" in kept else {},
+        fingerprints={r: fingerprints[r] for r in ("text", *representations) if r in fingerprints},
     )
     return TokenizedSession(_header(session_id, streams), timeline, tokens)
 
@@ -166,5 +190,8 @@ def write_corpus(out: Path, tok: TokenizedSession, tokenizers: dict, *, window_c
                           ChunkConfig(window_chunks=window_chunks, hop_chunks=window_chunks))
     sink = ShardSink(str(out), ShardConfig(target_bytes=1))
     sink.add_session([edit(s) for s in samples])
-    finalize_dataset(str(out), sink, config_hash="h" * 64, tokenizers=tokenizers, rejections=[], sessions_in=1)
+    # a corpus of other representations than format version 1's declares its members
+    members = () if tok.tokens.members == DEFAULT_REPRESENTATION_MEMBERS else member_table(tok.tokens.members).to_json()
+    finalize_dataset(str(out), sink, config_hash="h" * 64, tokenizers=tokenizers, rejections=[], sessions_in=1,
+                     members=members)  # fmt: skip
     return out

@@ -163,11 +163,12 @@ def test_the_loader_refuses_a_corpus_without_the_codes_it_reads(tmp_path_factory
     refused when the corpus is opened, naming what is missing and what the corpus holds."""
     from microturn.errors import TrainDataError
     from microturn.train.corpus import read_corpus
+    from microturn.train.config import ModelConfig
     from microturn.train.examples import example_members
 
     corpus = _build(tmp_path_factory.mktemp("dmel_text"), ["tokenizers.representations=[dmel, text]"])
     assert "codes.npy" not in _members(corpus)
     with pytest.raises(TrainDataError) as err:
-        read_corpus(str(corpus), example_members(video=True))
+        read_corpus(str(corpus), example_members(ModelConfig()))
     assert err.value.code == "missing_member"
     assert "codes.npy, frames.npy" in err.value.message and "dmel.npy" in err.value.message

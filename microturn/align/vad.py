@@ -34,12 +34,28 @@ class VadUnavailable(RuntimeError):
     """The pyannote model could not be loaded (missing wheel asset, incompatible versions)."""
 
 
+_BLOCK_FRAMES = 2048  # frames per block of the per-frame measures below: an hour is 270k frames
+
+
+def _span(wave: np.ndarray, start: int, stop: int, dtype: type = np.float32) -> np.ndarray:
+    """``wave[start:stop]`` as ``dtype``, zeros where the range lies outside the wave (either end)."""
+    out = np.zeros(stop - start, dtype=dtype)
+    lo, hi = max(start, 0), min(stop, wave.shape[0])
+    if hi > lo:
+        out[lo - start : hi - start] = wave[lo:hi]
+    return out
+
+
 def frame_energy_db(wave_24k: np.ndarray, num_frames: int) -> np.ndarray:
-    """float32 [num_frames]: RMS level in dBFS of each 320-sample codec frame (zero-padded)."""
-    padded = np.zeros(num_frames * HOP, dtype=np.float32)
-    n = min(wave_24k.shape[0], padded.shape[0])
-    padded[:n] = wave_24k[:n]
-    power = np.mean(np.square(padded.reshape(num_frames, HOP), dtype=np.float64), axis=1)
+    """float32 [num_frames]: RMS level in dBFS of each 320-sample codec frame (zero-padded).
+
+    Block by block: no session-sized padded or float64 copy (each frame's mean is its own, so the
+    values do not depend on the blocks)."""
+    power = np.zeros(num_frames, dtype=np.float64)
+    for start in range(0, num_frames, _BLOCK_FRAMES):
+        stop = min(start + _BLOCK_FRAMES, num_frames)
+        frames = _span(wave_24k, start * HOP, stop * HOP).reshape(stop - start, HOP)
+        power[start:stop] = np.mean(np.square(frames, dtype=np.float64), axis=1)
     return (10.0 * np.log10(power + _EPS)).astype(np.float32)
 
 
@@ -73,21 +89,21 @@ def energy_probability(wave_24k: np.ndarray, num_frames: int, threshold_db: floa
 SPEECH_BANDS_HZ = np.geomspace(100.0, 8000.0, 13)  # 12 bands over the speech range (hum and rumble out)
 
 
-def band_powers(wave_24k: np.ndarray, num_frames: int, block: int = 2048) -> np.ndarray:
+def band_powers(wave_24k: np.ndarray, num_frames: int, block: int = _BLOCK_FRAMES) -> np.ndarray:
     """float64 [bands, num_frames]: power per ``SPEECH_BANDS_HZ`` band in a 640-sample Hann window
-    centred on each codec frame (computed ``block`` frames at a time: an hour is 270k frames)."""
+    centred on each codec frame (computed ``block`` frames at a time, each block's windows cut from
+    the float32 wave: a session-sized float64 copy would be 0.7 GB per stream-hour)."""
     win = 2 * HOP
-    padded = np.zeros((num_frames + 1) * HOP + HOP, dtype=np.float64)
-    n = min(wave_24k.shape[0], num_frames * HOP)
-    padded[HOP // 2 : HOP // 2 + n] = wave_24k[:n]  # frame i's window: samples [i*HOP - HOP/2, i*HOP + 3HOP/2)
+    wave = wave_24k[: num_frames * HOP]  # frame i's window: samples [i*HOP - HOP/2, i*HOP + 3HOP/2)
     freqs = np.fft.rfftfreq(win, 1.0 / CODEC_RATE)
     band = np.digitize(freqs, SPEECH_BANDS_HZ) - 1
     out = np.zeros((len(SPEECH_BANDS_HZ) - 1, num_frames), dtype=np.float64)
     taper = np.hanning(win)[None, :]
     for start in range(0, num_frames, block):
         stop = min(start + block, num_frames)
-        idx = np.arange(start, stop)[:, None] * HOP + np.arange(win)[None, :]
-        spec = np.abs(np.fft.rfft(padded[idx] * taper, axis=1)) ** 2  # [frames, bins]
+        seg = _span(wave, start * HOP - HOP // 2, stop * HOP + HOP // 2, np.float64)
+        idx = np.arange(stop - start)[:, None] * HOP + np.arange(win)[None, :]
+        spec = np.abs(np.fft.rfft(seg[idx] * taper, axis=1)) ** 2  # [frames, bins]
         for b in range(out.shape[0]):
             out[b, start:stop] = spec[:, band == b].sum(axis=1)
     return out

@@ -72,6 +72,7 @@ class BuildSummary:
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)
     slowest_sessions: list[dict[str, Any]] = field(default_factory=list)  # run by this build, slowest first
+    decoders: dict[str, int] = field(default_factory=dict)  # finished sessions by video decoder ("software", "cuda")
 
     @property
     def throughput(self) -> float:
@@ -425,6 +426,7 @@ def _summarise(plan: _Plan, cfg: BuildConfig, sink: Any, timings: list[dict[str,
         resumed_sessions=plan.resumed,
         rejects_by_reason=_count_reasons(rejections),
         stage_s=_stage_seconds([outcomes[s] for s in ok]),
+        decoders=_decoder_counts([outcomes[s] for s in ok]),
         slowest_sessions=sorted(timings, key=lambda t: (-t["wall_s"], t["session_id"]))[:SLOWEST_SHOWN],
     )
     storage.write_bytes_atomic(
@@ -439,6 +441,17 @@ def _stage_seconds(outcomes: list[dict[str, Any]]) -> dict[str, float]:
         for k, v in o.get("stage_s", {}).items():
             stage_s[k] = stage_s.get(k, 0.0) + v
     return {k: round(v, 3) for k, v in sorted(stage_s.items())}
+
+
+def _decoder_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
+    """Sessions per decoder: the device type or "software", "+skip_nonref" when frames were skipped
+    ("unrecorded": outcomes written before decoders were recorded)."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        d = o.get("stats", {}).get("decoder")
+        key = "unrecorded" if d is None else (d["hwaccel"] or "software") + ("+skip_nonref" if d["skip_nonref"] else "")
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _is_transient(outcome: dict[str, Any]) -> bool:

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 _FLOAT_FORMATS = ("flt", "fltp", "dbl", "dblp")
 _GAP_TOLERANCE_S = Fraction(1, 10)  # timestamp jumps larger than this are filled with silence
-_MAX_INITIAL_FLOATS = 1 << 26  # first allocation of an audio buffer (256 MB), whatever a header claims
+# First allocation of an audio buffer (1 GiB of address space), whatever a header claims: zeroed pages
+# hold no memory until written, while growing copies the buffer (twice its size held for a moment), so
+# the header's length is trusted this far (93 min of stereo at 24 kHz).
+_MAX_INITIAL_FLOATS = 1 << 28
 
 
 class Growable:

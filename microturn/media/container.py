@@ -10,19 +10,29 @@ demuxing goes on, and a file giving both audio and picture is decoded in one int
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
-from microturn.clock import to_fraction
+from microturn.clock import GRID, to_fraction
 from microturn.errors import Stage, StageError
+from microturn.records import DecoderInfo
 from microturn.storage import filesystem, is_remote, local_path, stat
 
 if TYPE_CHECKING:
     from microturn.config import DecodeConfig
 
+log = logging.getLogger(__name__)
+
 _MAX_ERROR_FRACTION = 0.5  # more packets than this failing -> the stream is corrupt, not noisy
+# Hardware video decoders tried by decode.hwaccel "auto", in order (FFmpeg's device type names);
+# the other types FFmpeg knows (drm, qsv, amf...) need more than a default device to decode.
+_HW_DEVICE_TYPES = ("cuda", "vaapi", "videotoolbox", "d3d11va")
+# decode.skip_nonref applies only to streams with at least this many frames per frame the chunks take
+_SKIP_NONREF_MIN_RATIO = 2
 
 
 # ---------------------------------------------------------------- opening
@@ -56,15 +66,63 @@ def _checked_target(uri: str, stage: Stage, stack: contextlib.ExitStack) -> Any:
         raise StageError(stage, "unreadable", f"cannot open: {exc}", source=uri) from exc
 
 
+@functools.lru_cache(maxsize=1)
+def hw_device_type() -> Optional[str]:
+    """The first hardware decode device this process can open ("cuda", ...), None: software only.
+
+    Probed once per process, without a file: FFmpeg listing a device type only says it was built with
+    it; creating the device context for its H.264 decoder says a device and its driver are there."""
+    import av
+    from av.codec.hwaccel import HWAccel, hwdevices_available
+
+    built_with = set(hwdevices_available())
+    for kind in _HW_DEVICE_TYPES:
+        if kind not in built_with:
+            continue
+        try:
+            HWAccel(kind).create(av.Codec("h264", "r"))
+        except (av.error.FFmpegError, NotImplementedError, OSError, RuntimeError, ValueError) as exc:
+            log.debug("no %s decode device: %s", kind, exc)
+            continue
+        log.info("hardware video decoding available: %s", kind)
+        return kind
+    return None
+
+
+def hwaccel_for(cfg: "DecodeConfig") -> Any:
+    """PyAV's ``HWAccel`` for ``decode.hwaccel`` ("auto" and a device present), else None (software)."""
+    kind = hw_device_type() if cfg.hwaccel == "auto" else None
+    if kind is None:
+        return None
+    from av.codec.hwaccel import HWAccel
+
+    # a stream the device cannot decode (a profile, a size) goes to FFmpeg's software decoder
+    return HWAccel(kind, allow_software_fallback=True)
+
+
+def _av_open(target: Any, hwaccel: Any, uri: str) -> Any:
+    import av
+
+    if hwaccel is not None:
+        try:
+            return av.open(target, metadata_errors="ignore", hwaccel=hwaccel)
+        except av.error.FFmpegError as exc:  # a device that refuses this decoder: read it in software
+            log.warning("%s: opening with hardware decoding failed (%s); decoding in software", uri, exc)
+            if hasattr(target, "seek"):
+                target.seek(0)
+    return av.open(target, metadata_errors="ignore")
+
+
 @contextlib.contextmanager
-def open_container(uri: str, stage: Stage = "probe") -> Iterator[Any]:
-    """``av.open`` for reading a URI, turning every way a file can fail to open into a ``StageError``."""
+def open_container(uri: str, stage: Stage = "probe", hwaccel: Any = None) -> Iterator[Any]:
+    """``av.open`` for reading a URI, turning every way a file can fail to open into a ``StageError``.
+    ``hwaccel`` (``hwaccel_for``): decode video on that device, falling back to software."""
     import av
 
     with contextlib.ExitStack() as stack:
         target = _checked_target(uri, stage, stack)
         try:
-            container = av.open(target, metadata_errors="ignore")
+            container = _av_open(target, hwaccel, uri)
         except PermissionError as exc:
             raise StageError(stage, "unreadable", f"permission denied: {exc}", source=uri) from exc
         except (av.error.InvalidDataError, av.error.FFmpegError, ValueError) as exc:
@@ -84,6 +142,16 @@ def configure_threads(stream: Any, cfg: "DecodeConfig") -> None:
         stream.codec_context.thread_count = cfg.threads
 
 
+def configure_video(stream: Any, cfg: "DecodeConfig") -> DecoderInfo:
+    """Before the first decode too: skip non-reference frames when asked and the stream has frames to
+    spare (see ``media/video.py`` for what picking then guarantees); says how the video is decoded."""
+    rate = stream.average_rate or stream.guessed_rate
+    skip = bool(cfg.skip_nonref and rate and rate >= _SKIP_NONREF_MIN_RATIO / GRID.chunk_seconds)
+    if skip:
+        stream.codec_context.skip_frame = "NONREF"
+    return DecoderInfo(hwaccel=hw_device_type() if stream.codec_context.is_hwaccel else None, skip_nonref=skip)
+
+
 # ---------------------------------------------------------------- the session's files
 
 
@@ -100,6 +168,7 @@ class Sources(Mapping[str, Any]):
         self._stack = stack
         self._open: dict[str, Any] = {}
         self._passes: set[str] = set()
+        self.decoders: dict[str, DecoderInfo] = {}  # how each file's first video stream is decoded
         self.read_packets: dict[str, list[Any]] = {uri: [] for uri in self._uris}
 
     def __getitem__(self, uri: str) -> Any:
@@ -116,10 +185,13 @@ class Sources(Mapping[str, Any]):
         return len(self._uris)
 
     def _opened(self, uri: str, stage: Stage) -> Any:
-        container = self._stack.enter_context(open_container(uri, stage))
+        container = self._stack.enter_context(open_container(uri, stage, hwaccel_for(self._cfg)))
         for stream in (*container.streams.audio[:1], *container.streams.video[:1]):
             if stream.codec_context is not None:
                 configure_threads(stream, self._cfg)
+        video = container.streams.video[:1]
+        if video and video[0].codec_context is not None:
+            self.decoders[uri] = configure_video(video[0], self._cfg)
         return container
 
     def reopen(self, uri: str) -> None:

@@ -9,6 +9,14 @@ when a chunk takes it, so a full-resolution decoded video is never held. On requ
 - the frame candidates (``FrameCandidates``: every frame at output size with its place on the
   clock), from which ``repick_video`` picks the frames again for a picture moved by an estimated
   A/V offset, without opening the file a second time.
+
+With ``decode.skip_nonref`` the decoder drops non-reference frames (``skip_frame = "NONREF"``, only for
+streams with at least twice the frames the chunks take, see ``container.configure_video``). Picking
+stays exact for the frames that are decoded, so a chunk whose exact frame was skipped gets the decoded
+frame shown before it: never a later frame, and at most k frame intervals earlier, where k is the
+longest run of consecutive non-reference frames in presentation order (the stream's B-frames that no
+other frame references: at most 1 with x264's default B-pyramid, up to its ``bframes`` (3) without one;
+120 ms at 25 fps). The luma trace of the A/V offset estimate sees the decoded frames only.
 """
 
 from __future__ import annotations

@@ -161,9 +161,11 @@ def _decode_and_align(spec: SessionSpec, cfg: BuildConfig, clock: _StageClock) -
                 estimate = cfg.align.estimate_av_offset
                 media = decode_session(local_spec, cfg.decode, trace=estimate,
                                        candidates=estimate and cfg.align.apply_av_offset)
-                media = _with_original_uris(media, local_spec, spec)
+                held = [_with_original_uris(media, local_spec, spec)]
+                del media
             with clock.stage("align"):
-                return align_session(media, local_spec, cfg.align)
+                # handed over, not kept here: align frees the 16 kHz waves once it is done with them
+                return align_session(held.pop(), local_spec, cfg.align, release_16k=True)
     except StageError as err:
         raise _with_original_source(err, local_spec, spec) from err
     except Exception as exc:  # a bug or an unforeseen input: keep the job alive, name the stage
@@ -179,9 +181,11 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionToken
     media, timeline = _decode_and_align(spec, cfg, clock)
     try:
         with clock.stage("tokenize"):
-            tokens = tokenizer.tokenize(tokenize_input(media, timeline))
-        header, num_samples, warnings = media.header(), media.num_samples, media.warnings
-        del media  # the waves are not needed past tokenization: free them before chunking
+            inp = tokenize_input(media, timeline)
+            header, num_samples, warnings, decoder = media.header(), media.num_samples, media.warnings, media.decoder
+            del media  # the waves are not needed past tokenization's input: free them before encoding
+            tokens = tokenizer.tokenize(inp)
+            del inp
         with clock.stage("chunk"):
             events = detect_events(timeline.activity, cfg.events)
             samples = make_samples(header, timeline, tokens, events, cfg.chunk)
@@ -196,6 +200,7 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionToken
         "flags": list(timeline.flags),
         "warnings": list(warnings),
         "streams": len(header.streams),
+        "decoder": decoder.to_json(),
     }
     media_s = float(GRID.samples_to_seconds(num_samples))
     return SessionResult(spec.session_id, samples, media_s, clock.seconds, stats)

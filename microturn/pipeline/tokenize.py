@@ -8,6 +8,8 @@ which holds no waves, comes back.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from microturn.clock import GRID
@@ -17,13 +19,34 @@ from microturn.tokenizers import TokenizerSet
 from microturn.tokenizers.representation import session_frames
 
 
+def _rows_in_place(media: DecodedMedia, padded: int) -> Optional[np.ndarray]:
+    """The streams' common buffer cut to ``padded`` when the streams are its rows, in order, and it
+    holds silence up to ``padded`` (decode's views of a multi-channel file's buffer, whose unwritten
+    capacity is zeros): a view, where a copy would hold the session's waves twice (0.7 GB per hour of stereo)."""
+    base = media.streams[0].wave_24k.base
+    if not (isinstance(base, np.ndarray) and base.ndim == 2 and base.dtype == np.float32 and base.flags.c_contiguous
+            and base.shape[0] == len(media.streams) and base.shape[1] >= padded):
+        return None
+    for i, stream in enumerate(media.streams):
+        w = stream.wave_24k
+        if not (w.base is base and w.shape == (media.num_samples,) and w.strides == (4,)
+                and w.ctypes.data == base.ctypes.data + i * base.strides[0]):
+            return None
+    view = base[:, :padded]
+    return None if view[:, media.num_samples :].any() else view
+
+
 def padded_waves(media: DecodedMedia) -> np.ndarray:
-    """float32 [streams, padded_samples]: every stream on the session clock, silence to whole chunks."""
+    """float32 [streams, padded_samples]: every stream on the session clock, silence to whole chunks
+    (read only: it may share the streams' memory)."""
     if media.num_samples <= 0:
         raise StageError("tokenize", "empty_session", "the session holds no audio samples")
     if not media.streams:
         raise StageError("tokenize", "no_audio_stream", "the session has no audio stream to tokenize")
     padded = GRID.padded_samples(media.num_samples)
+    in_place = _rows_in_place(media, padded)
+    if in_place is not None:
+        return in_place
     waves = np.zeros((len(media.streams), padded), dtype=np.float32)
     for i, stream in enumerate(media.streams):
         wave = np.asarray(stream.wave_24k, dtype=np.float32)

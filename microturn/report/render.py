@@ -189,7 +189,9 @@ def _draw_activity(ax, view: SampleView, t0: float) -> None:
         level = 0
         for w in sorted((w for w in view.words if int(w.get("stream", -1)) == s), key=lambda w: int(w["start_frame"])):
             x = t0 + float(GRID.frames_to_seconds(int(w["start_frame"])))
-            ax.text(x, y + 0.62 + 0.17 * level, str(w.get("text", "")), fontsize=7, va="bottom", clip_on=True)
+            # words are data (a model's, any bytes): drawn literally, never as mathtext, unprintables dropped
+            label = "".join(ch for ch in str(w.get("text", "")) if ch.isprintable())
+            ax.text(x, y + 0.62 + 0.17 * level, label, fontsize=7, va="bottom", clip_on=True, parse_math=False)
             level = (level + 1) % 2  # alternate heights so neighbours do not overprint
     labelled: set[str] = set()
     for e in view.events:

@@ -99,13 +99,13 @@ class TokenizerSet:
 def _audio(cfg: TokenizerConfig) -> "Representation":
     from microturn.tokenizers.audio import load_audio_tokenizer
 
-    return load_audio_tokenizer(cfg.audio)
+    return load_audio_tokenizer(cfg.audio, cfg.cache_dir)
 
 
 def _frames(cfg: TokenizerConfig) -> "Representation":
     from microturn.tokenizers.frames import load_frame_tokenizer
 
-    return load_frame_tokenizer(cfg.frames)
+    return load_frame_tokenizer(cfg.frames, cfg.cache_dir)
 
 
 def _dmel(cfg: TokenizerConfig) -> "Representation":

@@ -9,7 +9,8 @@ Weights come from (first match wins):
 3. nothing: seeded weights (``torch.manual_seed(seed)``) and codebooks built from the statistics of
    the seeded encoder on a seeded speech-like calibration signal (see ``_init_codebooks``). Codes are
    deterministic and spread over the codebooks, but carry no learned meaning: a loud warning says so
-   and the fingerprint ends in ``untrained:<seed>@<weights digest>``.
+   and the fingerprint ends in ``untrained:<seed>@<weights digest>``. The calibrated state is cached on
+   disk (``tokenizers.cache_dir``, see ``seeded.cached_state``): later worker starts load it.
 
 Audio is encoded in windows of ``window_s`` (whole chunks), each fed with ``context_s`` of the audio
 before it, many windows per forward call. The 24 kHz model is causal, so the zero padding that
@@ -25,7 +26,7 @@ import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from microturn.config import AudioCodecConfig
 from microturn.devices import resolve_device
 from microturn.format import MEMBERS
 from microturn.records import StageError, TokenizeInput
-from microturn.tokenizers.seeded import one_torch_thread, untrained_tag
+from microturn.tokenizers.seeded import cached_state, one_torch_thread, recipe_digest, untrained_tag
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,9 @@ def _standardise_output(model: Any, emb_dt: Any) -> None:
         last.bias.copy_(((last.bias.double() - mean) / std).float())
 
 
-@functools.lru_cache(maxsize=4)
-def _seeded_state(seed: int, layers: int) -> dict[str, Any]:
-    """State dict of the untrained codec (cached: building it costs about a second)."""
+def _calibrated_state(seed: int, layers: int) -> dict[str, Any]:
+    """State dict of the untrained codec, built: seeded weights, then ``layers`` calibrated codebooks."""
     from microturn.tokenizers.calibration import speech_like
-
-
 
     model = _bare_model(seed)
     with one_torch_thread():
@@ -143,10 +141,23 @@ def _seeded_state(seed: int, layers: int) -> dict[str, Any]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def seeded_encodec(seed: int, layers: int = 32) -> Any:
+@functools.lru_cache(maxsize=4)
+def _seeded_state(seed: int, layers: int, cache_dir: Optional[Path] = None) -> dict[str, Any]:
+    """State dict of the untrained codec, kept per process and on disk in ``cache_dir`` (None: the
+    default, ``seeded.default_cache_dir``): building it costs seconds at every worker start."""
+    from importlib.metadata import version
+
+    from microturn.tokenizers import calibration
+
+    key = {"seed": seed, "layers": layers, "encodec": version("encodec"),
+           "recipe": recipe_digest(__file__, calibration.__file__)}
+    return cached_state(f"encodec24k-K{layers}-seed{seed}", key, cache_dir, lambda: _calibrated_state(seed, layers))
+
+
+def seeded_encodec(seed: int, layers: int = 32, cache_dir: Optional[Path] = None) -> Any:
     """An untrained EnCodec 24 kHz model whose first ``layers`` codebooks are initialised."""
     model = _bare_model(seed)
-    model.load_state_dict(_seeded_state(seed, layers))
+    model.load_state_dict(_seeded_state(seed, layers, cache_dir))
     return model.eval()
 
 
@@ -200,8 +211,9 @@ def _model_from_state(state: dict[str, Any], source: Path) -> Any:
     return model.eval()
 
 
-def load_encodec(cfg: AudioCodecConfig) -> tuple[Any, str]:
-    """(model on CPU, weights tag): tag is ``sha256:<16 hex>`` or ``untrained:<seed>@<8 hex>``."""
+def load_encodec(cfg: AudioCodecConfig, cache_dir: Optional[Path] = None) -> tuple[Any, str]:
+    """(model on CPU, weights tag): tag is ``sha256:<16 hex>`` or ``untrained:<seed>@<8 hex>``;
+    ``cache_dir`` holds seeded calibrations (``tokenizers.cache_dir``)."""
     if cfg.checkpoint is not None:
         path = Path(cfg.checkpoint)
         if not path.is_file():
@@ -236,8 +248,7 @@ def load_encodec(cfg: AudioCodecConfig) -> tuple[Any, str]:
         cfg.seed,
         STOCK_CHECKPOINT,
     )
-
-    model = seeded_encodec(cfg.seed, num_codebooks(cfg.bandwidth_kbps))
+    model = seeded_encodec(cfg.seed, num_codebooks(cfg.bandwidth_kbps), cache_dir)
     return model, untrained_tag(cfg.seed, model)
 
 
@@ -343,7 +354,9 @@ class AudioTokenizer:
             raise StageError(
                 "tokenize", "bad_audio_length", f"{num_samples} samples is not a multiple of {CHUNK_SAMPLES}"
             )
-        if not np.isfinite(wave).all():
+        # checked a window at a time: a session-sized mask would be 0.17 GB per hour of stereo
+        step = self.window_samples
+        if not all(np.isfinite(wave[:, i : i + step]).all() for i in range(0, num_samples, step)):
             raise StageError("tokenize", "non_finite_audio", "audio holds NaN or infinity")
         out = np.zeros((streams, self.num_codebooks, num_samples // HOP), dtype=np.int16)
         jobs = [(s, p) for s in range(streams) for p in plan_windows(num_samples, self.window_samples, self.context_samples)]
@@ -411,6 +424,6 @@ class AudioTokenizer:
         return out
 
 
-def load_audio_tokenizer(cfg: AudioCodecConfig) -> AudioTokenizer:
-    model, tag = load_encodec(cfg)
+def load_audio_tokenizer(cfg: AudioCodecConfig, cache_dir: Optional[Path] = None) -> AudioTokenizer:
+    model, tag = load_encodec(cfg, cache_dir)
     return AudioTokenizer(model, cfg, tag)

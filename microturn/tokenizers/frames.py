@@ -17,7 +17,7 @@ import logging
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from microturn.config import FrameCodecConfig
 from microturn.devices import resolve_device
 from microturn.format import MEMBERS
 from microturn.records import StageError, TokenizeInput
-from microturn.tokenizers.seeded import one_torch_thread, untrained_tag
+from microturn.tokenizers.seeded import cached_state, one_torch_thread, recipe_digest, untrained_tag
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,25 @@ def _calibration_frames(cfg: FrameCodecConfig, n: int = 16) -> np.ndarray:
     return out
 
 
-def seeded_codec(cfg: FrameCodecConfig) -> Any:
+def seeded_codec(cfg: FrameCodecConfig, cache_dir: Optional[Path] = None) -> Any:
     """Seeded weights; the encoder's last conv is rescaled so that, on seeded calibration frames,
     each FSQ channel has zero mean and unit spread. Without it a fresh network's outputs are so small
-    that every position rounds to the middle level (one or two tokens for every frame)."""
+    that every position rounds to the middle level (one or two tokens for every frame). The calibrated
+    state is cached on disk in ``cache_dir`` (None: ``seeded.default_cache_dir``)."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_codec(cfg).eval()
+    key = {"seed": cfg.seed, "architecture": [getattr(cfg, k) for k in checkpoint_config_keys()],
+           "recipe": recipe_digest(__file__)}
+    name = f"fsq-{cfg.image_size}px-seed{cfg.seed}"
+    model.load_state_dict(cached_state(name, key, cache_dir, lambda: _calibrated_state(model, cfg)))
+    return model
+
+
+def _calibrated_state(model: Any, cfg: FrameCodecConfig) -> dict[str, Any]:
+    import torch
 
     x = torch.from_numpy(_calibration_frames(cfg)).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad(), one_torch_thread():
@@ -137,7 +147,7 @@ def seeded_codec(cfg: FrameCodecConfig) -> Any:
         last = model.encoder[-1]
         last.weight.div_(std.view(-1, 1, 1, 1))
         last.bias.copy_((last.bias - mean) / std)
-    return model
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def checkpoint_config_keys() -> tuple[str, ...]:
@@ -145,8 +155,9 @@ def checkpoint_config_keys() -> tuple[str, ...]:
     return ("image_size", "downsample", "levels", "hidden")
 
 
-def load_frame_codec(cfg: FrameCodecConfig) -> tuple[Any, str]:
-    """(module, weights tag): ``sha256:<16 hex>`` of the checkpoint or ``untrained:<seed>@<8 hex>``."""
+def load_frame_codec(cfg: FrameCodecConfig, cache_dir: Optional[Path] = None) -> tuple[Any, str]:
+    """(module, weights tag): ``sha256:<16 hex>`` of the checkpoint or ``untrained:<seed>@<8 hex>``;
+    ``cache_dir`` holds seeded calibrations (``tokenizers.cache_dir``)."""
     import torch
 
     if cfg.checkpoint is None:
@@ -156,8 +167,7 @@ def load_frame_codec(cfg: FrameCodecConfig) -> tuple[Any, str]:
             "tokenizers.frames.checkpoint.",
             cfg.seed,
         )
-
-        codec = seeded_codec(cfg)
+        codec = seeded_codec(cfg, cache_dir)
         return codec, untrained_tag(cfg.seed, codec)
     path = Path(cfg.checkpoint)
     if not path.is_file():
@@ -280,6 +290,6 @@ class FrameTokenizer:
         return out
 
 
-def load_frame_tokenizer(cfg: FrameCodecConfig) -> FrameTokenizer:
-    model, tag = load_frame_codec(cfg)
+def load_frame_tokenizer(cfg: FrameCodecConfig, cache_dir: Optional[Path] = None) -> FrameTokenizer:
+    model, tag = load_frame_codec(cfg, cache_dir)
     return FrameTokenizer(model, cfg, tag)

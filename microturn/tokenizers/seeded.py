@@ -1,11 +1,30 @@
 """Seeded weights for tokenizers that have no trained ones: built the same on every machine, and named
-by a digest of what was built (so readers refuse to mix corpora made from different weights)."""
+by a digest of what was built (so readers refuse to mix corpora made from different weights).
+
+Building them calibrates on a seeded signal, which costs seconds at every worker start; ``cached_state``
+keeps the result on disk (``tokenizers.cache_dir``), keyed by everything the weights depend on: the
+recipe (the source of the modules that build them), the seed and shapes, the torch / numpy versions
+and the CPU kernels. A cache file holds the state's digest too: an unreadable, mismatched or altered
+file is ignored with a warning and rebuilt, so a cached state is the state the recipe builds here.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, Iterator
+import json
+import logging
+import os
+import platform
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "microturn-seeded-state-v1"
 
 
 @contextlib.contextmanager
@@ -22,14 +41,96 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def state_digest(state: Mapping[str, Any]) -> str:
+    """sha256 (hex) of a state dict's names and tensor bytes, in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def untrained_tag(seed: int, module: Any) -> str:
     """``untrained:<seed>@<8 hex>``: the seed, and a digest of the weights it produced.
 
     The seed alone does not pin the weights: a change in how seeded weights are built (or a CPU whose
     kernels round differently) would give other codes under the same name. The digest makes the
     fingerprint name the actual weights, so readers refuse to mix such corpora."""
+    return f"untrained:{seed}@{state_digest(module.state_dict())[:8]}"
+
+
+def recipe_digest(*source_files: str) -> str:
+    """16 hex of the source files that build a seeded state: any edit to them invalidates its cache."""
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return f"untrained:{seed}@{h.hexdigest()[:8]}"
+    for path in source_files:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/microturn/calibration`` (``~/.cache/microturn/calibration``)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "microturn" / "calibration"
+
+
+def cached_state(
+    name: str, key: Mapping[str, Any], cache_dir: Optional[Path], build: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``build()``'s state dict, read from ``cache_dir`` (None: ``default_cache_dir()``) when a process
+    with the same ``key``, library versions and CPU kernels saved it there; else built and saved."""
+    import torch
+
+    full_key = dict(key, torch=torch.__version__, numpy=np.__version__, machine=platform.machine(),
+                    cpu=torch.backends.cpu.get_cpu_capability())
+    key_text = json.dumps(full_key, sort_keys=True)
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = folder / f"{name}-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.pt"
+    state = _read_cached(path, key_text)
+    if state is None:
+        state = build()
+        _write_cached(path, key_text, state)
+    return state
+
+
+def _read_cached(path: Path, key_text: str) -> Optional[dict[str, Any]]:
+    """The cached state, or None (with a warning when a file is there but cannot be trusted)."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or a pickle holding code
+        log.warning("seeded state cache %s is unreadable (%s): rebuilding it", path, exc)
+        return None
+    problem = _cache_problem(blob, key_text)
+    if problem:
+        log.warning("seeded state cache %s %s: ignoring it and rebuilding", path, problem)
+        return None
+    return dict(blob["state"])
+
+
+def _cache_problem(blob: Any, key_text: str) -> Optional[str]:
+    if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT or not isinstance(blob.get("state"), dict):
+        return f"is not a {CACHE_FORMAT} file"
+    if blob.get("key") != key_text:
+        return "was saved under another key"
+    if blob.get("digest") != state_digest(blob["state"]):
+        return "does not match its digest"
+    return None
+
+
+def _write_cached(path: Path, key_text: str, state: dict[str, Any]) -> None:
+    """Atomic: readers see the old file or the whole new one (workers starting together may all write)."""
+    import torch
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # unique on a shared folder too
+    blob = {"format": CACHE_FORMAT, "key": key_text, "digest": state_digest(state), "state": state}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a read-only or full disk only costs the next start its calibration
+        log.warning("could not save the seeded state cache %s (%s)", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -22,7 +22,6 @@ class DataConfig(Section):
     roles: Literal["both", "random", "first"] = Field(
         "both", description="which stream is the model: both assignments (2 examples), one at random, stream 0"
     )
-    video: bool = Field(True, description="feed video frame tokens (chunks without a frame get a 'no frame' token)")
     user_text: bool = Field(True, description="feed the user's text stream as input (needs ASR at inference)")
     shuffle_buffer: int = Field(256, ge=0, description="examples shuffled within each shard (0 = shard order)")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
@@ -39,6 +38,13 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
+    audio: Literal["codes", "dmel"] = Field(
+        "codes", description="audio in and out: codec codes (depth head) or dMel bins (all channels in parallel)"
+    )
+    video: Literal["tokens", "pixels", "none"] = Field(
+        "tokens", description="video in: frame-codec tokens, 40x40 pixel patches through an hMLP, or none; "
+                              "chunks without a frame get a learned 'no frame' input"
+    )  # fmt: skip
     d_model: int = Field(64, gt=0)
     n_layers: int = Field(2, gt=0)
     n_heads: int = Field(4, gt=0)
@@ -67,6 +73,10 @@ class ModelConfig(Section):
     frame_vocab: Optional[int] = Field(None, gt=0)
     text_vocab: Optional[int] = Field(None, gt=0)
     frame_tokens: Optional[int] = Field(None, gt=0, description="h * w tokens per video frame")
+    dmel_channels: Optional[int] = Field(None, gt=0, description="dMel mel channels M (dataset.json dmel dims)")
+    dmel_bins: Optional[int] = Field(None, gt=0, description="dMel bins per channel B (dataset.json dmel vocab)")
+    pixel_size: Optional[int] = Field(None, gt=0, description="pixel frames are pixel_size x pixel_size RGB")
+    pixel_patch: Optional[int] = Field(None, gt=0, description="pixel patch side (a multiple of 8: the hMLP)")
 
     @model_validator(mode="after")
     def _shapes(self) -> "ModelConfig":
@@ -76,7 +86,17 @@ class ModelConfig(Section):
             raise ValueError("depth_d_model must be divisible by depth_heads")
         if self.top_k > self.n_experts:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed n_experts ({self.n_experts})")
+        if self.pixel_patch is not None and self.pixel_patch % 8:
+            raise ValueError(f"pixel_patch ({self.pixel_patch}) must be a multiple of 8 (4x4 pixels, merged 2x2)")
+        if self.pixel_size is not None and self.pixel_patch is not None and self.pixel_size % self.pixel_patch:
+            raise ValueError(f"pixel_size ({self.pixel_size}) must be a multiple of pixel_patch ({self.pixel_patch})")
         return self
+
+    @property
+    def representations(self) -> tuple[str, ...]:
+        """The corpus representations (dataset.json tokenizers entries) this variant reads."""
+        video = {"tokens": ("frames",), "pixels": ("pixels",), "none": ()}[self.video]
+        return ("audio" if self.audio == "codes" else "dmel", "text", *video)
 
 
 class OptimConfig(Section):
@@ -91,7 +111,7 @@ class OptimConfig(Section):
 
 
 class RunConfig(Section):
-    max_steps: int = Field(100, gt=0)
+    max_steps: int = Field(100, ge=0, description="0 checkpoints the initial weights: an untrained baseline")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
@@ -111,6 +131,8 @@ class Fingerprints(Section):
     audio: Optional[str] = None
     frames: Optional[str] = None
     text: Optional[str] = None
+    dmel: Optional[str] = None
+    pixels: Optional[str] = None
 
 
 class TrainConfig(RootConfig):

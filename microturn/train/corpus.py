@@ -2,8 +2,8 @@
 shards are held out, which shards each (rank, worker) reads in an epoch, and the raw samples of a shard.
 
 * **Never unpickles.** Shards are read with ``microturn.format``'s tar reader (large sequential reads,
-  headers parsed by slicing, member data handed out as views: no copy per member); only the format's
-  own members are kept (``format.MEMBERS``), so a stray ``.pyd`` is never even read into a sample.
+  headers parsed by slicing, member data handed out as views: no copy per member); only the members
+  the trainer knows are kept (``TRAIN_MEMBERS``), so a stray ``.pyd`` is never even read into a sample.
   No webdataset decoders run (the default ones unpickle ``.pyd``); webdataset lists and splits shards.
 * **Deterministic order from (seed, epoch).** Each epoch shuffles the shard list with
   ``default_rng([seed, epoch])`` and splits it with ``wds.split_by_node`` then ``wds.split_by_worker``;
@@ -25,11 +25,23 @@ import webdataset as wds
 
 from microturn import storage
 from microturn.errors import FormatError, TrainDataError
-from microturn.format import (MEMBERS, SHARDS_DIR, decode_npy, iter_sample_views, member_table_of_dataset,
-                              read_dataset_json)
+from microturn.format import (DEFAULT_REPRESENTATION_MEMBERS, SHARDS_DIR, MemberSpec, decode_npy, iter_sample_views,
+                              member_table, member_table_of_dataset, read_dataset_json)
+from microturn.tokenizers.pixels import PixelsRepresentation
 from microturn.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+# What the trainer can read: the format version 1 members (codes, text, frame tokens) plus dMel on the
+# codec frame grid ([S, M, F]: the default hop, as microturn/tokenizers/dmel.py declares it) and pixel
+# frames. Samples are decoded against this table; nothing outside it is kept from a shard.
+TRAIN_MEMBERS = member_table((
+    *DEFAULT_REPRESENTATION_MEMBERS,
+    MemberSpec("dmel.npy", "npy", "uint8", ("S", "M", "F"), "dMel: log-mel bins per speaker stream", order=15,
+               tokenizer="dmel"),
+    *PixelsRepresentation.members,
+))  # fmt: skip
 
 
 def seeded_rng(*parts: int) -> np.random.Generator:
@@ -54,6 +66,7 @@ class CorpusInfo:
     fingerprints: dict[str, str] = field(default_factory=dict)  # audio / frames / text
     vocab: dict[str, int] = field(default_factory=dict)  # audio / frames / text
     codebooks: Optional[int] = None  # audio codebooks per stream in the shards
+    tokenizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset.json entries read (dims, patch)
     samples: Optional[int] = None
     shard_samples: dict[str, int] = field(default_factory=dict)  # uri -> samples dataset.json lists
 
@@ -83,7 +96,8 @@ def _shard_names(doc: dict[str, Any], source: str) -> list[str]:
 def read_corpus(data_uri: str, needs: Collection[str] = ()) -> CorpusInfo:
     """Describe the built corpus under ``data_uri`` from its ``dataset.json``: the shards it lists
     (``shards[].name`` under ``shards/``), tokenizer fingerprints and vocab sizes
-    (``tokenizers.{audio,frames,text}.{fingerprint,vocab_size}``) and ``tokenizers.audio.codebooks``.
+    (``tokenizers.<name>.{fingerprint,vocab_size}`` of the representations whose members ``needs`` names)
+    and ``tokenizers.audio.codebooks`` when codes are read.
     A missing file or key raises ``TrainDataError``: a corpus is trained on only as its build described it.
     ``needs``: the members the model reads (``ExampleSpec.members``); a corpus whose member table lacks
     one is refused (``missing_member``) before anything else is read. Other members are never read.
@@ -95,10 +109,11 @@ def read_corpus(data_uri: str, needs: Collection[str] = ()) -> CorpusInfo:
     except FormatError as exc:
         reason = "no_corpus" if exc.code == "missing_dataset_json" else exc.code
         raise TrainDataError(reason, exc.message, source=source) from None
-    _check_members(doc, needs, source)
-    fingerprints = {n: _required(doc, f"tokenizers.{n}.fingerprint", str, source) for n in ("audio", "frames", "text")}
-    vocab = {n: _required(doc, f"tokenizers.{n}.vocab_size", int, source) for n in ("audio", "frames", "text")}
-    codebooks = _required(doc, "tokenizers.audio.codebooks", int, source)
+    read = _check_members(doc, needs, source)
+    fingerprints = {n: _required(doc, f"tokenizers.{n}.fingerprint", str, source) for n in read}
+    vocab = {n: _required(doc, f"tokenizers.{n}.vocab_size", int, source) for n in read}
+    codebooks = _required(doc, "tokenizers.audio.codebooks", int, source) if "audio" in read else None
+    entries = doc.get("tokenizers") if isinstance(doc.get("tokenizers"), dict) else {}
     names = _shard_names(doc, source)
     totals = doc.get("totals") if isinstance(doc.get("totals"), dict) else {}
     samples = totals.get("samples")
@@ -110,13 +125,16 @@ def read_corpus(data_uri: str, needs: Collection[str] = ()) -> CorpusInfo:
         fingerprints=fingerprints,
         vocab=vocab,
         codebooks=codebooks,
+        tokenizers={n: dict(entries[n]) for n in read},
         samples=samples if isinstance(samples, int) else None,
         shard_samples={u: n for u, n in listed.items() if isinstance(n, int) and not isinstance(n, bool) and n >= 0},
     )
 
 
-def _check_members(doc: dict[str, Any], needs: Collection[str], source: str) -> None:
-    """Refuse a corpus whose member table (dataset.json ``members``) lacks a member the model reads."""
+def _check_members(doc: dict[str, Any], needs: Collection[str], source: str) -> tuple[str, ...]:
+    """Refuse a corpus whose member table (dataset.json ``members``) lacks a member the model reads;
+    the tokenizers entries those members name (whose fingerprints and vocab sizes the trainer checks).
+    Without ``needs``: the format version 1 representations (audio, frames, text)."""
     try:
         held = member_table_of_dataset(doc)
     except FormatError as exc:
@@ -129,6 +147,9 @@ def _check_members(doc: dict[str, Any], needs: Collection[str], source: str) -> 
             "train on a corpus built with the representations that write them (tokenizers.representations)",
             source=source,
         )
+    if not needs:
+        return ("audio", "frames", "text")
+    return tuple(sorted({held[m].tokenizer for m in needs if held[m].tokenizer is not None}))
 
 
 def split_train_eval(corpus: CorpusInfo, cfg: TrainConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -144,6 +165,26 @@ def split_train_eval(corpus: CorpusInfo, cfg: TrainConfig) -> tuple[tuple[str, .
         log.warning("corpus has %d shard(s): cannot hold out %d for eval; eval disabled", len(shards), n_eval)
         return shards, ()
     return shards[:-n_eval], shards[-n_eval:]
+
+
+def sessions_of(root: str, shard_uris: Collection[str]) -> list[str]:
+    """The session ids with a sample in ``shard_uris`` (from the corpus' index.parquet), sorted; [] when
+    the corpus has no readable index (the split record then names shards only)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    uri = storage.join(root, "index.parquet")
+    if not storage.exists(uri):
+        return []
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["shard", "session_id"])
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("%s is unreadable (%s): the run's split names shards only", uri, exc)
+        return []
+    names = {u.rsplit("/", 1)[-1] for u in shard_uris}
+    rows = zip(table.column("shard").to_pylist(), table.column("session_id").to_pylist())
+    return sorted({str(sid) for shard, sid in rows if shard in names})
 
 
 def check_fingerprints(expected: dict[str, Optional[str]], found: dict[str, Any], source: str) -> None:
@@ -206,7 +247,7 @@ def iter_raw_samples(uri: str, on_error: Optional[ShardErrorHook] = None) -> Ite
     ``on_error`` (logged when there is none)."""
     read = 0
     try:
-        for key, members in iter_sample_views(uri, suffixes=tuple(MEMBERS)):
+        for key, members in iter_sample_views(uri, suffixes=tuple(TRAIN_MEMBERS)):
             members["__key__"] = key
             members["__url__"] = uri
             read += 1

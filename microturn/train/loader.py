@@ -24,8 +24,10 @@ from microturn.train.stream import BadSamples, ExampleStream, Position, TorchIte
 class TrainLoader:
     """Pinned, multi-process batches for one rank, with ``state_dict``/``load_state_dict`` for resume.
 
-    Iterating yields dicts of CPU tensors (pinned when asked): model_codes [B, K, F], user_codes
-    [B, K, F], model_text [B, F], user_text [B, F], frames [B, C, P], valid [B, F].
+    Iterating yields dicts of CPU tensors (pinned when asked), as ``examples.BatchBuilder`` lays them out
+    for the model variant: model_codes / user_codes [B, K, F] or model_dmel / user_dmel [B, M, F],
+    model_text [B, F], user_text [B, F], valid [B, F], and frames [B, C, P] or pixels [B, C, Y, X, 3]
+    with has_frame [B, C].
     """
 
     def __init__(

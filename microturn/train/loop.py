@@ -32,8 +32,9 @@ from microturn.train.checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from microturn.train.config import TrainConfig, load_train_config
-from microturn.train.corpus import CorpusInfo, check_fingerprints, frame_tokens_in, read_corpus, split_train_eval
+from microturn.train.config import ModelConfig, TrainConfig, load_train_config
+from microturn.train.corpus import (CorpusInfo, check_fingerprints, frame_tokens_in, read_corpus, sessions_of,
+                                    split_train_eval)
 from microturn.train.examples import ExampleSpec, example_members
 from microturn.train.loader import TrainLoader
 from microturn.train.metrics import MetricsLog, StepLog, peak_flops
@@ -48,52 +49,57 @@ log = logging.getLogger(__name__)
 
 
 def resolve_config(cfg: TrainConfig, corpus: CorpusInfo) -> TrainConfig:
-    """Fill vocab sizes, tokens per frame and fingerprints from the corpus; refuse disagreements.
+    """Fill the sizes the model variant needs and the fingerprints of what it reads from the corpus;
+    refuse disagreements.
 
-    Vocab sizes, codebooks and fingerprints come from dataset.json; tokens per video frame (h * w) from
-    the first readable ``frames.npy``.
+    Vocab sizes, codebooks, dMel channels and bins, pixel frame and patch sizes come from dataset.json;
+    tokens per video frame (h * w) from the first readable ``frames.npy``.
     """
     m, fp = cfg.model, cfg.fingerprints
+    reads = m.representations
     # a config that names fingerprints must match the corpus (a resumed run saved them)
     if cfg.data.check_fingerprints:
-        check_fingerprints(fp.model_dump(), corpus.fingerprints, f"{corpus.root}/dataset.json")
-    fingerprints = {k: (getattr(fp, k) or corpus.fingerprints.get(k)) for k in ("audio", "frames", "text")}
-    if corpus.codebooks is not None and corpus.codebooks < m.codebooks:
+        check_fingerprints({k: getattr(fp, k) for k in reads}, corpus.fingerprints, f"{corpus.root}/dataset.json")
+    fingerprints = {k: (getattr(fp, k) or corpus.fingerprints.get(k)) for k in reads}
+    if m.audio == "codes" and corpus.codebooks is not None and corpus.codebooks < m.codebooks:
         raise TrainDataError(
             "too_few_codebooks", f"corpus has {corpus.codebooks} codebooks, model.codebooks is {m.codebooks}"
         )
-    frame_tokens = m.frame_tokens
-    if frame_tokens is None:
-        frame_tokens = frame_tokens_in(corpus)
-    vocab = {"audio_vocab": corpus.vocab.get("audio"), "text_vocab": corpus.vocab.get("text"),
-             "frame_vocab": corpus.vocab.get("frames")}  # fmt: skip
-    for name, corpus_value in vocab.items():
-        have = getattr(m, name)
-        if have is not None and corpus_value is not None and have != corpus_value:
-            raise TrainDataError("vocab_mismatch", f"model.{name}={have} but the corpus says {corpus_value}")
-        if have is None and corpus_value is None:
-            raise TrainDataError("unknown_vocab", f"{name} is in neither dataset.json nor the model config")
-        vocab[name] = have or corpus_value
-    if not cfg.data.video:
-        frame_tokens = frame_tokens or cfg.model.video_pool
-    if frame_tokens is None:
-        raise TrainDataError("unknown_vocab", "tokens per video frame unknown: set model.frame_tokens")
-    return cfg.replace(model={**vocab, "frame_tokens": frame_tokens}, fingerprints=fingerprints)
+    sizes = {name: _resolved(m, name, value) for name, value in _corpus_sizes(m, corpus).items()}
+    return cfg.replace(model=sizes, fingerprints=fingerprints)
+
+
+def _corpus_sizes(m: ModelConfig, corpus: CorpusInfo) -> dict[str, Optional[int]]:
+    """The sizes of the variant's inputs as the corpus states them (None: it does not say)."""
+    toks = corpus.tokenizers
+    sizes: dict[str, Optional[int]] = {"text_vocab": corpus.vocab.get("text")}
+    if m.audio == "codes":
+        sizes["audio_vocab"] = corpus.vocab.get("audio")
+    else:
+        dmel = toks.get("dmel", {})
+        sizes["dmel_bins"] = corpus.vocab.get("dmel")
+        sizes["dmel_channels"] = dmel.get("mel_channels") or (dmel.get("dims") or {}).get("M")
+    if m.video == "tokens":
+        sizes["frame_vocab"] = corpus.vocab.get("frames")
+        sizes["frame_tokens"] = m.frame_tokens or frame_tokens_in(corpus)
+    elif m.video == "pixels":
+        pixels = toks.get("pixels", {})
+        sizes["pixel_size"] = (pixels.get("dims") or {}).get("Y")
+        sizes["pixel_patch"] = pixels.get("patch")
+    return sizes
+
+
+def _resolved(m: ModelConfig, name: str, corpus_value: Optional[int]) -> int:
+    have = getattr(m, name)
+    if have is not None and corpus_value is not None and have != corpus_value:
+        raise TrainDataError("vocab_mismatch", f"model.{name}={have} but the corpus says {corpus_value}")
+    if have is None and corpus_value is None:
+        raise TrainDataError("unknown_vocab", f"{name} is in neither dataset.json nor the model config")
+    return int(have or corpus_value)
 
 
 def example_spec(cfg: TrainConfig) -> ExampleSpec:
-    m = cfg.model
-    assert m.audio_vocab and m.text_vocab and m.frame_vocab and m.frame_tokens  # resolve_config ran
-    return ExampleSpec(
-        window_chunks=cfg.data.window_chunks,
-        codebooks=m.codebooks,
-        audio_vocab=m.audio_vocab,
-        text_vocab=m.text_vocab,
-        frame_vocab=m.frame_vocab,
-        frame_tokens=m.frame_tokens,
-        video=cfg.data.video,
-        user_text=cfg.data.user_text,
-    )
+    return ExampleSpec.of(cfg.model, window_chunks=cfg.data.window_chunks, user_text=cfg.data.user_text)
 
 
 # ---------------------------------------------------------------- the run
@@ -127,7 +133,7 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
 
     # 3. model and optimizer (same seed on every rank; DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.run.seed)
-    model = InteractionModel(cfg.model, video=cfg.data.video).to(d.device)
+    model = InteractionModel(cfg.model).to(d.device)
     optimizer = make_optimizer(model, cfg.optim, d.device)
     step, tokens_seen, loader_state = 0, 0, None
     if ckpt is not None:
@@ -163,6 +169,8 @@ def _train(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> dict[str, Any
         if (run.ckpt_every and step % run.ckpt_every == 0) or is_last:
             ckpt_written = _save(out, model, optimizer, step, tokens_seen, loader, cfg, d) or ckpt_written
             metrics.restart_clock()
+    if run.max_steps == 0 and latest_checkpoint(out) is None:  # the untrained baseline: its initial weights
+        ckpt_written = _save(out, model, optimizer, step, tokens_seen, loader, cfg, d)
     loader.close()
     return {
         "steps": step, "tokens_seen": tokens_seen, "final": last, "eval": last_eval, "run_dir": str(out),
@@ -205,7 +213,7 @@ def _resume_point(cfg: TrainConfig, out: Path, d: Dist
 def _prepare_data(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> RunData:
     """Read the corpus, hold out eval shards (or read data.eval_data), resolve the config against the
     corpus; rank 0 saves the resolved config as RUN_DIR/config.yaml."""
-    needs = example_members(cfg.data.video)  # refused up front: a corpus without a member the model reads
+    needs = example_members(cfg.model)  # refused up front: a corpus without a member the model reads
     corpus = read_corpus(data_uri, needs)
     train_shards, eval_shards = split_train_eval(corpus, cfg)
     eval_samples = corpus.shard_samples
@@ -213,10 +221,21 @@ def _prepare_data(cfg: TrainConfig, data_uri: str, out: Path, d: Dist) -> RunDat
         eval_corpus = read_corpus(cfg.data.eval_data, needs)
         eval_shards, eval_samples = eval_corpus.shard_uris, eval_corpus.shard_samples
     cfg = resolve_config(cfg, corpus)
-    expected_fp = cfg.fingerprints.model_dump() if cfg.data.check_fingerprints else {}
+    # samples are checked against the fingerprints of what the model variant reads, and only those
+    fp = cfg.fingerprints
+    expected_fp = {k: getattr(fp, k) for k in cfg.model.representations} if cfg.data.check_fingerprints else {}
     if d.is_main:
         (out / "config.yaml").write_text(cfg.dump_yaml(), encoding="utf-8")
+        write_split(out, corpus, train_shards, eval_shards)
     return RunData(cfg, example_spec(cfg), train_shards, corpus.shard_samples, eval_shards, eval_samples, expected_fp)
+
+
+def write_split(out: Path, corpus: CorpusInfo, train_shards: tuple[str, ...], eval_shards: tuple[str, ...]) -> None:
+    """RUN_DIR/split.json: what the run trained on (corpus, shards, session ids) and what it held out, so
+    an evaluation of the run can refuse sessions it has seen (``microturn eval --run``)."""
+    split = {"data": corpus.root, "train_shards": [u.rsplit("/", 1)[-1] for u in train_shards],
+             "eval_shards": list(eval_shards), "train_sessions": sessions_of(corpus.root, train_shards)}  # fmt: skip
+    (out / "split.json").write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
 
 
 def _restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist

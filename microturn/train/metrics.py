@@ -19,7 +19,7 @@ from microturn.train.stream import BadSamples
 log = logging.getLogger(__name__)
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-STEP_KEYS = ("loss", "loss_text", "loss_audio", "loss_audio_cb0", "z_loss", "aux_loss")
+ROUTER_KEYS = ("z_loss", "aux_loss")
 
 
 def peak_flops(cfg: TrainConfig, device: torch.device) -> Optional[float]:
@@ -90,12 +90,14 @@ class StepLog:
               counts_LE: torch.Tensor, tokens_seen: int, new_bad: list[list[Any]]) -> dict[str, float]:  # fmt: skip
         """Record ``step`` (collectives: every rank calls it); returns its losses."""
         d = self.d
-        vals = all_reduce(torch.stack([out[k].detach().float() for k in STEP_KEYS]), d) / d.world
+        # the model's losses per stream (which depend on its variant: loss_audio or loss_dmel), then the router's
+        keys = (*(k for k in out if k == "loss" or k.startswith("loss_")), *ROUTER_KEYS)
+        vals = all_reduce(torch.stack([out[k].detach().float() for k in keys]), d) / d.world
         if d.device.type == "cuda":
             torch.cuda.synchronize(d.device)
         dt = time.perf_counter() - self.t0
         share_LE = counts_LE.float() / counts_LE.sum(dim=1, keepdim=True).clamp(min=1)
-        losses = dict(zip(STEP_KEYS, (float(v) for v in vals.tolist())))
+        losses = dict(zip(keys, (float(v) for v in vals.tolist())))
         gather_bad(new_bad, self.bad_seen, d)
         record = {
             "step": step,
@@ -114,6 +116,7 @@ class StepLog:
         self.metrics.write(record)
         if d.is_main:
             log.info("step %d loss %.4f text %.4f audio %.4f  %.0f tok/s", step, losses["loss"],
-                     losses["loss_text"], losses["loss_audio"], record["tokens_per_s"])  # fmt: skip
+                     losses["loss_text"], losses.get("loss_audio", losses.get("loss_dmel", float("nan"))),
+                     record["tokens_per_s"])  # fmt: skip
         self.t0, self.steps = time.perf_counter(), 0
         return losses

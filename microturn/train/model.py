@@ -1,5 +1,9 @@
 """The interaction model: a causal transformer over 200 ms chunks whose feed-forward layers are a
-mixture of experts, with a small depth head over the codebooks of each codec frame.
+mixture of experts, with a small depth head over the codebooks of each codec frame (``model.audio:
+codes``) or linear heads that predict all dMel channels of a frame in parallel (``model.audio: dmel``).
+Video enters as frame-codec tokens (``model.video: tokens``), as 40x40 pixel patches through a small
+hMLP (``pixels``: (Y/40) * (X/40) positions per chunk, a learned "no frame" input for chunks without
+one), or not at all (``none``). ``microturn.train.realtime`` streams the same model with a KV cache.
 
 Sequence layout (one row of the batch). Each codec frame of a speaker stream is ONE position: the
 embeddings of its K codebooks and of its text token are summed (Moshi-style). Per chunk c:
@@ -13,10 +17,14 @@ chunk c-1: one chunk (200 ms) of latency, as in a real-time system that consumes
 
 Prediction. The hidden state at the position just before model frame f (the previous model frame, or
 the last user frame of the previous chunk, or BOS) feeds the depth head, which predicts, in order, the
-model's text token of frame f and its codebooks 0..K-1 (teacher-forced, causal over those K+1 steps).
+model's text token of frame f and its codebooks 0..K-1 (teacher-forced, causal over those K+1 steps);
+in the dMel variant the same state predicts the text token and the M channels' bins at once.
+With dMel a frame's position sums the embeddings of its M channels' bins (one table per role, row
+m * (B + 1) + bin, bin B = absent) instead of its codebooks.
 
-Shapes use suffixes: B batch, C chunks, F codec frames (C * 15), K codebooks, k the router's top_k
-choices, P video tokens per chunk (frame_tokens; frame_tokens / video_pool once pooled), L sequence
+Shapes use suffixes: B batch, C chunks, F codec frames (C * 15), K codebooks, M mel channels (X: K or M),
+k the router's top_k choices, P video tokens per chunk (frame_tokens; frame_tokens / video_pool once
+pooled; pixel patches with pixels), L sequence
 positions, D model width (depth_d_model inside the depth head), H attention heads, d head width,
 R rotary frequencies (d / 2), E experts, T tokens routed (B * L), S depth-head steps (K + 1), V vocabulary.
 N counts rows: in the MoE the routed slots (T * top_k, expert-sorted), in the depth head and the losses
@@ -46,10 +54,11 @@ GROUP_ALIGN = 16  # rows per expert group are padded to this for torch._grouped_
 # ---------------------------------------------------------------- attention
 
 
-def rope_tables(length: int, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [length, head_dim / 2] for rotary position embeddings."""
+def rope_at(positions_L: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [L, head_dim / 2] at absolute positions (streaming appends at the end of a cache)."""
+    device = positions_L.device
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    angles_LR = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    angles_LR = positions_L.to(torch.float32)[:, None] * inv_freq[None, :]
     return angles_LR.cos(), angles_LR.sin()
 
 
@@ -59,6 +68,44 @@ def apply_rope(x_BHLd: torch.Tensor, cos_LR: torch.Tensor, sin_LR: torch.Tensor)
     return out.type_as(x_BHLd)
 
 
+class KVCache:
+    """Append-only keys and values of every layer, [B, H, L, d] each, for streaming inference.
+
+    Keys are stored rotated (RoPE at their absolute positions), so dropping old positions (``evict``)
+    leaves the kept ones valid: attention scores depend only on position differences. Storage grows by
+    doubling and is written in place: an append copies only the new positions.
+    """
+
+    def __init__(self, n_layers: int):
+        self.kv: list[Optional[torch.Tensor]] = [None] * n_layers  # [2, B, H, capacity, d] per layer
+        self.length = 0
+
+    def append(self, layer: int, k_BHLd: torch.Tensor, v_BHLd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the L new positions after the cached ones (the first layer advances ``length``);
+        returns the layer's keys and values so far, views [B, H, length, d]."""
+        start = self.length if layer == 0 else self.length - k_BHLd.shape[2]
+        end = start + k_BHLd.shape[2]
+        buf = self.kv[layer]
+        if buf is None or buf.shape[3] < end:
+            grown = k_BHLd.new_zeros(2, *k_BHLd.shape[:2], max(64, 2 * end), k_BHLd.shape[3])
+            if buf is not None:
+                grown[:, :, :, :start] = buf[:, :, :, :start]
+            self.kv[layer] = buf = grown
+        buf[0, :, :, start:end] = k_BHLd
+        buf[1, :, :, start:end] = v_BHLd
+        if layer == 0:
+            self.length = end
+        return buf[0, :, :, :end], buf[1, :, :, :end]
+
+    def evict(self, start: int, stop: int) -> None:
+        """Drop cached positions [start, stop) of every layer (the later ones move down)."""
+        kept = self.length - stop
+        for buf in self.kv:
+            if buf is not None:
+                buf[:, :, :, start : start + kept] = buf[:, :, :, stop : self.length].clone()
+        self.length -= stop - start
+
+
 class Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()
@@ -66,12 +113,24 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x_BLD: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def forward(
+        self, x_BLD: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+        cache: Optional[tuple[KVCache, int]] = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Causal self-attention; with ``cache`` = (cache, layer) the L new positions are appended to the
+        cached ones and attend to all of them (each to those before it and itself)."""
         B, L, D = x_BLD.shape
         q, k, v = self.qkv(x_BLD).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y_BHLd = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is None:
+            y_BHLd = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k, v = cache[0].append(cache[1], k, v)
+            Lk = k.shape[2]
+            # query i sits at cache position Lk - L + i: it sees every key up to there
+            mask_LK = torch.arange(Lk, device=q.device)[None, :] <= torch.arange(Lk - L, Lk, device=q.device)[:, None]
+            y_BHLd = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LK)
         return self.out(y_BHLd.transpose(1, 2).reshape(B, L, D))
 
 
@@ -241,8 +300,8 @@ class Block(nn.Module):
         self.norm2 = nn.RMSNorm(cfg.d_model)
         self.moe = MoE(cfg)
 
-    def forward(self, x_BLD, rope, dispatch=None):
-        x_BLD = x_BLD + self.attn(self.norm1(x_BLD), rope)
+    def forward(self, x_BLD, rope, dispatch=None, cache=None):
+        x_BLD = x_BLD + self.attn(self.norm1(x_BLD), rope, cache)
         y_BLD, stats = self.moe(self.norm2(x_BLD), dispatch)
         return x_BLD + y_BLD, stats
 
@@ -303,6 +362,43 @@ class DepthHead(nn.Module):
         return text_logits_NV, audio_logits_NKV
 
 
+# ---------------------------------------------------------------- video in: pixels
+
+
+def _hmlp_widths(d_model: int) -> tuple[int, int]:
+    return max(16, d_model // 4), max(16, d_model // 4)
+
+
+class PatchHMLP(nn.Module):
+    """Hierarchical MLP over pixel patches (hMLP stem): 4x4 pixels -> linear, norm, GELU; 2x2 of those
+    merged -> linear, norm, GELU; (patch/8)^2 of those merged -> linear to D. Every stage is a linear map
+    of disjoint pixels (a convolution with stride = kernel), so patches never mix.
+
+    uint8 [N, Y, X, 3] -> [N, (Y/patch) * (X/patch), D], patches in row-major order.
+    """
+
+    def __init__(self, d_model: int, patch: int):
+        super().__init__()
+        if patch % 8:
+            raise ValueError(f"pixel_patch ({patch}) must be a multiple of 8")
+        c1, c2 = _hmlp_widths(d_model)
+        self.stage1 = nn.Conv2d(3, c1, 4, stride=4)
+        self.norm1 = nn.LayerNorm(c1)
+        self.stage2 = nn.Conv2d(c1, c2, 2, stride=2)
+        self.norm2 = nn.LayerNorm(c2)
+        self.stage3 = nn.Conv2d(c2, d_model, patch // 8, stride=patch // 8)
+
+    @staticmethod
+    def _norm_gelu(x_NCHW: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        return F.gelu(norm(x_NCHW.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+    def forward(self, pixels_NYX3: torch.Tensor) -> torch.Tensor:
+        x = pixels_NYX3.permute(0, 3, 1, 2).to(self.stage1.weight.dtype) / 127.5 - 1.0
+        x = self._norm_gelu(self.stage1(x), self.norm1)
+        x = self._norm_gelu(self.stage2(x), self.norm2)
+        return self.stage3(x).flatten(2).transpose(1, 2)
+
+
 # ---------------------------------------------------------------- the model
 
 
@@ -329,116 +425,222 @@ class Layout:
         return (1 + c * self.block + j - 1).reshape(-1)
 
 
+def video_positions(cfg: ModelConfig) -> int:
+    """Sequence positions of video per chunk: pooled frame tokens, pixel patches, or none."""
+    if cfg.video == "tokens":
+        return (cfg.frame_tokens or 0) // cfg.video_pool
+    if cfg.video == "pixels":
+        return ((cfg.pixel_size or 0) // (cfg.pixel_patch or 1)) ** 2
+    return 0
+
+
+def _required_sizes(cfg: ModelConfig) -> tuple[str, ...]:
+    audio = ("audio_vocab",) if cfg.audio == "codes" else ("dmel_channels", "dmel_bins")
+    video = {"tokens": ("frame_vocab", "frame_tokens"), "pixels": ("pixel_size", "pixel_patch"), "none": ()}
+    return ("text_vocab", *audio, *video[cfg.video])
+
+
 class InteractionModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, *, video: bool = True):
+    """The temporal MoE trunk over the interleaved sequence, with the variant's inputs and heads:
+    audio ``codes`` (K codebooks summed per frame; depth head out) or ``dmel`` (M channels' bin
+    embeddings summed per frame; all channels predicted in parallel), video ``tokens`` (frame-codec
+    tokens), ``pixels`` (40x40 patches through an hMLP) or ``none``. Batch keys: see
+    ``examples.BatchBuilder``."""
+
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        for name in ("audio_vocab", "text_vocab", "frame_vocab", "frame_tokens"):
+        for name in _required_sizes(cfg):
             if getattr(cfg, name) is None:
                 raise ValueError(f"model.{name} must be resolved (from dataset.json or the config) before building")
-        if cfg.frame_tokens % cfg.video_pool:
+        if cfg.video == "tokens" and cfg.frame_tokens % cfg.video_pool:  # type: ignore[operator]
             raise ValueError(f"frame_tokens ({cfg.frame_tokens}) must be divisible by video_pool ({cfg.video_pool})")
         self.cfg = cfg
-        self.video = video
-        D, K, Va = cfg.d_model, cfg.codebooks, cfg.audio_vocab
+        D = cfg.d_model
         self.bos_D = nn.Parameter(torch.zeros(D))
         self.kind_3D = nn.Parameter(torch.zeros(3, D))  # model frame, video, user frame
-        # one table per role, K codebooks stacked (index k * (Va + 1) + code); row Va = absent
-        self.model_codes_in = nn.Embedding(K * (Va + 1), D)
-        self.user_codes_in = nn.Embedding(K * (Va + 1), D)
-        self.model_text_in = nn.Embedding(cfg.text_vocab + 1, D)
-        self.user_text_in = nn.Embedding(cfg.text_vocab + 1, D)
-        if video:  # absent without video: DDP insists that every parameter gets a gradient
-            self.frame_in = nn.Embedding(cfg.frame_vocab + 1, D)
-            self.frame_pos_PD = nn.Parameter(torch.zeros(cfg.frame_tokens, D))
-            nn.init.normal_(self.frame_in.weight, std=0.02)
-            nn.init.normal_(self.frame_pos_PD, std=0.02)
+        self.model_text_in = nn.Embedding(cfg.text_vocab + 1, D)  # type: ignore[operator]
+        self.user_text_in = nn.Embedding(cfg.text_vocab + 1, D)  # type: ignore[operator]
+        self._init_audio(cfg)
+        self._init_video(cfg)  # absent without video: DDP insists that every parameter gets a gradient
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.norm = nn.RMSNorm(D)
-        self.depth = DepthHead(cfg)
-        self.register_buffer("codebook_offsets_K", torch.arange(K) * (Va + 1), persistent=False)
-        for emb in (self.model_codes_in, self.user_codes_in, self.model_text_in, self.user_text_in):
-            nn.init.normal_(emb.weight, std=0.02)
-        for p in (self.bos_D, self.kind_3D):
+        for p in (self.bos_D, self.kind_3D, self.model_text_in.weight, self.user_text_in.weight):
             nn.init.normal_(p, std=0.02)
 
-    def layout(self, chunks: int) -> Layout:
-        return Layout(chunks, self.cfg.frame_tokens // self.cfg.video_pool if self.video else 0)
+    def _init_audio(self, cfg: ModelConfig) -> None:
+        D = cfg.d_model
+        if cfg.audio == "codes":
+            K, Va = cfg.codebooks, cfg.audio_vocab
+            # one table per role, K codebooks stacked (index k * (Va + 1) + code); row Va = absent
+            self.model_codes_in = nn.Embedding(K * (Va + 1), D)  # type: ignore[operator]
+            self.user_codes_in = nn.Embedding(K * (Va + 1), D)  # type: ignore[operator]
+            self.depth = DepthHead(cfg)
+            self.register_buffer("codebook_offsets_K", torch.arange(K) * (Va + 1), persistent=False)
+            tables = (self.model_codes_in, self.user_codes_in)
+        else:
+            M, Bn = cfg.dmel_channels, cfg.dmel_bins
+            # one table per role, M channels stacked (index m * (B + 1) + bin); row B = absent; summed per frame
+            self.model_dmel_in = nn.EmbeddingBag(M * (Bn + 1), D, mode="sum")  # type: ignore[operator]
+            self.user_dmel_in = nn.EmbeddingBag(M * (Bn + 1), D, mode="sum")  # type: ignore[operator]
+            self.dmel_out = nn.Linear(D, M * Bn, bias=False)  # type: ignore[operator]
+            self.text_out = nn.Linear(D, cfg.text_vocab, bias=False)  # type: ignore[arg-type]
+            offsets_M = torch.arange(M) * (Bn + 1)  # type: ignore[operator]
+            self.register_buffer("channel_offsets_M", offsets_M, persistent=False)
+            tables = (self.model_dmel_in, self.user_dmel_in)
+        for emb in tables:
+            nn.init.normal_(emb.weight, std=0.02)
 
-    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The interleaved input sequence x_BLD."""
-        model_codes_BKF = batch["model_codes"].long()
-        B, K, Fr = model_codes_BKF.shape
-        C = Fr // FRAMES_PER_CHUNK
-        offs = self.codebook_offsets_K[None, :, None]
-        model_BFD = self.model_codes_in(model_codes_BKF + offs).sum(dim=1)
-        model_BFD = model_BFD + self.model_text_in(batch["model_text"].long()) + self.kind_3D[0]
-        user_BFD = self.user_codes_in(batch["user_codes"].long() + offs).sum(dim=1)
-        user_BFD = user_BFD + self.user_text_in(batch["user_text"].long()) + self.kind_3D[2]
-        parts = [model_BFD.view(B, C, FRAMES_PER_CHUNK, -1)]
-        if self.video:
+    def _init_video(self, cfg: ModelConfig) -> None:
+        D, P = cfg.d_model, video_positions(cfg)
+        if cfg.video == "tokens":
+            self.frame_in = nn.Embedding(cfg.frame_vocab + 1, D)  # type: ignore[operator]
+            self.frame_pos_PD = nn.Parameter(torch.zeros(cfg.frame_tokens, D))  # type: ignore[arg-type]
+            nn.init.normal_(self.frame_in.weight, std=0.02)
+            nn.init.normal_(self.frame_pos_PD, std=0.02)
+        elif cfg.video == "pixels":
+            self.pixel_in = PatchHMLP(D, cfg.pixel_patch)  # type: ignore[arg-type]
+            self.patch_pos_PD = nn.Parameter(torch.zeros(P, D))
+            self.no_frame_D = nn.Parameter(torch.zeros(D))  # a chunk without a frame
+            nn.init.normal_(self.patch_pos_PD, std=0.02)
+            nn.init.normal_(self.no_frame_D, std=0.02)
+
+    def layout(self, chunks: int) -> Layout:
+        return Layout(chunks, video_positions(self.cfg))
+
+    # -- inputs
+
+    @property
+    def audio_key(self) -> str:
+        return "codes" if self.cfg.audio == "codes" else "dmel"
+
+    def embed_frames(self, audio_BXF: torch.Tensor, text_BF: torch.Tensor, role: str) -> torch.Tensor:
+        """[B, F, D]: one position per frame of ``role`` ("model" or "user"): its codebooks' or dMel
+        channels' embeddings, its text token's and the role's kind, summed."""
+        audio_BXF = audio_BXF.long()
+        B, X, Fr = audio_BXF.shape
+        if self.cfg.audio == "codes":
+            table = self.model_codes_in if role == "model" else self.user_codes_in
+            audio_BFD = table(audio_BXF + self.codebook_offsets_K[None, :, None]).sum(dim=1)
+        else:
+            table = self.model_dmel_in if role == "model" else self.user_dmel_in
+            idx_NM = (audio_BXF + self.channel_offsets_M[None, :, None]).transpose(1, 2).reshape(B * Fr, X)
+            audio_BFD = table(idx_NM).view(B, Fr, -1)
+        text_in = self.model_text_in if role == "model" else self.user_text_in
+        return audio_BFD + text_in(text_BF.long()) + self.kind_3D[0 if role == "model" else 2]
+
+    def embed_video(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, C, V, D]: the video positions of each chunk (frames [B, C, P] or pixels [B, C, Y, X, 3]
+        with has_frame [B, C])."""
+        if self.cfg.video == "tokens":
             frames_BCPD = self.frame_in(batch["frames"].long()) + self.frame_pos_PD
             pool = self.cfg.video_pool
             if pool > 1:
-                frames_BCPD = frames_BCPD.view(B, C, -1, pool, frames_BCPD.shape[-1]).mean(dim=3)
-            parts.append(frames_BCPD + self.kind_3D[1])
-        parts.append(user_BFD.view(B, C, FRAMES_PER_CHUNK, -1))
-        x_BLD = torch.cat(parts, dim=2).reshape(B, -1, model_BFD.shape[-1])
-        layout = self.layout(C)
+                frames_BCPD = frames_BCPD.view(*frames_BCPD.shape[:2], -1, pool, frames_BCPD.shape[-1]).mean(dim=3)
+            return frames_BCPD + self.kind_3D[1]
+        pixels_BCYX3 = batch["pixels"]
+        B, C = pixels_BCYX3.shape[:2]
+        patches_NPD = self.pixel_in(pixels_BCYX3.reshape(B * C, *pixels_BCYX3.shape[2:]))
+        patches_BCPD = patches_NPD.view(B, C, -1, self.cfg.d_model)
+        has_BC11 = batch["has_frame"].bool()[:, :, None, None]
+        patches_BCPD = torch.where(has_BC11, patches_BCPD, self.no_frame_D.to(patches_BCPD.dtype))
+        return patches_BCPD + self.patch_pos_PD + self.kind_3D[1]
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The interleaved input sequence x_BLD."""
+        key = self.audio_key
+        model_BFD = self.embed_frames(batch[f"model_{key}"], batch["model_text"], "model")
+        user_BFD = self.embed_frames(batch[f"user_{key}"], batch["user_text"], "user")
+        B, Fr, D = model_BFD.shape
+        C = Fr // FRAMES_PER_CHUNK
+        parts = [model_BFD.view(B, C, FRAMES_PER_CHUNK, D)]
+        if self.cfg.video != "none":
+            parts.append(self.embed_video(batch))
+        parts.append(user_BFD.view(B, C, FRAMES_PER_CHUNK, D))
+        x_BLD = torch.cat(parts, dim=2).reshape(B, -1, D)
         x_BLD = torch.cat([self.bos_D.expand(B, 1, -1), x_BLD], dim=1)
-        return x_BLD[:, : layout.length]
+        return x_BLD[:, : self.layout(C).length]
+
+    # -- the trunk
+
+    def trunk(
+        self, x_BLD: torch.Tensor, dispatch: Optional[str] = None, *, cache: Optional[KVCache] = None, start: int = 0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """h_BLD (normed) of the L positions ``x_BLD`` at absolute positions start.., plus router statistics;
+        with ``cache`` they are appended to it (streaming)."""
+        cfg = self.cfg
+        B, L, D = x_BLD.shape
+        rope = rope_at(torch.arange(start, start + L, device=x_BLD.device), D // cfg.n_heads, cfg.rope_theta)
+        z_loss = x_BLD.new_zeros((), dtype=torch.float32)
+        aux_loss = x_BLD.new_zeros((), dtype=torch.float32)
+        counts = []
+        for i, block in enumerate(self.blocks):
+            x_BLD, stats = block(x_BLD, rope, dispatch, None if cache is None else (cache, i))
+            z_loss = z_loss + stats["z_loss"]
+            aux_loss = aux_loss + stats["aux_loss"]
+            counts.append(stats["counts_E"])
+        n_layers = len(self.blocks)
+        return self.norm(x_BLD), {"z_loss": z_loss / n_layers, "aux_loss": aux_loss / n_layers,
+                                  "counts_LE": torch.stack(counts)}  # fmt: skip
 
     def frame_states(
         self, batch: dict[str, torch.Tensor], dispatch: Optional[str] = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """h_BFD: the temporal state that predicts each model frame, plus router statistics."""
-        cfg = self.cfg
-        x_BLD = self.embed(batch)
-        B, L, D = x_BLD.shape
-        rope = rope_tables(L, D // cfg.n_heads, cfg.rope_theta, x_BLD.device)
-        z_loss = x_BLD.new_zeros((), dtype=torch.float32)
-        aux_loss = x_BLD.new_zeros((), dtype=torch.float32)
-        counts = []
-        for block in self.blocks:
-            x_BLD, stats = block(x_BLD, rope, dispatch)
-            z_loss = z_loss + stats["z_loss"]
-            aux_loss = aux_loss + stats["aux_loss"]
-            counts.append(stats["counts_E"])
-        h_BLD = self.norm(x_BLD)
-        chunks = batch["model_codes"].shape[2] // FRAMES_PER_CHUNK
-        h_BFD = h_BLD[:, self.layout(chunks).predictor_positions(h_BLD.device)]
-        n_layers = len(self.blocks)
-        return h_BFD, {"z_loss": z_loss / n_layers, "aux_loss": aux_loss / n_layers, "counts_LE": torch.stack(counts)}
+        h_BLD, router = self.trunk(self.embed(batch), dispatch)
+        chunks = batch["model_text"].shape[1] // FRAMES_PER_CHUNK
+        return h_BLD[:, self.layout(chunks).predictor_positions(h_BLD.device)], router
+
+    # -- outputs
+
+    def dmel_logits(self, h_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """dMel variant: text logits [N, V] and dMel logits [N, M, B] of the frames h_ND predicts."""
+        N = h_ND.shape[0]
+        return self.text_out(h_ND), self.dmel_out(h_ND).view(N, self.cfg.dmel_channels, self.cfg.dmel_bins)
+
+    def frame_logits(
+        self, batch: dict[str, torch.Tensor], dispatch: Optional[str] = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Logits of every model frame, teacher-forced: text [B, F, V] and codes [B, F, K, V] (the depth
+        head over the true tokens) or dmel [B, F, M, B]; plus the router statistics."""
+        h_BFD, router = self.frame_states(batch, dispatch)
+        B, Fr, D = h_BFD.shape
+        text = batch["model_text"].long().reshape(-1)
+        if self.cfg.audio == "codes":
+            codes_NK = batch["model_codes"].long().transpose(1, 2).reshape(B * Fr, -1)
+            text_NV, audio_NXV = self.depth(h_BFD.reshape(-1, D), text, codes_NK)
+        else:
+            text_NV, audio_NXV = self.dmel_logits(h_BFD.reshape(-1, D))
+        return {"text": text_NV.view(B, Fr, -1), self.audio_key: audio_NXV.view(B, Fr, *audio_NXV.shape[1:])}, router
 
     def forward(self, batch: dict[str, torch.Tensor], dispatch: Optional[str] = None) -> dict[str, torch.Tensor]:
-        """Losses per stream (mean over valid frames), router losses and expert counts [n_layers, E]."""
-        cfg = self.cfg
-        h_BFD, router = self.frame_states(batch, dispatch)
-        D = h_BFD.shape[-1]
-        codes_BKF = batch["model_codes"].long()
-        valid_N = batch["valid"].reshape(-1).bool()
-        text_N = batch["model_text"].long().reshape(-1)
-        codes_NK = codes_BKF.transpose(1, 2).reshape(-1, cfg.codebooks)
-        text_logits_NV, audio_logits_NKV = self.depth(h_BFD.reshape(-1, D), text_N, codes_NK)
+        """Losses per stream (mean over valid frames), router losses and expert counts [n_layers, E].
 
+        codes: loss_text, loss_audio (mean over codebooks), loss_audio_cb0; dmel: loss_text, loss_dmel
+        (mean cross-entropy over channels and valid frames)."""
+        cfg = self.cfg
+        logits, router = self.frame_logits(batch, dispatch)
+        key = self.audio_key
+        valid_N = batch["valid"].reshape(-1).bool()
         ignore = -100
-        text_tgt_N = torch.where(valid_N, text_N, ignore)
-        codes_tgt_NK = torch.where(valid_N[:, None], codes_NK, ignore)
-        loss_text = F.cross_entropy(text_logits_NV.float(), text_tgt_N, ignore_index=ignore)
-        N, K, V = audio_logits_NKV.shape
-        loss_audio_NK = F.cross_entropy(
-            audio_logits_NKV.float().reshape(N * K, V), codes_tgt_NK.reshape(-1), ignore_index=ignore, reduction="none"
-        ).view(N, K)
-        loss_audio_K = loss_audio_NK.sum(dim=0) / valid_N.sum().clamp(min=1)
-        loss_audio = loss_audio_K.mean()
+        text_tgt_N = torch.where(valid_N, batch["model_text"].long().reshape(-1), ignore)
+        loss_text = F.cross_entropy(logits["text"].flatten(0, 1).float(), text_tgt_N, ignore_index=ignore)
+        audio_NXV = logits[key].flatten(0, 1)
+        N, X, V = audio_NXV.shape
+        audio_tgt_NX = torch.where(valid_N[:, None], batch[f"model_{key}"].long().transpose(1, 2).reshape(N, X), ignore)
+        loss_NX = F.cross_entropy(audio_NXV.float().reshape(N * X, V), audio_tgt_NX.reshape(-1), ignore_index=ignore,
+                                  reduction="none").view(N, X)  # fmt: skip
+        loss_X = loss_NX.sum(dim=0) / valid_N.sum().clamp(min=1)
+        loss_audio = loss_X.mean()
         z_loss, aux_loss = router["z_loss"], router["aux_loss"]
         loss = cfg.text_loss_weight * loss_text + cfg.audio_loss_weight * loss_audio + cfg.z_loss_coef * z_loss
         if cfg.balance == "aux_loss":
             loss = loss + cfg.aux_loss_coef * aux_loss
+        streams = {"loss_audio": loss_audio.detach(), "loss_audio_cb0": loss_X[0].detach()} if key == "codes" else {
+            "loss_dmel": loss_audio.detach()}  # fmt: skip
         return {
             "loss": loss,
             "loss_text": loss_text.detach(),
-            "loss_audio": loss_audio.detach(),
-            "loss_audio_cb0": loss_audio_K[0].detach(),
+            **streams,
             "z_loss": z_loss.detach(),
             "aux_loss": aux_loss.detach(),
             "counts_LE": router["counts_LE"],
@@ -453,43 +655,78 @@ class InteractionModel(nn.Module):
             block.moe.update_bias(counts_E, self.cfg.bias_update_rate)
 
 
+def loss_keys(cfg: ModelConfig) -> tuple[str, ...]:
+    """The per-stream losses ``InteractionModel.forward`` returns for this variant (logged and evaluated)."""
+    streams = ("loss_audio", "loss_audio_cb0") if cfg.audio == "codes" else ("loss_dmel",)
+    return ("loss", "loss_text", *streams)
+
+
 # ---------------------------------------------------------------- sizes and FLOPs
 
 
-def parameter_counts(cfg: ModelConfig, video: bool = True) -> dict[str, int]:
-    """Total and active (per position) parameter counts, embeddings excluded from 'active'."""
+def _head_sizes(cfg: ModelConfig) -> tuple[int, int]:
+    """(parameters of the per-frame output head, its input embeddings) of the audio variant."""
+    D, V = cfg.d_model, cfg.text_vocab or 0
+    if cfg.audio == "dmel":
+        return D * (cfg.dmel_channels or 0) * (cfg.dmel_bins or 0) + D * V, 0
+    Dd, K, Va = cfg.depth_d_model, cfg.codebooks, cfg.audio_vocab or 0
+    depth_block = 4 * Dd * Dd + 3 * Dd * 4 * Dd + 2 * Dd
+    depth = D * Dd + cfg.depth_layers * depth_block + Dd * V + K * Va * Dd
+    depth += (K + 1) * Dd + Dd  # step embeddings, final norm
+    return depth, max(1, K - 1) * (Va + 1) * Dd + (V + 1) * Dd
+
+
+def _video_embedding_sizes(cfg: ModelConfig) -> int:
+    D = cfg.d_model
+    if cfg.video == "tokens":
+        return ((cfg.frame_vocab or 0) + 1) * D + (cfg.frame_tokens or 0) * D
+    if cfg.video == "pixels":
+        c1, c2 = _hmlp_widths(D)
+        r = (cfg.pixel_patch or 8) // 8
+        hmlp = (48 * c1 + c1 + 2 * c1) + (4 * c1 * c2 + c2 + 2 * c2) + (r * r * c2 * D + D)
+        return hmlp + video_positions(cfg) * D + D  # patch positions, "no frame"
+    return 0
+
+
+def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Total and active (per position) parameter counts of the variant, embeddings excluded from 'active'.
+    ``head_per_frame``: the depth head (codes) or the two linear heads (dmel); ``embeddings`` include
+    the video input (frame-token table, or the hMLP and its positions)."""
     D, Hx, E, k = cfg.d_model, cfg.expert_hidden, cfg.n_experts, cfg.top_k
     attn = 4 * D * D
     expert = 3 * D * Hx
     per_layer_total = attn + D * E + E * expert + 2 * D
     per_layer_active = attn + D * E + k * expert
-    Dd, K = cfg.depth_d_model, cfg.codebooks
-    depth_block = 4 * Dd * Dd + 3 * Dd * 4 * Dd + 2 * Dd
-    depth = D * Dd + cfg.depth_layers * depth_block + Dd * cfg.text_vocab + K * cfg.audio_vocab * Dd
-    depth += (K + 1) * Dd + Dd  # step embeddings, final norm
-    emb = 2 * K * (cfg.audio_vocab + 1) * D + 2 * (cfg.text_vocab + 1) * D + (cfg.frame_vocab + 1) * D
-    emb += max(1, K - 1) * (cfg.audio_vocab + 1) * Dd + (cfg.text_vocab + 1) * Dd
-    emb += (cfg.frame_tokens or 0) * D + 4 * D  # frame positions, BOS, 3 position kinds
-    if not video:
-        emb -= (cfg.frame_vocab + 1) * D + (cfg.frame_tokens or 0) * D
+    head, head_inputs = _head_sizes(cfg)
+    if cfg.audio == "codes":
+        audio_in = 2 * cfg.codebooks * ((cfg.audio_vocab or 0) + 1) * D
+    else:
+        audio_in = 2 * (cfg.dmel_channels or 0) * ((cfg.dmel_bins or 0) + 1) * D
+    emb = audio_in + 2 * ((cfg.text_vocab or 0) + 1) * D + head_inputs + _video_embedding_sizes(cfg)
+    emb += 4 * D  # BOS, 3 position kinds
     return {
-        "total": cfg.n_layers * per_layer_total + depth + emb + D,  # + final norm
+        "total": cfg.n_layers * per_layer_total + head + emb + D,  # + final norm
         "temporal_active_per_position": cfg.n_layers * per_layer_active,
-        "depth_per_frame": depth,
+        "head_per_frame": head,
         "embeddings": emb,
     }
 
 
 def train_flops_per_example(cfg: ModelConfig, layout: Layout) -> float:
-    """Training FLOPs (forward + backward ~ 3x forward) of one example: matmuls plus causal attention."""
+    """Training FLOPs (forward + backward ~ 3x forward) of one example: trunk matmuls plus causal
+    attention, and the per-frame heads (the depth head's K + 1 steps, or the dMel and text linears).
+    Not counted: embeddings and the hMLP (a few percent of the trunk at the configs we run)."""
     counts = parameter_counts(cfg)
     L = layout.length
     frames = layout.chunks * FRAMES_PER_CHUNK
     temporal = 6 * L * counts["temporal_active_per_position"] + 6 * cfg.n_layers * L * L * cfg.d_model
+    if cfg.audio == "dmel":
+        return float(temporal + 6 * frames * counts["head_per_frame"])
     steps = cfg.codebooks + 1
     Dd = cfg.depth_d_model
     depth_blocks = cfg.depth_layers * (4 * Dd * Dd + 12 * Dd * Dd)
-    depth = 6 * frames * (cfg.d_model * Dd + steps * depth_blocks + Dd * cfg.text_vocab + cfg.codebooks * cfg.audio_vocab * Dd)
+    depth = 6 * frames * (cfg.d_model * Dd + steps * depth_blocks + Dd * (cfg.text_vocab or 0)
+                          + cfg.codebooks * (cfg.audio_vocab or 0) * Dd)  # fmt: skip
     depth += 6 * frames * cfg.depth_layers * steps * steps * Dd
     return float(temporal + depth)
 
@@ -500,4 +737,5 @@ def count_parameters(model: nn.Module) -> int:
 
 def describe(cfg: ModelConfig) -> dict[str, Any]:
     c = parameter_counts(cfg)
-    return {k: int(v) for k, v in c.items()} | {"experts": cfg.n_experts, "top_k": cfg.top_k}
+    return {k: int(v) for k, v in c.items()} | {"experts": cfg.n_experts, "top_k": cfg.top_k, "audio": cfg.audio,
+                                                "video": cfg.video}  # fmt: skip

@@ -15,10 +15,8 @@ import torch.distributed as dist
 from microturn.devices import resolve_device
 from microturn.train.config import OptimConfig, TrainConfig
 from microturn.train.loader import TrainLoader
-from microturn.train.model import InteractionModel
+from microturn.train.model import InteractionModel, loss_keys
 from microturn.train.stream import BadSamples
-
-LOSS_KEYS = ("loss", "loss_text", "loss_audio", "loss_audio_cb0")
 
 
 @dataclass(frozen=True)
@@ -134,13 +132,14 @@ def evaluate(model: torch.nn.Module, loader: TrainLoader, batches: int, cfg: Tra
     """Mean per-stream losses over ``batches`` held-out batches on every rank."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(len(LOSS_KEYS), device=d.device, dtype=torch.float64)
+    keys = loss_keys(cfg.model)  # the variant's streams: loss_audio(_cb0) with codes, loss_dmel with dMel
+    sums = torch.zeros(len(keys), device=d.device, dtype=torch.float64)
     for _ in range(batches):
         batch = to_device(next(loader), d.device)
         with autocast(cfg, d.device):
             out = model(batch)
-        sums += torch.stack([out[k].detach().double() for k in LOSS_KEYS])
+        sums += torch.stack([out[k].detach().double() for k in keys])
     all_reduce(sums, d)
     model.train(was_training)
     n = batches * d.world
-    return {f"eval_{k}": float(v) / n for k, v in zip(LOSS_KEYS, sums.tolist())}
+    return {f"eval_{k}": float(v) / n for k, v in zip(keys, sums.tolist())}

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from microturn.errors import TrainDataError
-from microturn.train.corpus import iter_raw_samples, read_corpus, shards_for, split_train_eval
+from microturn.train.config import ModelConfig
+from microturn.train.corpus import TRAIN_MEMBERS, iter_raw_samples, read_corpus, shards_for, split_train_eval
 from microturn.train.examples import build_example, example_members
 from microturn.train.loader import TrainLoader
 from microturn.train.stream import Position
@@ -83,16 +84,16 @@ def test_a_dataset_listing_no_shards_is_refused(train_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("video, dropped, named", [
-    (False, "codes.npy", "codes.npy"),
-    (True, "frames.npy", "frames.npy"),
-    (False, "frames.npy", None),  # an audio-only model does not read frame tokens
+    ("none", "codes.npy", "codes.npy"),
+    ("tokens", "frames.npy", "frames.npy"),
+    ("none", "frames.npy", None),  # an audio-only model does not read frame tokens
 ])
 def test_a_corpus_without_a_member_the_model_reads_is_refused_when_opened(train_corpus, tmp_path, video, dropped,
                                                                             named):
     doc = json.loads((train_corpus / "dataset.json").read_text())
     doc["members"] = [m for m in doc["members"] if m["suffix"] != dropped]
     (tmp_path / "dataset.json").write_text(json.dumps(doc))
-    needs = example_members(video)
+    needs = example_members(ModelConfig(video=video))
     if named is None:
         assert read_corpus(str(tmp_path), needs).samples == 12
         return
@@ -116,10 +117,11 @@ def test_the_training_run_refuses_a_corpus_without_codes(tiny_cfg, train_corpus,
 
 
 def test_extra_members_do_not_stop_training_reads(train_corpus):
-    """The demo corpus holds dMel and pixels too: the trainer opens it and never reads them."""
-    corpus = read_corpus(str(train_corpus), example_members(video=True))
+    """The demo corpus holds dMel and pixels too: a codes model opens it; only the trainer's members are
+    kept from a shard (as views, decoded only when the model variant reads them)."""
+    corpus = read_corpus(str(train_corpus), example_members(ModelConfig()))
     raw = next(iter_raw_samples(corpus.shard_uris[0]))
-    assert "codes.npy" in raw and "dmel.npy" not in raw and "pixels.npy" not in raw
+    assert "codes.npy" in raw and set(raw) - {"__key__", "__url__"} <= set(TRAIN_MEMBERS)
 
 
 def test_batches_hold_the_real_samples_tokens(tiny_cfg, train_corpus):
@@ -150,7 +152,8 @@ def test_config_is_resolved_against_the_corpus(resolved):
     cfg, corpus, spec = resolved
     assert (cfg.model.audio_vocab, cfg.model.text_vocab, cfg.model.frame_vocab) == (1024, 260, 1000)
     assert cfg.model.frame_tokens == 64  # 8 x 8 frame tokens in the built corpus
-    assert cfg.fingerprints.model_dump() == corpus.fingerprints
+    assert {k: v for k, v in cfg.fingerprints.model_dump().items() if v is not None} == corpus.fingerprints
+    assert cfg.fingerprints.dmel is None and cfg.fingerprints.pixels is None  # read by other variants only
     assert spec.frames == cfg.data.window_chunks * 15
 
 

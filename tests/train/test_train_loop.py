@@ -112,7 +112,7 @@ def _positions_per_example(run: Path, window_chunks: int) -> int:
     from microturn.train.model import InteractionModel
 
     cfg = load_train_config(run / "config.yaml")
-    return InteractionModel(cfg.model, video=cfg.data.video).layout(window_chunks).length
+    return InteractionModel(cfg.model).layout(window_chunks).length
 
 
 @pytest.mark.slow

@@ -194,8 +194,8 @@ def test_padding_frames_do_not_count_in_the_loss():
 
 
 def test_model_without_video_has_no_frame_parameters_and_runs():
-    cfg = model_cfg()
-    model = InteractionModel(cfg, video=False)
+    cfg = model_cfg(video="none")
+    model = InteractionModel(cfg)
     assert not any("frame" in n for n, _ in model.named_parameters())
     out = model(random_batch(cfg), "padded")
     out["loss"].backward()

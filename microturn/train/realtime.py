@@ -1,0 +1,223 @@
+"""Streaming inference: the interaction model run 200 ms at a time with an append-only KV cache.
+
+    model, cfg = load_run("runs/cpu")
+    session = RealtimeSession(model, temperature=1.0, seed=0)
+    reply = session.turn(UserChunk(audio_XJ=dmel_MJ, text_J=text_J))   # the model's 15 frames of this chunk
+
+Each ``turn`` is one chunk of the training layout (microturn.train.model): the model's 15 frames of
+chunk c are generated one by one, each fed back as the next position, from what the cache holds (BOS
+and chunks 0..c-1); then the user's chunk c (its video positions and 15 frames) is appended. So a
+reply depends on the user only up to the previous chunk, exactly as in training: the same positions,
+the same RoPE offsets, the same logits as the full-sequence forward (tested).
+
+Audio is codes [K, J] (the codes variant; its depth head is sampled step by step: text, then codebook
+0..K-1) or dMel bins [M, J] (all channels sampled in parallel); J = 15 frames per chunk. Absent input
+uses the training absent values: bin B (dMel), code V_audio, text V_text (e.g. the user's text when
+the run trained without it, ``data.user_text: false``).
+
+Speed: a turn is 16 small trunk calls (15 single positions, then the user's block), too small to split
+across threads; run it with ``torch.set_num_threads(1)`` (measured on 2 shared CPU cores,
+configs/train_cpu.yaml's model: ~35 ms per turn, p99 ~50 ms; with 2 threads, stalls of seconds).
+
+``max_context_chunks`` bounds memory and time per turn: beyond it the oldest whole chunks are evicted
+(BOS stays). RoPE makes scores depend on position differences, so kept keys stay valid, but the model
+never saw a sequence whose start was cut away, nor one longer than its training window
+(``data.window_chunks``): past that window streaming is an approximation of what it learned.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from microturn.clock import FRAMES_PER_CHUNK
+from microturn.errors import TrainDataError
+from microturn.train.checkpoint import latest_checkpoint, load_checkpoint
+from microturn.train.config import TrainConfig, load_train_config
+from microturn.train.model import InteractionModel, KVCache
+
+J = FRAMES_PER_CHUNK
+
+
+@dataclass(frozen=True)
+class UserChunk:
+    """What the user sent in one 200 ms chunk. ``video``: the chunk's frame, pixels uint8 [Y, X, 3]
+    (``model.video: pixels``) or frame tokens [P] (``tokens``); None = no frame in this chunk."""
+
+    audio_XJ: np.ndarray  # codes [K, J] or dMel bins [M, J]
+    text_J: np.ndarray
+    video: Optional[np.ndarray] = None
+
+
+@dataclass(frozen=True)
+class ModelChunk:
+    """The model's 15 frames of one chunk and the logits they were drawn from (float32, CPU):
+    text [J, V_text], audio [J, K, V_audio] (codes) or [J, M, B] (dMel)."""
+
+    audio_XJ: np.ndarray  # codes [K, J] int64 or dMel bins [M, J] uint8
+    text_J: np.ndarray  # int64
+    text_logits_JV: Optional[torch.Tensor] = None
+    audio_logits_JXV: Optional[torch.Tensor] = None
+
+
+class RealtimeSession:
+    """One conversation's state: the KV cache of every layer, the absolute position of the next input,
+    the hidden state that predicts the model's next frame, and ``step_ms`` (wall time of each turn)."""
+
+    def __init__(self, model: InteractionModel, *, temperature: float = 1.0, seed: int = 0,
+                 max_context_chunks: Optional[int] = None):  # fmt: skip
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if max_context_chunks is not None and max_context_chunks < 1:
+            raise ValueError(f"max_context_chunks must be >= 1, got {max_context_chunks}")
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.temperature = temperature
+        self.max_context_chunks = max_context_chunks
+        self.device = model.bos_D.device
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.cache = KVCache(len(model.blocks))
+        self.position = 0  # absolute position of the next input (RoPE), evictions included
+        self.chunks_cached = 0  # whole chunk blocks (model frames, video, user frames) in the cache
+        self.block = model.layout(1).block
+        self.step_ms: list[float] = []
+        with torch.inference_mode():
+            self._h_D = self._append(model.bos_D[None, None])
+
+    def turn(self, user: UserChunk, force: Optional[ModelChunk] = None) -> ModelChunk:
+        """The model's frames of this chunk (sampled, or ``force``'s teacher-forced), then the user's
+        chunk appended to the context."""
+        t0 = time.perf_counter()
+        _check_chunk(user, "user")
+        if force is not None:
+            _check_chunk(force, "force")
+        with torch.inference_mode():
+            audio, text, text_logits, audio_logits = [], [], [], []
+            for j in range(J):
+                forced = None if force is None else (force.audio_XJ[:, j], force.text_J[j])
+                a_X, t, tl_V, al_XV = self._frame(self._h_D, forced)
+                audio.append(a_X)
+                text.append(t)
+                text_logits.append(tl_V)
+                audio_logits.append(al_XV)
+                x_11D = self.model.embed_frames(a_X[None, :, None], t.view(1, 1), "model")
+                self._h_D = self._append(x_11D)
+            self._h_D = self._append(self._user_block(user))
+            self.chunks_cached += 1
+            self._evict()
+        audio_XJ = torch.stack(audio, dim=1).cpu().numpy()
+        out = ModelChunk(
+            audio_XJ=audio_XJ.astype(np.uint8) if self.cfg.audio == "dmel" else audio_XJ,
+            text_J=torch.stack(text).cpu().numpy(),
+            text_logits_JV=torch.stack(text_logits).float().cpu(),
+            audio_logits_JXV=torch.stack(audio_logits).float().cpu(),
+        )
+        self.step_ms.append((time.perf_counter() - t0) * 1000.0)
+        return out
+
+    # -- one model frame
+
+    def _frame(self, h_D: torch.Tensor, forced: Optional[tuple[np.ndarray, int]]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(audio [X], text [], text logits [V], audio logits [X, V]) of the frame that ``h_D`` predicts."""
+        if forced is not None:
+            audio_X = torch.as_tensor(np.asarray(forced[0]), device=self.device).long()
+            text = torch.as_tensor(int(forced[1]), device=self.device)
+        if self.cfg.audio == "dmel":
+            tl_1V, dl_1MB = self.model.dmel_logits(h_D[None])
+            if forced is None:
+                text, audio_X = self._sample(tl_1V[0]), self._sample(dl_1MB[0])
+            return audio_X, text, tl_1V[0], dl_1MB[0]
+        if forced is not None:
+            tl_1V, al_1KV = self.model.depth(h_D[None], text.view(1), audio_X[None])
+            return audio_X, text, tl_1V[0], al_1KV[0]
+        return self._sample_depth(h_D)
+
+    def _sample_depth(self, h_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The depth head step by step: text, then codebook 0..K-1, each drawn from a pass that sees the
+        ones before it (its steps are causal, so the placeholders of later steps change nothing)."""
+        K = self.cfg.codebooks
+        text_1 = torch.zeros(1, dtype=torch.long, device=self.device)
+        codes_1K = torch.zeros(1, K, dtype=torch.long, device=self.device)
+        text_logits_V = self.model.depth(h_D[None], text_1, codes_1K)[0][0]
+        text_1 = self._sample(text_logits_V).view(1)
+        audio_logits = []
+        for k in range(K):
+            logits_V = self.model.depth(h_D[None], text_1, codes_1K)[1][0, k]
+            audio_logits.append(logits_V)
+            codes_1K[0, k] = self._sample(logits_V)
+        return codes_1K[0], text_1[0], text_logits_V, torch.stack(audio_logits)
+
+    def _sample(self, logits_XV: torch.Tensor) -> torch.Tensor:
+        """One draw per row of the last axis: greedy at temperature 0, else softmax(logits / T)."""
+        if self.temperature == 0:
+            return logits_XV.argmax(dim=-1)
+        probs = torch.softmax(logits_XV.float() / self.temperature, dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=self.generator).view(probs.shape[:-1])
+
+    # -- the user's chunk, the cache
+
+    def _user_block(self, user: UserChunk) -> torch.Tensor:
+        """[1, V + J, D]: the chunk's video positions, then the user's 15 frames."""
+        m, cfg = self.model, self.cfg
+        audio = torch.as_tensor(np.asarray(user.audio_XJ), device=self.device)
+        text = torch.as_tensor(np.asarray(user.text_J), device=self.device)
+        user_1JD = m.embed_frames(audio[None], text[None], "user")
+        if cfg.video == "none":
+            if user.video is not None:
+                raise ValueError("this model has no video input (model.video: none)")
+            return user_1JD
+        return torch.cat([m.embed_video(self._video_batch(user.video))[:, 0], user_1JD], dim=1)
+
+    def _video_batch(self, video: Optional[np.ndarray]) -> dict[str, torch.Tensor]:
+        cfg, dev = self.cfg, self.device
+        if cfg.video == "tokens":
+            absent_P = np.full(cfg.frame_tokens or 0, cfg.frame_vocab)
+            frame_P = absent_P if video is None else np.asarray(video).reshape(-1)
+            return {"frames": torch.as_tensor(frame_P, device=dev).long().view(1, 1, -1)}
+        size = cfg.pixel_size or 0
+        pixels = np.zeros((size, size, 3), np.uint8) if video is None else np.asarray(video, dtype=np.uint8)
+        if pixels.shape != (size, size, 3):
+            raise ValueError(f"pixels must be uint8 [{size}, {size}, 3], got {pixels.shape}")
+        return {"pixels": torch.as_tensor(pixels, device=dev).view(1, 1, size, size, 3),
+                "has_frame": torch.tensor([[video is not None]], device=dev)}  # fmt: skip
+
+    def _append(self, x_1LD: torch.Tensor) -> torch.Tensor:
+        """Run the L new positions through the trunk into the cache; the last one's hidden state [D]."""
+        h_1LD, _ = self.model.trunk(x_1LD, cache=self.cache, start=self.position)
+        self.position += x_1LD.shape[1]
+        return h_1LD[0, -1]
+
+    def _evict(self) -> None:
+        """Drop the oldest whole chunks beyond max_context_chunks (BOS, cache position 0, stays)."""
+        if self.max_context_chunks is None or self.chunks_cached <= self.max_context_chunks:
+            return
+        drop = self.chunks_cached - self.max_context_chunks
+        self.cache.evict(1, 1 + drop * self.block)
+        self.chunks_cached -= drop
+
+
+def _check_chunk(chunk: UserChunk | ModelChunk, what: str) -> None:
+    audio, text = np.shape(chunk.audio_XJ), np.shape(chunk.text_J)
+    if len(audio) != 2 or audio[1] != J or text != (J,):
+        raise ValueError(f"a {what} chunk holds {J} frames: audio [X, {J}], text [{J}]; got {audio}, {text}")
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[InteractionModel, TrainConfig]:
+    """The model of a training run: RUN_DIR/config.yaml (the resolved config) and the weights of its
+    newest checkpoint (``torch.load(weights_only=True)``), in eval mode on ``device``."""
+    run = Path(run_dir)
+    cfg = load_train_config(run / "config.yaml")
+    path = latest_checkpoint(run)
+    if path is None:
+        raise TrainDataError("no_checkpoint", f"no checkpoint under {run / 'checkpoints'}", source=str(run))
+    state = load_checkpoint(path, torch.device(device))
+    model = InteractionModel(cfg.model).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg

@@ -1,0 +1,112 @@
+"""Memory bounded by window, not by session: no stage makes whole-session copies of the waves, and the
+blockwise measures that replace them give exactly what the whole-wave ones gave (the shards must not change)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from microturn.align import quality as q
+from microturn.align.vad import SPEECH_BANDS_HZ, band_powers, frame_energy_db
+from microturn.clock import HOP
+from microturn.config import AlignConfig, DecodeConfig
+from microturn.manifest import SessionSpec
+from microturn.pipeline.align import align_session
+from microturn.pipeline.decode import decode_session
+from microturn.pipeline.tokenize import padded_waves
+from tests.media_helpers import burst, write_wav
+
+
+def _wave(seed: int, n: int, scale: float) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(np.float32)
+
+
+def _band_powers_of_a_padded_copy(wave: np.ndarray, frames: int, block: int = 2048) -> np.ndarray:
+    """band_powers as it was: windows cut from a whole-session float64 zero-padded copy."""
+    win = 2 * HOP
+    padded = np.zeros((frames + 1) * HOP + HOP, dtype=np.float64)
+    n = min(wave.shape[0], frames * HOP)
+    padded[HOP // 2 : HOP // 2 + n] = wave[:n]
+    band = np.digitize(np.fft.rfftfreq(win, 1.0 / 24000), SPEECH_BANDS_HZ) - 1
+    out = np.zeros((len(SPEECH_BANDS_HZ) - 1, frames))
+    for start in range(0, frames, block):  # numpy's FFT rounds differently for other batch sizes
+        stop = min(start + block, frames)
+        idx = np.arange(start, stop)[:, None] * HOP + np.arange(win)[None, :]
+        spec = np.abs(np.fft.rfft(padded[idx] * np.hanning(win)[None, :], axis=1)) ** 2
+        for b in range(out.shape[0]):
+            out[b, start:stop] = spec[:, band == b].sum(axis=1)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), frames=st.integers(1, 4500), extra=st.integers(-400, 400))
+def test_frame_measures_equal_those_of_a_padded_copy(seed: int, frames: int, extra: int) -> None:
+    wave = _wave(seed, max(frames * HOP + extra, 0), 0.1)
+    assert band_powers(wave, frames).tobytes() == _band_powers_of_a_padded_copy(wave, frames).tobytes()
+    padded = np.zeros(frames * HOP, dtype=np.float32)
+    padded[: min(wave.shape[0], padded.shape[0])] = wave[: padded.shape[0]]
+    power = np.mean(np.square(padded.reshape(frames, HOP), dtype=np.float64), axis=1)
+    assert frame_energy_db(wave, frames).tobytes() == (10.0 * np.log10(power + 1e-10)).astype(np.float32).tobytes()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_blockwise_quality_figures_equal_the_whole_wave_ones(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([3, 4097, (1 << 20) + 5, 3 << 20]))
+    a = _wave(seed, n, float(rng.choice([1e-3, 0.1, 2.0])))
+    mix = float(rng.uniform())
+    b = (mix * a + (1 - mix) * _wave(seed + 1, n, 0.1)).astype(np.float32) if seed % 4 else a.copy()
+    lo, hi = q.similarity_bounds(a, b)
+    assert lo <= q.channel_similarity(a, b) <= hi
+    assert q.rounded_similarity([(a, b)], 4) == round(q.channel_similarity(a, b), 4)
+    assert q.rounded_rms_db(a, 2) == round(q.rms_db(a), 2)
+    assert q.clipped_ratio(a) == float(np.mean(np.abs(a) >= q.CLIP_LEVEL))
+    for threshold in (0.5, 0.98):
+        assert q.are_duplicates(a, b, threshold)[0] == (
+            q.channel_similarity(a, b) >= threshold and abs(q.rms_db(a) - q.rms_db(b)) <= 6.0)
+
+
+def _stereo_session(tmp_path: Path, channels: list[int]) -> SessionSpec:
+    left, right = burst(16000, 3.0, [(0.5, 1.2)]), burst(16000, 3.0, [(1.6, 2.4)], freq=330)
+    wav = write_wav(tmp_path / "stereo.wav", np.stack([left, right]), 16000)
+    rows = [{"uri": str(wav), "channel": c, "speaker": "AB"[i]} for i, c in enumerate(channels)]
+    return SessionSpec.model_validate({"session_id": "s", "audio": rows})
+
+
+def _copied(streams: tuple, padded: int) -> np.ndarray:
+    out = np.zeros((len(streams), padded), dtype=np.float32)
+    for i, s in enumerate(streams):
+        out[i, : s.wave_24k.shape[0]] = s.wave_24k
+    return out
+
+
+def test_streams_of_one_file_share_its_buffer_and_tokenize_reads_it_in_place(tmp_path: Path) -> None:
+    media = decode_session(_stereo_session(tmp_path, [0, 1]), DecodeConfig())
+    a, b = media.streams
+    assert a.wave_24k.base is not None and a.wave_24k.base is b.wave_24k.base  # no per-stream copies
+    waves = padded_waves(media)
+    assert np.shares_memory(waves, a.wave_24k)  # no session-sized copy for tokenization
+    assert waves.tobytes() == _copied(media.streams, waves.shape[1]).tobytes()
+
+
+def test_a_file_with_an_unused_channel_is_copied_not_kept_whole(tmp_path: Path) -> None:
+    media = decode_session(_stereo_session(tmp_path, [1]), DecodeConfig())
+    (stream,) = media.streams
+    assert stream.wave_24k.base is None  # a view would keep channel 0 alive
+    waves = padded_waves(media)
+    assert not np.shares_memory(waves, stream.wave_24k)
+    assert waves.tobytes() == _copied(media.streams, waves.shape[1]).tobytes()
+
+
+def test_align_drops_the_16k_waves_only_when_asked(tmp_path: Path) -> None:
+    spec = _stereo_session(tmp_path, [0, 1])
+    cfg = AlignConfig(vad="energy")
+    kept, timeline = align_session(decode_session(spec, DecodeConfig()), spec, cfg)
+    released, same = align_session(decode_session(spec, DecodeConfig()), spec, cfg, release_16k=True)
+    assert all(s.wave_16k is not None for s in kept.streams)
+    assert all(s.wave_16k is None for s in released.streams)
+    assert same.activity.tobytes() == timeline.activity.tobytes() and same.quality == timeline.quality
