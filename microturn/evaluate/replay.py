@@ -123,9 +123,9 @@ def model_side(track: ModelTrack, dmel: Any, tok: Any, user_wave: np.ndarray, sp
     """(the model's side, its decoded wave float32 [F * hop]). Activity as the build finds it on
     one-speaker-per-microphone sessions: our energy VAD on each channel, then cross-talk attribution
     (``align.crosstalk.attribute_activity``) between the user's audio and the model's, since a model
-    trained on such channels also reproduces the partner's bleed in its own. On the recorded pairs of
-    the synthetic held-out corpus this recipe, applied to both humans' decoded dMel, agrees with the
-    corpus' activity on 99.4-99.6% of frames. Words come from the model's text stream."""
+    trained on such channels also reproduces the partner's bleed in its own. Applied to the two
+    speakers' decoded dMel of a held-out synthetic session, this recipe agreed with the corpus'
+    activity on 99.4% and 99.6% of their frames. Words come from the model's text stream."""
     from microturn.align.crosstalk import attribute_activity
 
     wave = dmel.decode(np.ascontiguousarray(track.dmel_MF[None]))[0]
