@@ -14,7 +14,8 @@ part that fails, hangs or runs out of memory is reported as ``{"error": "..."}``
   ``bytes_equal``: whether the two give the same tokens.
 - ``decode``: frames per second decoding a synthetic 640x360 30 fps H.264 video of ``--video-s``
   seconds with PyAV in software (FFmpeg threads) and with PyAV's CUDA hardware decoding (NVDEC, PyAV
-  >= 14), or ``"hw_decode": "unavailable: <why>"``.
+  >= 14), or ``"hw_decode": "unavailable: <why>"``; ``pipeline_probe``: the device the build's
+  ``decode.hwaccel: auto`` would pick (``media.container.hw_device_type``), null for software.
 - ``train_grouped``, ``train_padded``, ``train_loop``: tokens/s and MFU of ``train_small`` in bf16 for
   each expert dispatch (``benchmarks/train.py``'s ``run``; eager, not compiled, to fit the time).
 - ``streaming``: wall time of one streaming micro-turn (``microturn.train.realtime``: the model's 15
@@ -208,7 +209,10 @@ def hw_decode(path: Path) -> dict[str, Any] | str:
 def part_decode(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     import av
 
-    out: dict[str, Any] = {"pyav": av.__version__, "video": f"640x360 H.264 30 fps, {args.video_s:g} s"}
+    from microturn.media.container import hw_device_type
+
+    out: dict[str, Any] = {"pyav": av.__version__, "video": f"640x360 H.264 30 fps, {args.video_s:g} s",
+                           "pipeline_probe": hw_device_type()}  # what decode.hwaccel: auto would use here
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gpu_check.mp4"
         out["frames"] = write_test_video(path, args.video_s)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from microturn.clock import GRID
-from microturn.evaluate.replay import ModelTrack, UserTrack, model_side, replay, step_summary, trained_sessions
+from microturn.evaluate.replay import ModelTrack, UserTrack, open_replayer, step_summary
 from microturn.evaluate.timeline import Side
 from microturn.report import UserError
 from microturn.report.sample import SampleView
@@ -39,28 +39,18 @@ def converse(run_dir: str | Path, data: str, key: str, out_dir: str | Path, *, u
     """Replay stream ``user_stream`` of sample ``key`` of corpus ``data`` into the run's model, which
     plays the other stream's role; write ``out_dir/KEY.wav`` and ``out_dir/KEY.png``."""
     from microturn.report.corpus import find_sample, open_target
-    from microturn.report.render import load_codecs, write_wav
-    from microturn.train.realtime import RealtimeSession, load_run
+    from microturn.report.render import write_wav
 
-    import torch
-
-    torch.set_num_threads(threads)  # one micro-turn is many small matmuls: more threads only contend
-    model, cfg = load_run(run_dir)
-    seen = trained_sessions(run_dir)
     target = open_target(data)
+    r = open_replayer(run_dir, target.dataset_uri, temperature=temperature, seed=seed, threads=threads)
     view = find_sample(target, key)
-    check_replayable(view, cfg, user_stream)
-    if view.session_id in seen:
+    check_replayable(view, user_stream)
+    if view.session_id in r.trained_on:
         raise UserError(f"session {view.session_id} (sample {key}) was in the run's training data: converse on a "
                         "held-out sample")  # fmt: skip
-    toks = load_codecs(target.dataset_uri)
-    dmel, tok = toks.get_or_build("dmel"), toks.get_or_build("text").tokenizer
     user = UserTrack(view.dmel[user_stream, :, : view.valid_frames], view.text[user_stream, : view.valid_frames])
-    session = RealtimeSession(model, temperature=temperature, seed=seed, max_context_chunks=cfg.data.window_chunks)
-    track = replay(session, user, text_pad=tok.pad_id,
-                   text_absent=None if cfg.data.user_text else cfg.model.text_vocab)  # fmt: skip
-    user_wave = dmel.decode(np.ascontiguousarray(user.dmel_MF[None]))[0]
-    side, model_wave = model_side(track, dmel, tok, user_wave)
+    user_wave = r.dmel.decode(np.ascontiguousarray(user.dmel_MF[None]))[0]
+    track, side, model_wave = r.answer(user, user_wave)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wav, png = out / f"{view.key}.wav", out / f"{view.key}.png"
@@ -69,13 +59,10 @@ def converse(run_dir: str | Path, data: str, key: str, out_dir: str | Path, *, u
     return ConverseResult(view.key, wav, png, user.chunks, track.step_ms)
 
 
-def check_replayable(view: SampleView, cfg: Any, user_stream: int) -> None:
+def check_replayable(view: SampleView, user_stream: int) -> None:
     """A sample the dMel model can converse on: dMel and text members, two streams, a valid user stream."""
     from microturn.errors import TrainDataError
 
-    if cfg.model.audio != "dmel":
-        raise TrainDataError("not_dmel", "converse decodes the model's audio from dMel: the run must be a "
-                                         "model.audio: dmel run", source=view.key)  # fmt: skip
     if view.dmel is None or view.text is None:
         raise TrainDataError("missing_member", "the sample holds no dmel.npy or text.npy (build with "
                                                "tokenizers.representations including dmel and text)", source=view.key)

@@ -92,6 +92,52 @@ def trained_sessions(run_dir: str | Path) -> set[str]:
     return {str(s) for s in split.get("train_sessions", [])}
 
 
+@dataclass(frozen=True)
+class Replayer:
+    """A trained dMel run ready to stand in for a recorded speaker: its model and config, the sessions it
+    trained on (refused), and the corpus' dMel and text tokenizers to hear it back with."""
+
+    model: Any
+    cfg: Any  # TrainConfig
+    trained_on: frozenset[str]
+    dmel: Any
+    tok: Any
+    temperature: float = 1.0
+    seed: int = 0
+
+    def answer(self, user: UserTrack, user_wave: np.ndarray) -> tuple[ModelTrack, Side, np.ndarray]:
+        """A fresh conversation: the model's track replayed against ``user``, its side as heard (next to
+        ``user_wave``, the user's decoded audio) and its decoded wave."""
+        from microturn.train.realtime import RealtimeSession
+
+        session = RealtimeSession(self.model, temperature=self.temperature, seed=self.seed,
+                                  max_context_chunks=self.cfg.data.window_chunks)  # fmt: skip
+        track = replay(session, user, text_pad=self.tok.pad_id,
+                       text_absent=None if self.cfg.data.user_text else self.cfg.model.text_vocab)  # fmt: skip
+        side, wave = model_side(track, self.dmel, self.tok, user_wave)
+        return track, side, wave
+
+
+def open_replayer(run_dir: str | Path, dataset_uri: Optional[str], *, temperature: float = 1.0, seed: int = 0,
+                  threads: int = 1) -> Replayer:  # fmt: skip
+    """Load a run for replay (``eval --run``, ``converse``): a dMel run with its split record, and the
+    tokenizers of the corpus at ``dataset_uri``."""
+    import torch
+
+    from microturn.report.render import load_codecs
+    from microturn.train.realtime import load_run
+
+    torch.set_num_threads(threads)  # one micro-turn is many small matmuls: more threads only contend
+    model, cfg = load_run(run_dir)
+    if cfg.model.audio != "dmel":
+        raise UserError(f"{run_dir} is a model.audio: {cfg.model.audio} run: replay hears the model through its "
+                        "decoded dMel, so it needs a model.audio: dmel run")  # fmt: skip
+    trained_on = frozenset(trained_sessions(run_dir))
+    toks = load_codecs(dataset_uri)
+    return Replayer(model, cfg, trained_on, toks.get_or_build("dmel"), toks.get_or_build("text").tokenizer,
+                    temperature, seed)  # fmt: skip
+
+
 # ---------------------------------------------------------------- hearing the model back
 
 

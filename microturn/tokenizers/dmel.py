@@ -72,6 +72,13 @@ def mel_filters(cfg: DMelConfig) -> np.ndarray:
     return fb
 
 
+def dmel_member(time_axis: str = "F") -> MemberSpec:
+    """The ``dmel.npy`` member: bins per speaker stream on the codec frame grid (F, the default hop) or
+    on a time axis of its own (T, another hop)."""
+    return MemberSpec("dmel.npy", "npy", "uint8", ("S", "M", time_axis), "dMel: log-mel bins per speaker stream",
+                      order=15, tokenizer="dmel")
+
+
 class DMelTokenizer:
     """The ``dmel`` representation: ``dmel.npy`` uint8 [S, M, F], F = padded samples // hop.
 
@@ -91,8 +98,7 @@ class DMelTokenizer:
         self.device = resolve_device(cfg.device, "tokenize")
         # on the codec frame grid (F) at the default hop; at another hop on a time axis of its own (T)
         time_axis = "F" if self.hop == GRID.hop else "T"
-        self.members = (MemberSpec("dmel.npy", "npy", "uint8", ("S", "M", time_axis),
-                                   "dMel: log-mel bins per speaker stream", order=15, tokenizer="dmel"),)
+        self.members = (dmel_member(time_axis),)
         self.fill = {"dmel.npy": 0}  # bin 0 is silence
         self.filters = mel_filters(cfg)
         # the rfft bins any channel reaches (342 of 513 at the defaults): the rest are never summed

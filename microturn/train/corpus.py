@@ -25,8 +25,9 @@ import webdataset as wds
 
 from microturn import storage
 from microturn.errors import FormatError, TrainDataError
-from microturn.format import (DEFAULT_REPRESENTATION_MEMBERS, SHARDS_DIR, MemberSpec, decode_npy, iter_sample_views,
+from microturn.format import (DEFAULT_REPRESENTATION_MEMBERS, SHARDS_DIR, decode_npy, iter_sample_views,
                               member_table, member_table_of_dataset, read_dataset_json)
+from microturn.tokenizers.dmel import dmel_member
 from microturn.tokenizers.pixels import PixelsRepresentation
 from microturn.train.config import TrainConfig
 
@@ -38,8 +39,7 @@ log = logging.getLogger(__name__)
 # frames. Samples are decoded against this table; nothing outside it is kept from a shard.
 TRAIN_MEMBERS = member_table((
     *DEFAULT_REPRESENTATION_MEMBERS,
-    MemberSpec("dmel.npy", "npy", "uint8", ("S", "M", "F"), "dMel: log-mel bins per speaker stream", order=15,
-               tokenizer="dmel"),
+    dmel_member("F"),
     *PixelsRepresentation.members,
 ))  # fmt: skip
 
