@@ -5,7 +5,7 @@ to 24 kHz) and of the video at 5 fps, one stock ``model.encode`` per audio strea
 default settings), and webdataset's ``ShardWriter`` for the samples. Ours also runs VAD, cross-talk
 suppression, the frame codec, event labelling, checksums and atomic commits.
 
-    .venv/bin/python benchmarks/pipeline.py [--input MANIFEST] [--sessions 6] [--duration 30]
+    .venv/bin/python benchmarks/pipeline.py [--input MANIFEST] [--sessions 10] [--duration 30] [--config YAML]
 
 Last line: JSON with media-seconds per wall-second for each run, the 1->2 CPU scaling, peak memory of the
 job (driver + Ray workers, sampled) and ``ratio`` = ours on 2 CPUs over the naive script.
@@ -137,11 +137,11 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def ours(manifest: Path, out: Path, cpus: int) -> tuple[float, float, float]:
+def ours(manifest: Path, out: Path, cpus: int, config: Path) -> tuple[float, float, float]:
     from microturn.config import load_config
     from microturn.jobs.build import run_build
 
-    cfg = load_config(REPO / "configs" / "demo.yaml", [f"job.num_cpus={cpus}"])
+    cfg = load_config(config, [f"job.num_cpus={cpus}"])
     shutil.rmtree(out, ignore_errors=True)
     with PeakMemory() as mem:
         t0 = time.perf_counter()
@@ -155,6 +155,8 @@ def main() -> None:
     ap.add_argument("--input", type=Path, help="session manifest (default: generated)")
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml",
+                    help="our build's config (configs/dmel.yaml: dMel + text, no EnCodec)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mt-bench-pipeline-"))
@@ -166,7 +168,7 @@ def main() -> None:
 
     results = {}
     for cpus in (1, 2):
-        media_s, wall, peak = ours(manifest, tmp / f"ours{cpus}", cpus)
+        media_s, wall, peak = ours(manifest, tmp / f"ours{cpus}", cpus, args.config)
         results[f"ours_{cpus}cpu"] = {"media_s": round(media_s, 2), "wall_s": round(wall, 2),
                                       "media_s_per_s": round(media_s / wall, 3), "peak_rss_mb": round(peak, 1)}
         print(f"ours, {cpus} CPU(s): {media_s:.1f} media-s in {wall:.1f} s = {media_s / wall:.2f}x realtime, peak {peak:.0f} MB", flush=True)
@@ -184,7 +186,7 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     scaling = results["ours_2cpu"]["media_s_per_s"] / results["ours_1cpu"]["media_s_per_s"]
     ratio = results["ours_2cpu"]["media_s_per_s"] / results["naive_2threads"]["media_s_per_s"]
-    print(json.dumps({"benchmark": "pipeline", **results, "scaling_1_to_2_cpus": round(scaling, 3),
+    print(json.dumps({"benchmark": "pipeline", "config": args.config.name, **results, "scaling_1_to_2_cpus": round(scaling, 3),
                       "baseline": "naive single-process script (PyAV + stock EnCodec encode + wds.ShardWriter)",
                       "ratio": round(ratio, 3)}))
 

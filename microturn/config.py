@@ -46,6 +46,11 @@ class DecodeConfig(Section):
         8192 * 8192, gt=0, description="largest video frame (width x height) accepted; larger is rejected at probe"
     )
     window_s: float = Field(60.0, gt=0, description="decode long inputs in windows of this length")
+    spill: bool = Field(
+        True, description="keep the session's waves in a temporary file, read a window at a time, instead of in "
+        "memory: a worker's memory stays flat in session length (microturn/media/spill.py)")
+    spill_dir: Optional[Path] = Field(
+        None, description="folder of the spill files (default: the system's temporary folder; a disk, not tmpfs)")
     threads: int = Field(0, ge=0, description="decoder threads per stream (0 = FFmpeg's choice)")
     hwaccel: Literal["auto", "off"] = Field(
         "off", description="auto: decode video on a hardware decoder (CUDA, VAAPI, VideoToolbox) when FFmpeg and a "
@@ -103,7 +108,9 @@ class AudioCodecConfig(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
-    batch_windows: int = Field(8, gt=0)
+    batch_windows: int = Field(
+        2, gt=0, description="windows per forward pass (the same codes for any value): 2 keeps a CPU worker's "
+        "activations near 0.1 GB at full speed (8: 0.4 GB, no faster on a CPU); raise it on a GPU")
     window_s: float = Field(10.0, gt=0, description="audio is encoded in windows of this length")
     context_s: float = Field(
         1.0, ge=0, description="audio before each window fed to the causal codec and then dropped"
@@ -296,6 +303,9 @@ class JobConfig(Section):
         0, ge=0, description="tokenizer actors; 0 = one per GPU on a GPU cluster, else tokenize inside session tasks"
     )
     gpus_per_tokenizer: float = Field(0.0, ge=0, description="GPUs per tokenizer actor (0 = 1 when the cluster has GPUs)")
+    tokenizer_batch_sessions: int = Field(
+        4, gt=0, description="sessions a tokenizer actor gathers into one call of its models (their windows share "
+        "EnCodec batches; the tokens do not depend on it)")
 
     @model_validator(mode="before")
     @classmethod

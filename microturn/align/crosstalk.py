@@ -33,10 +33,11 @@ talker stops. The numbers that chose this are in docs/crosstalk.md (benchmarks/c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-from microturn.align.vad import band_powers, binarize, clean_runs, frame_energy_db, smooth
+from microturn.align.vad import SPEECH_BANDS_HZ, band_powers, binarize, clean_runs, frame_energy_db, smooth
 from microturn.clock import CODEC_RATE, HOP
 
 SMOOTH_FRAMES = 15  # old rule: 200 ms; compare syllable-scale loudness, not single frames
@@ -58,16 +59,19 @@ class AttributionParams:
 
 
 def _smooth_rows(x: np.ndarray, frames: int) -> np.ndarray:
+    """Each row's centred moving average, in place (these rows are session-long: no second copy)."""
     if frames <= 1:
         return x
     kernel = np.ones(frames) / frames
-    return np.stack([np.convolve(row, kernel, mode="same") for row in x])
+    for r in range(x.shape[0]):
+        x[r] = np.convolve(x[r], kernel, mode="same")
+    return x
 
 
-def reverb_envelope(power: np.ndarray, decay_db_per_s: float) -> np.ndarray:
+def reverb_envelope(power: np.ndarray, decay_db_per_s: float, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Peak hold along time (last axis) that decays by ``decay_db_per_s``: E[t] = max(P[t], a E[t-1])."""
     a = 10 ** (-decay_db_per_s * HOP / CODEC_RATE / 10)  # per frame (75 frames/s)
-    out = np.empty_like(power)
+    out = np.empty_like(power) if out is None else out
     prev = np.zeros(power.shape[:-1])
     for t in range(power.shape[-1]):  # sequential by nature; 75 steps per second of audio
         prev = np.maximum(power[..., t], a * prev)
@@ -132,8 +136,12 @@ def bleed_gains(power: np.ndarray, env: np.ndarray, p: AttributionParams) -> np.
 
 def own_to_bleed_db(waves_24k: list[np.ndarray], num_frames: int, p: AttributionParams) -> np.ndarray:
     """float [streams, frames]: dB of each microphone's power the bleed model cannot explain (see module doc)."""
-    power = np.stack([_smooth_rows(band_powers(w, num_frames), p.smooth_frames) for w in waves_24k])
-    env = np.stack([reverb_envelope(pw, p.decay_db_per_s) for pw in power])
+    # filled stream by stream: [streams, bands, frames] float64 is 0.16 GB per stream-hour, so no stacked copies
+    power = np.empty((len(waves_24k), len(SPEECH_BANDS_HZ) - 1, num_frames))
+    env = np.empty_like(power)
+    for k, w in enumerate(waves_24k):
+        power[k] = _smooth_rows(band_powers(w, num_frames), p.smooth_frames)
+        reverb_envelope(power[k], p.decay_db_per_s, out=env[k])
     gains = bleed_gains(power, env, p)
     out = np.zeros((len(waves_24k), num_frames))
     for i in range(len(waves_24k)):

@@ -5,12 +5,13 @@ Everything returned is plain JSON (floats, ints, None) because it travels into m
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from microturn.align.vad import frame_energy_db
 from microturn.clock import CODEC_RATE, GRID
+from microturn.media import spill
 from microturn.records import StageError
 
 CLIP_LEVEL = 0.999  # |x| at or above this counts as clipped (float audio, full scale 1.0)
@@ -19,8 +20,8 @@ CLIP_LEVEL = 0.999  # |x| at or above this counts as clipped (float audio, full 
 def channel_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """|Pearson correlation| of two waveforms (0 when either is silent)."""
     n = min(a.shape[0], b.shape[0])
-    x = a[:n].astype(np.float64) - float(np.mean(a[:n]))
-    y = b[:n].astype(np.float64) - float(np.mean(b[:n]))
+    x = a[:n].astype(np.float64) - _mean(a[:n])
+    y = b[:n].astype(np.float64) - _mean(b[:n])
     den = float(np.sqrt(np.dot(x, x) * np.dot(y, y)))
     return abs(float(np.dot(x, y)) / den) if den > 0 else 0.0
 
@@ -41,18 +42,33 @@ def _margin(n: int, terms: float) -> float:
     return terms * n * 2.0**-53 + 1e-12
 
 
+def _blocks(x: np.ndarray, n: Optional[int] = None) -> Iterator[np.ndarray]:
+    """``x[:n]`` a block at a time; a spilled wave's pages go back once each block is used."""
+    n = x.shape[0] if n is None else n
+    for start in range(0, n, _BLOCK):
+        block = x[start : min(start + _BLOCK, n)]
+        yield block
+        spill.release(block)
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean in float64, block by block (the same value whatever the wave's storage)."""
+    return sum(float(np.sum(b, dtype=np.float64)) for b in _blocks(x)) / x.shape[0] if x.size else 0.0
+
+
 def similarity_bounds(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """[lo, hi] holding ``channel_similarity(a, b)``, without whole-wave copies."""
     n = min(a.shape[0], b.shape[0])
-    ma, mb = float(np.mean(a[:n])), float(np.mean(b[:n]))
+    ma, mb = _mean(a[:n]), _mean(b[:n])
     sxx = syy = sxy = 0.0
-    for start in range(0, n, _BLOCK):
-        x = a[start : min(start + _BLOCK, n)].astype(np.float64)
-        y = b[start : min(start + _BLOCK, n)].astype(np.float64)
+    for xa, yb in zip(_blocks(a, n), _blocks(b, n)):
+        x, y = xa.astype(np.float64), yb.astype(np.float64)
         x -= ma  # the same float64 values as channel_similarity's
         y -= mb
         sxx, syy, sxy = sxx + float(np.dot(x, x)), syy + float(np.dot(y, y)), sxy + float(np.dot(x, y))
     den = float(np.sqrt(sxx * syy))
+    if den == 0.0:  # a constant wave: channel_similarity's zero too, without its whole-wave copies
+        return 0.0, 0.0
     if den < 1e-100:  # (near) silence: channel_similarity's own zero test decides
         sim = channel_similarity(a, b)
         return sim, sim
@@ -73,7 +89,7 @@ def rounded_rms_db(x: np.ndarray, digits: int) -> float:
     """``round(rms_db(x), digits)``, without a whole-wave float64 copy."""
     if not x.size:
         return round(rms_db(x), digits)
-    total = sum(float(np.sum(np.square(x[i : i + _BLOCK], dtype=np.float64))) for i in range(0, x.shape[0], _BLOCK))
+    total = sum(float(np.sum(np.square(b, dtype=np.float64))) for b in _blocks(x))
     power, slack = total / x.shape[0], _margin(x.shape[0], 4.0 * total / x.shape[0])
     lo = float(10 * np.log10(max(power - slack, 0.0) + 1e-12))
     hi = float(10 * np.log10(power + slack + 1e-12))
@@ -84,7 +100,7 @@ def rounded_rms_db(x: np.ndarray, digits: int) -> float:
 
 def clipped_ratio(x: np.ndarray) -> float:
     """``np.mean(np.abs(x) >= CLIP_LEVEL)`` (a count over the length: exact), block by block."""
-    count = sum(int(np.count_nonzero(np.abs(x[i : i + _BLOCK]) >= CLIP_LEVEL)) for i in range(0, x.shape[0], _BLOCK))
+    count = sum(int(np.count_nonzero(np.abs(b) >= CLIP_LEVEL)) for b in _blocks(x))
     return float(np.float64(count) / np.float64(x.shape[0]))
 
 

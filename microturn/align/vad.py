@@ -1,8 +1,9 @@
 """Speech activity on the codec frame grid (75 frames/s).
 
 Two detectors share one post-processing step (hysteresis + minimum speech / silence lengths):
-- ``pyannote``: the segmentation model bundled in the whisperX wheel, run offline on in-memory
-  16 kHz waveforms (speech probability = max over its speaker outputs, as pyannote's VAD pipeline).
+- ``pyannote``: the segmentation model bundled in the whisperX wheel (pyannote's network, run by
+  ``segmentation.py`` from its weights), on 16 kHz pieces of the session (speech probability = max over
+  its speaker outputs, as pyannote's VAD pipeline).
 - ``energy``: frame RMS against a per-stream adaptive threshold; the fallback when the model cannot
   load, and the signal the cross-talk rule compares.
 
@@ -12,16 +13,15 @@ the model half-believes: a low peak probability and a level that does not move w
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import warnings
+import math
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from microturn.clock import ASR_RATE, CODEC_RATE, GRID, HOP
+from microturn.media import spill
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def _span(wave: np.ndarray, start: int, stop: int, dtype: type = np.float32) -> 
     lo, hi = max(start, 0), min(stop, wave.shape[0])
     if hi > lo:
         out[lo - start : hi - start] = wave[lo:hi]
+        spill.release(wave[lo:hi])  # a spilled session's pages go back once copied
     return out
 
 
@@ -130,70 +131,52 @@ def energy_gate(wave_24k: np.ndarray, num_frames: int, above_floor_db: float = 8
     return db > max(float(np.percentile(real, 10)) + above_floor_db, -70.0)
 
 
-@functools.lru_cache(maxsize=2)
-def _pyannote_inference(model_path: str, device: str) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchcodec complains about missing system FFmpeg: unused
-        import torch
-        from pyannote.audio import Model
-        from pyannote.audio.core.inference import Inference
-
-        # The bundled checkpoint predates this Lightning: it is upgraded in memory on every load, and
-        # Lightning says so at INFO in every worker. Nothing for the user to do, so keep that line out.
-        logging.getLogger("lightning.pytorch.utilities.migration.utils").setLevel(logging.WARNING)
-        model = Model.from_pretrained(model_path)
-        if model is None:
-            raise VadUnavailable(f"pyannote could not load {model_path}")
-        model.eval()
-        duration = float(model.specifications.duration)
-        # speech = max over the model's speaker outputs, aggregated over overlapping windows
-        return Inference(
-            model,
-            duration=duration,
-            step=duration / 5,
-            pre_aggregation_hook=lambda scores: np.max(scores, axis=-1, keepdims=True),
-            batch_size=8,
-            device=torch.device(device),
-        )
-
-
 def bundled_vad_path() -> Path:
-    import importlib.util
+    """The segmentation checkpoint bundled in the whisperX wheel (whisperX's own VAD reads it too)."""
+    from microturn.align.segmentation import SegmentationUnavailable, bundled_checkpoint
 
-    spec = importlib.util.find_spec("whisperx")
-    if spec is None or spec.origin is None:
-        raise VadUnavailable("whisperx is not installed")
-    return Path(spec.origin).parent / "assets" / "pytorch_model.bin"
+    try:
+        return bundled_checkpoint()
+    except SegmentationUnavailable as exc:
+        raise VadUnavailable(str(exc)) from exc
 
 
 def load_pyannote(device: str = "cpu", model_path: Optional[Path] = None) -> Any:
-    """The cached pyannote inference object; raises ``VadUnavailable`` with the reason."""
+    """The cached ``Segmenter`` of the bundled pyannote model; raises ``VadUnavailable`` with the reason."""
+    from microturn.align.segmentation import SegmentationUnavailable, load_segmenter
+
     path = Path(model_path) if model_path else bundled_vad_path()
-    if not path.is_file():
-        raise VadUnavailable(f"pyannote VAD model not found at {path}")
     try:
-        return _pyannote_inference(str(path), device)
-    except VadUnavailable:
-        raise
-    except Exception as exc:  # version skew inside pyannote/lightning: fall back, loudly
-        raise VadUnavailable(f"cannot load pyannote VAD from {path}: {type(exc).__name__}: {exc}") from exc
+        return load_segmenter(str(path), device)
+    except SegmentationUnavailable as exc:
+        raise VadUnavailable(str(exc)) from exc
 
 
-def pyannote_probability(inference: Any, wave_16k: np.ndarray, num_frames: int) -> np.ndarray:
+# The model runs on pieces of about this many seconds plus context either side, so a long session's 16 kHz
+# wave is never copied whole. Pieces start on a grid that both its window step (1 s) and its output frame
+# step (270 samples) tile (27 s): every window and frame sits where one pass over the session puts it, and a
+# kept frame sums the same windows (the context covers a window's length; what saw a cut is dropped).
+VAD_PIECE_S = 270
+
+
+def pyannote_probability(segmenter: Any, wave_16k: np.ndarray, num_frames: int) -> np.ndarray:
     """Speech probability per codec frame from the pyannote model (interpolated at frame centres)."""
-    import torch
-
     if wave_16k.shape[0] < ASR_RATE // 10:
         return np.zeros(num_frames, dtype=np.float32)
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = inference({"waveform": torch.from_numpy(np.ascontiguousarray(wave_16k))[None], "sample_rate": ASR_RATE})
-    scores = np.asarray(out.data, dtype=np.float32).reshape(-1)
-    window = out.sliding_window
-    times = window.start + window.step * np.arange(scores.shape[0]) + window.duration / 2
+    grid = math.lcm(segmenter.step_s * ASR_RATE, segmenter.frame_step_samples)
+    piece = max(1, round(VAD_PIECE_S * ASR_RATE / grid)) * grid
+    context = -(-segmenter.window_s * ASR_RATE // grid) * grid
+    times, scores = [], []
+    for start in range(0, wave_16k.shape[0], piece):
+        lo, hi = max(0, start - context), min(wave_16k.shape[0], start + piece + context)
+        out = segmenter(_span(wave_16k, lo, hi))
+        t = out.times_s + lo / ASR_RATE
+        last = start + piece >= wave_16k.shape[0]
+        keep = (t >= start / ASR_RATE) & ((t < (start + piece) / ASR_RATE) | last)
+        times.append(t[keep])
+        scores.append(out.scores[keep])
     centres = (np.arange(num_frames) + 0.5) * (HOP / CODEC_RATE)
-    return np.interp(centres, times, scores, left=0.0, right=0.0).astype(np.float32)
+    return np.interp(centres, np.concatenate(times), np.concatenate(scores), left=0.0, right=0.0).astype(np.float32)
 
 
 def binarize(

@@ -1,14 +1,18 @@
 """Tokenizer actors: the codecs loaded once per actor, on a GPU when the cluster has them.
 
 Session tasks (CPU) decode and align, then hand a ``TokenizeInput`` (waves, frames, words: the only
-time raw waves cross a process boundary) to one of these actors and wait for the ``Tokens``. Which actor serves a session is a pure function of its id, so the routing is
-reproducible; the tokens do not depend on it (every actor holds the same models).
+time raw waves cross a process boundary) to one of these actors and wait for the ``Tokens``. A session goes to the least loaded actor (ties by a
+hash of its id); the tokens do not depend on it (every actor holds the same models), nor on the other
+sessions an actor gathers into the same call of its models.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import sys
+import threading
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from microturn.config import BuildConfig
@@ -17,10 +21,27 @@ from microturn.records import TokenizeInput, Tokens
 log = logging.getLogger("microturn.tokenizer_pool")
 
 
-class TokenizerActor:
-    """Holds one ``TokenizerSet``; Ray runs it as an actor (``ray.remote(TokenizerActor)``)."""
+@dataclass
+class _Call:
+    """One session waiting in an actor for its tokens."""
 
-    def __init__(self, tokenizer_cfg_json: str, torch_threads: int = 1) -> None:
+    inp: TokenizeInput
+    done: bool = False
+    tokens: Optional[Tokens] = None
+    error: Optional[BaseException] = None
+
+
+class TokenizerActor:
+    """Holds one ``TokenizerSet``; Ray runs it as a threaded actor (``ray.remote(TokenizerActor)`` with
+    ``max_concurrency``).
+
+    Concurrent calls are gathered: while one thread runs the models, the sessions that arrive queue up,
+    and the next thread free takes up to ``batch_sessions`` of them into one call of every
+    representation (``tokenize_sessions``: EnCodec fills its batches with windows of all of them, so a
+    GPU sees full batches however short each session is). A session's tokens do not depend on the
+    others it came with (``AudioTokenizer.encode_many``)."""
+
+    def __init__(self, tokenizer_cfg_json: str, torch_threads: int = 1, batch_sessions: int = 1) -> None:
         import torch
 
         from microturn.config import TokenizerConfig
@@ -31,12 +52,71 @@ class TokenizerActor:
             torch.set_num_threads(torch_threads)
         cfg = TokenizerConfig.model_validate_json(tokenizer_cfg_json)
         self._local = LocalTokenizer(load_tokenizers(cfg))
+        self._batch_sessions = max(1, batch_sessions)
+        self._queue: list[_Call] = []
+        self._running = 0  # sessions inside the models now
+        self._busy = False
+        self._cv = threading.Condition()
+        self.calls: list[int] = []  # sessions per call of the models, in order (what batching achieved)
 
     def tokenize(self, inp: TokenizeInput) -> Tokens:
-        return self._local.tokenize(inp)
+        call = _Call(inp)
+        with self._cv:
+            self._queue.append(call)
+        while True:
+            with self._cv:
+                while not call.done and self._busy:
+                    self._cv.wait()
+                if call.done:
+                    if call.error is not None:
+                        raise call.error
+                    assert call.tokens is not None
+                    return call.tokens
+                self._busy = True
+                taken, self._queue = self._queue[: self._batch_sessions], self._queue[self._batch_sessions :]
+                self._running = len(taken)
+            try:
+                self._run(taken)
+            finally:
+                with self._cv:
+                    self._busy, self._running = False, 0
+                    self._cv.notify_all()
+
+    def _run(self, taken: list[_Call]) -> None:
+        """Tokens for ``taken`` in one call; if that fails, one call per session (so that a bad session's
+        error is its own, not its batch-mates')."""
+        from microturn.pipeline.tokenize import tokenize_sessions
+
+        try:
+            results = tokenize_sessions([c.inp for c in taken], self._local.toks)
+            self.calls.append(len(taken))
+            for c, tokens in zip(taken, results):
+                c.tokens, c.done = tokens, True
+            return
+        except Exception:
+            if len(taken) == 1:
+                taken[0].error, taken[0].done = sys.exc_info()[1], True
+                return
+        for c in taken:
+            try:
+                c.tokens = tokenize_sessions([c.inp], self._local.toks)[0]
+                self.calls.append(1)
+            except Exception as exc:
+                c.error = exc
+            c.done = True
+
+    def load(self) -> int:
+        """Sessions queued or being tokenized here (the router sends a session to the least loaded)."""
+        with self._cv:
+            return len(self._queue) + self._running
 
     def info(self) -> dict[str, Any]:
         return {"describe": self._local.describe(), "members": self._local.members()}
+
+    def batching(self) -> list[int]:
+        """Sessions per call of the models so far."""
+        with self._cv:
+            return list(self.calls)
 
 
 def start_pool(cfg: BuildConfig, cluster_gpus: float) -> list[Any]:
@@ -50,16 +130,35 @@ def start_pool(cfg: BuildConfig, cluster_gpus: float) -> list[Any]:
     if n == 0:
         return []
     gpus = cfg.job.gpus_per_tokenizer or (1.0 if cluster_gpus >= 1 else 0.0)
-    actor_cls = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=cfg.job.max_retries, max_task_retries=cfg.job.max_retries)(TokenizerActor)
-    actors = [actor_cls.remote(cfg.tokenizers.model_dump_json()) for _ in range(n)]
+    batch = cfg.job.tokenizer_batch_sessions
+    # one thread per session it may gather, plus one so that load() answers while they all wait
+    actor_cls = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=cfg.job.max_retries, max_task_retries=cfg.job.max_retries,
+                           max_concurrency=batch + 1)(TokenizerActor)
+    actors = [actor_cls.remote(cfg.tokenizers.model_dump_json(), 1, batch) for _ in range(n)]
     ray.get([a.info.remote() for a in actors])  # fail fast, here, if the models cannot load
     log.info("tokenizer pool: %d actor(s), %g GPU each", n, gpus)
     return actors
 
 
-def actor_for(pool: list[Any], session_id: str) -> Any:
+def actor_for(pool: list[Any], session_id: str, loads: Optional[list[int]] = None) -> Any:
+    """The least loaded actor (``loads``: sessions queued in each); ties, or no loads, go by a hash of the
+    session id, so that routing is reproducible when the pool is idle. The tokens never depend on it."""
     digest = hashlib.sha256(session_id.encode()).digest()
-    return pool[int.from_bytes(digest[:4], "big") % len(pool)]
+    first = int.from_bytes(digest[:4], "big") % len(pool)
+    order = [(first + i) % len(pool) for i in range(len(pool))]
+    if loads is None or len(loads) != len(pool):
+        return pool[first]
+    return pool[min(order, key=lambda i: loads[i])]
+
+
+def pool_loads(pool: list[Any], timeout_s: float = 10.0) -> Optional[list[int]]:
+    """Each actor's load, or None when they do not all answer in ``timeout_s`` (then: by hash)."""
+    import ray
+
+    try:
+        return ray.get([a.load.remote() for a in pool], timeout=timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+        return None
 
 
 # Share of a session's budget one actor call may take when ``job.tokenizer_timeout_s`` is not set.
@@ -93,7 +192,7 @@ class PooledTokenizer:
     retried by Ray (``max_task_retries``)."""
 
     def __init__(self, pool: list[Any], session_id: str, timeout_s: Optional[float] = None) -> None:
-        self._actor = actor_for(pool, session_id)
+        self._actor = actor_for(pool, session_id, pool_loads(pool) if len(pool) > 1 else None)
         self._timeout_s = timeout_s
         info = self._call("info")
         self._describe, self._members = info["describe"], info["members"]

@@ -11,5 +11,7 @@ file again). Stages after decode read the ``DecodedMedia`` record, never a file.
   files and their packets, decoder threads, the packet decode loop and its failure counts, and the
   longest timeline a file may claim;
 - ``audio``: the audio sink and its growable buffers;
-- ``video``: frame conversion, the picker, the luma trace, frame candidates and re-picking.
+- ``video``: frame conversion, the picker, the luma trace, frame candidates and re-picking;
+- ``spill``: the session's waves in a temporary file instead of memory, read a window at a time by
+  every later pass, which hands each window's pages back (memory flat in session length).
 """

@@ -17,6 +17,7 @@ import numpy as np
 
 from microturn.clock import ASR_RATE, CODEC_RATE
 from microturn.errors import StageError
+from microturn.media import spill
 from microturn.media.container import PacketStats, frame_time, max_timeline_s, too_long
 
 if TYPE_CHECKING:
@@ -31,21 +32,36 @@ _MAX_INITIAL_FLOATS = 1 << 28
 
 
 class Growable:
-    """A [channels, n] float32 buffer that grows by whole windows (amortised, no list of chunks)."""
+    """A [channels, n] float32 buffer that grows by whole windows (amortised, no list of chunks).
 
-    def __init__(self, channels: int, capacity: int, step: int) -> None:
-        self.data = np.zeros((channels, max(capacity, 1)), dtype=np.float32)
+    With ``spill`` (a folder, or "" for the system's temporary one), the buffer is a file mapping
+    (``spill.zeros``) and each written block's pages go back to the kernel at once: decoding an hour
+    holds a window of it in memory, not the hour."""
+
+    def __init__(self, channels: int, capacity: int, step: int, spill: Optional[str] = None) -> None:
+        self.spill = spill
+        self.data = self._zeros((channels, max(capacity, 1)))
         self.size = 0
         self.step = max(step, 1)
+
+    def _zeros(self, shape: tuple[int, int]) -> np.ndarray:
+        if self.spill is None:
+            return np.zeros(shape, dtype=np.float32)
+        return spill.zeros(shape, self.spill or None)
 
     def append(self, block: np.ndarray) -> None:
         n = block.shape[1]
         if self.size + n > self.data.shape[1]:
             grown = max(self.size + n, self.data.shape[1] + self.step, 2 * self.data.shape[1])
-            bigger = np.zeros((self.data.shape[0], grown), dtype=np.float32)
-            bigger[:, : self.size] = self.data[:, : self.size]
+            bigger = self._zeros((self.data.shape[0], grown))
+            for start in range(0, self.size, self.step):  # window by window: a spilled copy stays small
+                stop = min(start + self.step, self.size)
+                bigger[:, start:stop] = self.data[:, start:stop]
+                spill.release(bigger[:, start:stop])
+                spill.release(self.data[:, start:stop])
             self.data = bigger
         self.data[:, self.size : self.size + n] = block
+        spill.release(self.data[:, self.size : self.size + n])
         self.size += n
 
     def pad(self, n: int) -> None:
@@ -103,8 +119,9 @@ class AudioSink:
         self._r24 = av.AudioResampler(format="fltp", layout=layout, rate=CODEC_RATE)
         self._r16 = av.AudioResampler(format="fltp", layout=layout, rate=ASR_RATE)
         est = min(self._est, _MAX_INITIAL_FLOATS // max(channels, 1))  # grows by doubling past this
-        self._b24 = Growable(channels, est, self._step)
-        self._b16 = Growable(channels, est * 2 // 3, self._step * 2 // 3)
+        folder = (str(self._cfg.spill_dir) if self._cfg.spill_dir else "") if self._cfg.spill else None
+        self._b24 = Growable(channels, est, self._step, folder)
+        self._b16 = Growable(channels, est * 2 // 3, self._step * 2 // 3, folder)
         self.start = t if t is not None else Fraction(0)
         # NaN/inf survive resampling (NaN * 0 is NaN), so the 24 kHz output is checked rather
         # than converting every input frame a second time

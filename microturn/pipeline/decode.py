@@ -31,6 +31,7 @@ import numpy as np
 
 from microturn.clock import ASR_RATE, CODEC_RATE, GRID, rescale, to_fraction
 from microturn.config import DecodeConfig
+from microturn.media import spill
 from microturn.media.audio import AudioSink, DecodedAudio
 from microturn.media.container import PacketStats, Sources, decode_frames, max_timeline_s, too_long
 from microturn.media.video import VideoPicker, VideoResult
@@ -182,23 +183,39 @@ def _decode_video_file(
 # ---------------------------------------------------------------- placing on the clock
 
 
+_COPY_BLOCK = 1 << 20  # samples copied (and released) at a time between spilled waves
+
+
 def _place(wave: np.ndarray, offset: int, length: int, share: bool = False) -> np.ndarray:
     """``wave`` put at ``offset`` in a zero array of ``length`` (clipped at both ends). ``share``: a
     wave already in place is returned as it is (a view of the file's buffer), not copied."""
     if share and offset == 0 and wave.shape[0] == length and wave.dtype == np.float32:
         return wave
-    out = np.zeros(length, dtype=np.float32)
+    out = spill.zeros((length,), like=wave)  # a spilled wave's copy is spilled too
     src0 = max(0, -offset)
     dst0 = max(0, offset)
     n = min(wave.shape[0] - src0, length - dst0)
-    if n > 0:
-        out[dst0 : dst0 + n] = wave[src0 : src0 + n]
+    for i in range(0, max(n, 0), _COPY_BLOCK):
+        m = min(_COPY_BLOCK, n - i)
+        out[dst0 + i : dst0 + i + m] = wave[src0 + i : src0 + i + m]
+        spill.release(out[dst0 + i : dst0 + i + m])
+        spill.release(wave[src0 + i : src0 + i + m])
+    return out
+
+
+def _downmix(wave: np.ndarray) -> np.ndarray:
+    """The mean of a [channels, n] wave's channels, window by window (each sample's mean is its own)."""
+    out = spill.zeros((wave.shape[1],), like=wave)
+    for i in range(0, wave.shape[1], _COPY_BLOCK):
+        out[i : i + _COPY_BLOCK] = wave[:, i : i + _COPY_BLOCK].mean(axis=0)
+        spill.release(out[i : i + _COPY_BLOCK])
+        spill.release(wave[:, i : i + _COPY_BLOCK])
     return out
 
 
 def _channel(audio: DecodedAudio, channel: int, downmix: bool) -> tuple[np.ndarray, np.ndarray]:
     if downmix and audio.wave_24k.shape[0] > 1:
-        return audio.wave_24k.mean(axis=0), audio.wave_16k.mean(axis=0)
+        return _downmix(audio.wave_24k), _downmix(audio.wave_16k)
     if channel >= audio.wave_24k.shape[0]:
         raise StageError(
             "decode",

@@ -8,7 +8,7 @@ which holds no waves, comes back.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -71,20 +71,30 @@ def tokenize_input(media: DecodedMedia, timeline: Timeline) -> TokenizeInput:
 
 def tokenize_session(inp: TokenizeInput, toks: TokenizerSet) -> Tokens:
     """Every representation of ``toks`` on one session; member names never collide (checked)."""
-    num_frames, valid_frames = session_frames(inp)
-    arrays: dict[str, np.ndarray] = {FRAME_INDEX: np.asarray(inp.frame_chunks, dtype=np.int32)}
+    return tokenize_sessions([inp], toks)[0]
+
+
+def tokenize_sessions(inps: Sequence[TokenizeInput], toks: TokenizerSet) -> list[Tokens]:
+    """``tokenize_session`` of several sessions, each representation called once with all of them (its
+    batched ``tokenize``: EnCodec fills one forward pass with windows of several sessions)."""
+    per_session: list[dict[str, Any]] = [
+        {"arrays": {FRAME_INDEX: np.asarray(inp.frame_chunks, dtype=np.int32)}, "reports": {}} for inp in inps]
     fill: dict[str, int] = {}
     window_meta: dict[str, object] = {}
-    reports: dict[str, dict] = {}
     for rep in toks:
-        (out, report), = rep.tokenize([inp])
-        clash = sorted(set(out) & set(arrays))
-        if clash:
-            raise StageError("tokenize", "member_clash", f"representation {rep.name!r} writes {clash} again")
-        arrays.update(out)
+        for acc, (out, report) in zip(per_session, rep.tokenize(list(inps))):
+            clash = sorted(set(out) & set(acc["arrays"]))
+            if clash:
+                raise StageError("tokenize", "member_clash", f"representation {rep.name!r} writes {clash} again")
+            acc["arrays"].update(out)
+            if report:
+                acc["reports"][rep.name] = report
         fill.update(rep.fill)
         window_meta.update(rep.window_meta())
-        if report:
-            reports[rep.name] = report
-    return Tokens(num_frames=num_frames, valid_frames=valid_frames, arrays=arrays, members=toks.member_specs(),
-                  fill=fill, window_meta=window_meta, fingerprints=toks.fingerprints(), reports=reports)
+    tokens = []
+    for inp, acc in zip(inps, per_session):
+        num_frames, valid_frames = session_frames(inp)
+        tokens.append(Tokens(num_frames=num_frames, valid_frames=valid_frames, arrays=acc["arrays"],
+                             members=toks.member_specs(), fill=dict(fill), window_meta=dict(window_meta),
+                             fingerprints=toks.fingerprints(), reports=acc["reports"]))
+    return tokens

@@ -35,6 +35,7 @@ from microturn.clock import CHUNK_SAMPLES, CODEC_RATE, HOP
 from microturn.config import AudioCodecConfig
 from microturn.devices import resolve_device
 from microturn.format import MEMBERS
+from microturn.media import spill
 from microturn.records import StageError, TokenizeInput
 from microturn.tokenizers.seeded import cached_state, one_torch_thread, recipe_digest, untrained_tag
 
@@ -344,41 +345,70 @@ class AudioTokenizer:
 
     def encode(self, wave_24k: np.ndarray) -> np.ndarray:
         """float32 [streams, samples] (samples a multiple of 4800) -> int16 [streams, K, samples // 320]."""
+        return self.encode_many([wave_24k])[0]
+
+    def encode_many(self, waves_24k: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``encode`` of several sessions, their windows batched together (a tokenizer actor's concurrent
+        calls: one forward pass may hold windows of several sessions). Each window's codes are the same
+        whichever batch it lands in, so the sessions' codes do not depend on which came together."""
+        waves = [self._checked(w) for w in waves_24k]
+        outs = [np.zeros((w.shape[0], self.num_codebooks, w.shape[1] // HOP), dtype=np.int16) for w in waves]
+        jobs = [(k, s, p) for k, w in enumerate(waves) for s in range(w.shape[0])
+                for p in plan_windows(w.shape[1], self.window_samples, self.context_samples)]
+        fixed = self.device != "cpu"  # accelerators pick kernels by shape: give every call the same one
+        pending: Optional[tuple[list[Any], Any]] = None
+        for batch in _batches(jobs, self.cfg.batch_windows):
+            length = self.window_samples + self.context_samples if fixed else max(p.seg_end - p.seg_start for _, _, p in batch)
+            # oneDNN picks other convolution kernels for a batch of one, whose sums round differently and
+            # flip a code now and then: a lone window runs beside a zero row, so every window's codes are
+            # the same whichever batch it lands in (measured: batches of 2-8 agree bit for bit).
+            rows = self.cfg.batch_windows if fixed else max(len(batch), 2)
+            buf = np.zeros((max(rows, 2), 1, length), dtype=np.float32)  # zero tail: causal, dropped
+            for i, (k, s, p) in enumerate(batch):
+                buf[i, 0, : p.seg_end - p.seg_start] = waves[k][s, p.seg_start : p.seg_end]
+                spill.release(waves[k][s, p.seg_start : p.seg_end])  # a spilled session's window goes back
+            # on a GPU the batch runs while the next one is cut and copied: its codes are read after that
+            launched = (batch, self._launch(buf))
+            if pending is not None:
+                self._collect(*pending, outs)
+            pending = launched
+        if pending is not None:
+            self._collect(*pending, outs)
+        return outs
+
+    def _collect(self, batch: list[Any], codes_on_device: Any, outs: list[np.ndarray]) -> None:
+        codes = _codes_array(codes_on_device)  # [rows, K, frames]
+        for i, (k, s, p) in enumerate(batch):
+            outs[k][s, :, p.out_frame : p.out_frame + p.frames] = codes[i, :, p.keep_from : p.keep_from + p.frames]
+
+    def _checked(self, wave_24k: np.ndarray) -> np.ndarray:
+        """float32 [streams, samples], a whole number of chunks, finite (checked a window at a time: a
+        session-sized mask would be 0.17 GB per hour of stereo)."""
         wave = np.asarray(wave_24k, dtype=np.float32)
         if wave.ndim == 1:
             wave = wave[None]
         if wave.ndim != 2:
             raise StageError("tokenize", "bad_audio_shape", f"expected [streams, samples], got {wave.shape}")
-        streams, num_samples = wave.shape
-        if num_samples % CHUNK_SAMPLES:
+        if wave.shape[1] % CHUNK_SAMPLES:
             raise StageError(
-                "tokenize", "bad_audio_length", f"{num_samples} samples is not a multiple of {CHUNK_SAMPLES}"
+                "tokenize", "bad_audio_length", f"{wave.shape[1]} samples is not a multiple of {CHUNK_SAMPLES}"
             )
-        # checked a window at a time: a session-sized mask would be 0.17 GB per hour of stereo
         step = self.window_samples
-        if not all(np.isfinite(wave[:, i : i + step]).all() for i in range(0, num_samples, step)):
+        if not all(_finite(wave[:, i : i + step]) for i in range(0, wave.shape[1], step)):
             raise StageError("tokenize", "non_finite_audio", "audio holds NaN or infinity")
-        out = np.zeros((streams, self.num_codebooks, num_samples // HOP), dtype=np.int16)
-        jobs = [(s, p) for s in range(streams) for p in plan_windows(num_samples, self.window_samples, self.context_samples)]
-        for batch in _batches(jobs, self.cfg.batch_windows):
-            length = max(p.seg_end - p.seg_start for _, p in batch)
-            # oneDNN picks other convolution kernels for a batch of one, whose sums round differently and
-            # flip a code now and then: a lone window runs beside a zero row, so every window's codes are
-            # the same whichever batch it lands in (measured: batches of 2-8 agree bit for bit).
-            rows = max(len(batch), 2)
-            buf = np.zeros((rows, 1, length), dtype=np.float32)  # zero tail: causal, dropped
-            for i, (s, p) in enumerate(batch):
-                buf[i, 0, : p.seg_end - p.seg_start] = wave[s, p.seg_start : p.seg_end]
-            codes = self.encode_batch(buf)  # [rows, K, length // HOP]
-            for i, (s, p) in enumerate(batch):
-                out[s, :, p.out_frame : p.out_frame + p.frames] = codes[i, :, p.keep_from : p.keep_from + p.frames]
-        return out
+        return wave
 
     def encode_batch(self, batch: np.ndarray) -> np.ndarray:
         """float32 [B, 1, L] (L a multiple of 320) -> int16 [B, K, L // 320]; one forward pass."""
+        return _codes_array(self._launch(batch))
+
+    def _launch(self, batch: np.ndarray) -> Any:
+        """The codes of float32 [B, 1, L] as a [K, B, L // 320] tensor on the device, not yet waited for
+        (on a GPU the work is queued; reading the tensor waits for it)."""
         import torch
 
-        x = torch.from_numpy(batch).to(self.device)
+        x = torch.from_numpy(batch)
+        x = x.pin_memory().to(self.device, non_blocking=True) if self.device.startswith("cuda") else x.to(self.device)
         with torch.inference_mode():
             if self.cfg.precision == "bf16" and self.cfg.engine == "stock":
                 with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
@@ -386,11 +416,10 @@ class AudioTokenizer:
                 emb = emb.float()
             else:  # the fast encoder handles its own precision
                 emb = self.encoder(x)
-            codes = self.model.quantizer.encode(emb, self.model.frame_rate, self.model.bandwidth)  # [K, B, T]
-        return codes.transpose(0, 1).to(torch.int16).cpu().numpy()
+            return self.model.quantizer.encode(emb, self.model.frame_rate, self.model.bandwidth)  # [K, B, T]
 
     def tokenize(self, batch: Sequence[TokenizeInput]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
-        return [({"codes.npy": self.encode(inp.waves_24k)}, {}) for inp in batch]
+        return [({"codes.npy": codes}, {}) for codes in self.encode_many([inp.waves_24k for inp in batch])]
 
     def describe(self) -> dict[str, Any]:
         return {"fingerprint": self.fingerprint, "vocab_size": self.vocab_size, "codebooks": self.num_codebooks,
@@ -422,6 +451,19 @@ class AudioTokenizer:
                 keep = p.keep_from * HOP
                 out[s, p.out_frame * HOP : (p.out_frame + p.frames) * HOP] = wav[keep : keep + p.frames * HOP]
         return out
+
+
+def _codes_array(codes_KBT: Any) -> np.ndarray:
+    """The quantizer's [K, B, T] codes as int16 [B, K, T] in memory (waits for a GPU's queued work)."""
+    import torch
+
+    return codes_KBT.transpose(0, 1).to(torch.int16).cpu().numpy()
+
+
+def _finite(window: np.ndarray) -> bool:
+    ok = bool(np.isfinite(window).all())
+    spill.release(window)
+    return ok
 
 
 def load_audio_tokenizer(cfg: AudioCodecConfig, cache_dir: Optional[Path] = None) -> AudioTokenizer:

@@ -43,6 +43,7 @@ from microturn.config import DMelConfig
 from microturn.devices import resolve_device
 from microturn.errors import StageError
 from microturn.format import MemberSpec
+from microturn.media import spill
 from microturn.records import TokenizeInput
 
 GRIFFIN_LIM_ITERS = 32  # STOI/correlation gain little beyond (measured); decode is for listening only
@@ -153,6 +154,7 @@ class DMelTokenizer:
         a, b = max(0, start), min(wave.shape[1], start + length)
         if b > a:
             seg[:, a - start : b - start] = wave[:, a:b]
+            spill.release(wave[:, a:b])  # a spilled session's window goes back once copied
         if not np.isfinite(seg).all():  # checked per block: no session-sized temporary
             raise StageError("tokenize", "non_finite_audio", f"audio holds NaN or infinity (frames {f0}-{f1})")
         x = torch.from_numpy(seg).to(self.device)

@@ -14,11 +14,12 @@ from microturn.align import quality as q
 from microturn.align.vad import SPEECH_BANDS_HZ, band_powers, frame_energy_db
 from microturn.clock import HOP
 from microturn.config import AlignConfig, DecodeConfig
+from microturn.media import spill
 from microturn.manifest import SessionSpec
 from microturn.pipeline.align import align_session
 from microturn.pipeline.decode import decode_session
 from microturn.pipeline.tokenize import padded_waves
-from tests.media_helpers import burst, write_wav
+from tests.media_helpers import burst, read_audio, write_wav
 
 
 def _wave(seed: int, n: int, scale: float) -> np.ndarray:
@@ -96,7 +97,7 @@ def test_streams_of_one_file_share_its_buffer_and_tokenize_reads_it_in_place(tmp
 def test_a_file_with_an_unused_channel_is_copied_not_kept_whole(tmp_path: Path) -> None:
     media = decode_session(_stereo_session(tmp_path, [1]), DecodeConfig())
     (stream,) = media.streams
-    assert stream.wave_24k.base is None  # a view would keep channel 0 alive
+    assert not isinstance(stream.wave_24k.base, np.ndarray)  # its own storage: a view would keep channel 0 alive
     waves = padded_waves(media)
     assert not np.shares_memory(waves, stream.wave_24k)
     assert waves.tobytes() == _copied(media.streams, waves.shape[1]).tobytes()
@@ -110,3 +111,84 @@ def test_align_drops_the_16k_waves_only_when_asked(tmp_path: Path) -> None:
     assert all(s.wave_16k is not None for s in kept.streams)
     assert all(s.wave_16k is None for s in released.streams)
     assert same.activity.tobytes() == timeline.activity.tobytes() and same.quality == timeline.quality
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_spilled_wave_reads_back_after_its_pages_are_released_and_leaves_no_file(tmp_path: Path) -> None:
+    wave = spill.zeros((2, 16 << 20), tmp_path)  # 128 MB
+    assert list(tmp_path.iterdir()) == []  # unlinked as soon as mapped: a crashed worker leaves nothing
+    assert spill.spill_folder(wave[1, 5:]) == str(tmp_path)
+    before = _rss_mb()
+    for row in range(2):
+        for start in range(0, wave.shape[1], 1 << 20):
+            wave[row, start : start + (1 << 20)] = np.arange(start, start + (1 << 20), dtype=np.float32) + row
+            spill.release(wave[row, start : start + (1 << 20)])
+    assert _rss_mb() - before < 32  # 128 MB written, a window of it resident
+    assert wave[1, 12345] == 12346.0 and wave[0, (16 << 20) - 1] == float((16 << 20) - 1)
+
+
+def test_release_leaves_an_array_in_memory_alone() -> None:
+    wave = np.arange(1 << 20, dtype=np.float32)
+    spill.release(wave[100:])
+    assert spill.spill_folder(wave) is None
+    assert wave.tobytes() == np.arange(1 << 20, dtype=np.float32).tobytes()
+
+
+def test_spilling_into_a_missing_folder_holds_the_wave_in_memory_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    wave = spill.zeros((3, 10), tmp_path / "missing")
+    assert wave.shape == (3, 10) and not wave.any() and spill.spill_folder(wave) is None
+    assert "holding it in memory" in caplog.text
+
+
+def test_decode_spills_the_waves_and_they_equal_the_in_memory_ones(tmp_path: Path) -> None:
+    spec = _stereo_session(tmp_path, [1, 0])
+    (tmp_path / "spill").mkdir()
+    on = decode_session(spec, DecodeConfig(spill_dir=tmp_path / "spill"))
+    off = decode_session(spec, DecodeConfig(spill=False))
+    for a, b in zip(on.streams, off.streams):
+        assert spill.spill_folder(a.wave_24k) == str(tmp_path / "spill") and spill.spill_folder(b.wave_24k) is None
+        assert a.wave_24k.tobytes() == b.wave_24k.tobytes() and a.wave_16k.tobytes() == b.wave_16k.tobytes()
+    assert padded_waves(on).tobytes() == padded_waves(off).tobytes()
+
+
+def test_pyannote_on_pieces_of_a_session_gives_the_probabilities_of_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyannote.audio
+
+    from microturn.align import vad
+
+    sample = Path(pyannote.audio.__file__).parent / "sample" / "sample.wav"
+    if not sample.exists():
+        pytest.skip("pyannote sample not installed")
+    call = read_audio(sample, 16000)[0].astype(np.float32)  # a 30 s two-speaker call
+    wave = np.concatenate([call, call[::-1], call])
+    frames = wave.shape[0] * 75 // 16000
+    inference = vad.load_pyannote()
+    whole = vad.pyannote_probability(inference, wave, frames)  # 90 s: one piece
+    monkeypatch.setattr(vad, "VAD_PIECE_S", 27)  # 4 pieces of 27 s, each with 27 s of context either side
+    pieces = vad.pyannote_probability(inference, wave, frames)
+    assert np.abs(pieces - whole).max() < 1e-6  # measured: 5e-10
+    assert (vad.binarize(pieces) == vad.binarize(whole)).all()
+
+
+def test_tokens_from_spilled_waves_equal_those_from_waves_in_memory(tmp_path: Path) -> None:
+    from microturn.config import FrameCodecConfig, TokenizerConfig
+    from microturn.pipeline.tokenize import tokenize_input, tokenize_session
+    from microturn.tokenizers import load_tokenizers
+
+    spec = _stereo_session(tmp_path, [0, 1])
+    toks = load_tokenizers(TokenizerConfig(frames=FrameCodecConfig(image_size=32, downsample=4, hidden=16)))
+    built = []
+    for on in (True, False):
+        media, timeline = align_session(decode_session(spec, DecodeConfig(spill=on)), spec, AlignConfig(), release_16k=True)
+        assert (spill.spill_folder(media.streams[0].wave_24k) is not None) == on
+        built.append((timeline, tokenize_session(tokenize_input(media, timeline), toks)))
+    (t_on, k_on), (t_off, k_off) = built
+    assert t_on.activity.tobytes() == t_off.activity.tobytes() and t_on.quality == t_off.quality
+    assert sorted(k_on.arrays) == sorted(k_off.arrays)
+    assert all(k_on.arrays[m].tobytes() == k_off.arrays[m].tobytes() for m in k_on.arrays)
