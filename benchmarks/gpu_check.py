@@ -12,6 +12,8 @@ part that fails, hangs or runs out of memory is reported as ``{"error": "..."}``
   ``bf16_codes_differ_vs_fp32``: the fraction of codes bf16 changes.
 - ``dmel``: dMel audio seconds per wall second on CUDA and on the CPU with one thread, same audio;
   ``bytes_equal``: whether the two give the same tokens.
+- ``vad``: the VAD's segmentation network (``align/segmentation.py``) in audio seconds per wall second on
+  CUDA and on the CPU with one thread, same audio; ``max_abs_diff_vs_cpu`` of the speech scores.
 - ``decode``: frames per second decoding a synthetic 640x360 30 fps H.264 video of ``--video-s``
   seconds with PyAV in software (FFmpeg threads) and with PyAV's CUDA hardware decoding (NVDEC, PyAV
   >= 14), or ``"hw_decode": "unavailable: <why>"``; ``pipeline_probe``: the device the build's
@@ -49,8 +51,8 @@ from typing import Any, Callable  # noqa: E402
 import numpy as np  # noqa: E402
 
 # part -> hard cap in seconds (child start-up included); 465 s in all, under the 8 minutes promised
-PART_CAPS_S = {"encodec": 120, "dmel": 45, "decode": 75, "train_grouped": 60, "train_padded": 60, "train_loop": 60,
-               "streaming": 45}
+PART_CAPS_S = {"encodec": 110, "dmel": 45, "vad": 30, "decode": 70, "train_grouped": 55, "train_padded": 55,
+               "train_loop": 55, "streaming": 45}
 # the encoder-free variant of train_small measured by the streaming part (sizes of configs/dmel.yaml + demo pixels)
 ENCODER_FREE = {"audio": "dmel", "video": "pixels", "dmel_channels": 80, "dmel_bins": 16, "pixel_size": 80,
                 "pixel_patch": 40}
@@ -149,6 +151,40 @@ def part_dmel(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     if len(tokens) == 2:
         a, b = tokens.values()
         out["bytes_equal"] = bool(np.array_equal(a, b))
+    return out
+
+
+def part_vad(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+    """The VAD's segmentation network (align/segmentation.py) on the device and on one CPU thread."""
+    import torch
+
+    from microturn.align.segmentation import load_segmenter
+    from microturn.clock import ASR_RATE, CODEC_RATE
+
+    waves24 = speech_streams(min(args.streams, 4), args.stream_s)
+    t24 = np.arange(waves24.shape[1]) / CODEC_RATE
+    t16 = np.arange(int(waves24.shape[1] * ASR_RATE / CODEC_RATE)) / ASR_RATE
+    waves = np.stack([np.interp(t16, t24, w) for w in waves24]).astype(np.float32)  # speed does not care how
+    audio_s = waves.size / ASR_RATE
+    out: dict[str, Any] = {"streams": waves.shape[0], "audio_s": round(audio_s, 1)}
+    scores: dict[str, np.ndarray] = {}
+    for name, device in ((f"{args.device}", args.device), ("cpu_1thread", "cpu")):
+        if time.monotonic() > deadline:
+            out[f"{name}_rt"] = "skipped: time cap"
+            continue
+        try:
+            if device == "cpu":
+                torch.set_num_threads(1)
+            seg = load_segmenter(None, device)
+            seg(waves[0, : 10 * ASR_RATE])  # warm-up
+            wall_s, got = _timed(device, lambda: [seg(w).scores for w in waves])
+            scores[name] = np.concatenate(got)
+            out[f"{name}_rt"] = round(audio_s / wall_s, 1)
+        except Exception as exc:
+            out[f"{name}_rt"] = _error(exc)
+    if len(scores) == 2:
+        a, b = scores.values()
+        out["max_abs_diff_vs_cpu"] = float(np.abs(a - b).max())
     return out
 
 
@@ -302,7 +338,8 @@ def run_part(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.part.startswith("train_"):
             return part_train(args, args.part.removeprefix("train_"))
-        parts = {"encodec": part_encodec, "dmel": part_dmel, "decode": part_decode, "streaming": part_streaming}
+        parts = {"encodec": part_encodec, "dmel": part_dmel, "vad": part_vad, "decode": part_decode,
+                 "streaming": part_streaming}
         return parts[args.part](args, deadline)
     except Exception as exc:
         return _error(exc)

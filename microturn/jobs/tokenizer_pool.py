@@ -19,6 +19,7 @@ from microturn.config import BuildConfig
 from microturn.records import TokenizeInput, Tokens
 
 log = logging.getLogger("microturn.tokenizer_pool")
+CONTROL = "control"  # the actors' concurrency group for load() and info(): never queued behind tokenize()
 
 
 @dataclass
@@ -131,9 +132,10 @@ def start_pool(cfg: BuildConfig, cluster_gpus: float) -> list[Any]:
         return []
     gpus = cfg.job.gpus_per_tokenizer or (1.0 if cluster_gpus >= 1 else 0.0)
     batch = cfg.job.tokenizer_batch_sessions
-    # one thread per session it may gather, plus one so that load() answers while they all wait
+    # threads for the sessions in the models and as many gathering for the next call; load() and info()
+    # have a thread of their own, so that the router's question is answered however busy the actor is
     actor_cls = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=cfg.job.max_retries, max_task_retries=cfg.job.max_retries,
-                           max_concurrency=batch + 1)(TokenizerActor)
+                           max_concurrency=2 * batch, concurrency_groups={CONTROL: 1})(TokenizerActor)
     actors = [actor_cls.remote(cfg.tokenizers.model_dump_json(), 1, batch) for _ in range(n)]
     ray.get([a.info.remote() for a in actors])  # fail fast, here, if the models cannot load
     log.info("tokenizer pool: %d actor(s), %g GPU each", n, gpus)
@@ -156,7 +158,7 @@ def pool_loads(pool: list[Any], timeout_s: float = 10.0) -> Optional[list[int]]:
     import ray
 
     try:
-        return ray.get([a.load.remote() for a in pool], timeout=timeout_s)
+        return ray.get([a.load.options(concurrency_group=CONTROL).remote() for a in pool], timeout=timeout_s)
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
         return None
 
@@ -203,8 +205,11 @@ class PooledTokenizer:
     def _call(self, method: str, *args: Any) -> Any:
         import ray
 
+        call = getattr(self._actor, method)
+        if method != "tokenize":  # a question, answered on the actor's control thread
+            call = call.options(concurrency_group=CONTROL)
         try:
-            return ray.get(getattr(self._actor, method).remote(*args), timeout=self._timeout_s)
+            return ray.get(call.remote(*args), timeout=self._timeout_s)
         except ray.exceptions.GetTimeoutError:
             log.warning("tokenizer actor call %s ran past %s s: restarting the actor", method, self._timeout_s)
             ray.kill(self._actor, no_restart=False)

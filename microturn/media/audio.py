@@ -9,9 +9,10 @@ filled with silence so later audio keeps its time, up to ``container.max_timelin
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
@@ -31,23 +32,21 @@ _GAP_TOLERANCE_S = Fraction(1, 10)  # timestamp jumps larger than this are fille
 _MAX_INITIAL_FLOATS = 1 << 28
 
 
+def _in_memory(shape: tuple[int, ...]) -> np.ndarray:
+    return np.zeros(shape, dtype=np.float32)
+
+
 class Growable:
     """A [channels, n] float32 buffer that grows by whole windows (amortised, no list of chunks).
 
-    With ``spill`` (a folder, or "" for the system's temporary one), the buffer is a file mapping
-    (``spill.zeros``) and each written block's pages go back to the kernel at once: decoding an hour
-    holds a window of it in memory, not the hour."""
+    ``zeros`` allocates it: in memory, or a file mapping (``spill.zeros``), whose written blocks' pages
+    go back to the kernel at once: decoding an hour then holds a window of it in memory, not the hour."""
 
-    def __init__(self, channels: int, capacity: int, step: int, spill: Optional[str] = None) -> None:
-        self.spill = spill
-        self.data = self._zeros((channels, max(capacity, 1)))
+    def __init__(self, channels: int, capacity: int, step: int, zeros: Callable[..., np.ndarray] = _in_memory) -> None:
+        self._zeros = zeros
+        self.data = zeros((channels, max(capacity, 1)))
         self.size = 0
         self.step = max(step, 1)
-
-    def _zeros(self, shape: tuple[int, int]) -> np.ndarray:
-        if self.spill is None:
-            return np.zeros(shape, dtype=np.float32)
-        return spill.zeros(shape, self.spill or None)
 
     def append(self, block: np.ndarray) -> None:
         n = block.shape[1]
@@ -119,9 +118,9 @@ class AudioSink:
         self._r24 = av.AudioResampler(format="fltp", layout=layout, rate=CODEC_RATE)
         self._r16 = av.AudioResampler(format="fltp", layout=layout, rate=ASR_RATE)
         est = min(self._est, _MAX_INITIAL_FLOATS // max(channels, 1))  # grows by doubling past this
-        folder = (str(self._cfg.spill_dir) if self._cfg.spill_dir else "") if self._cfg.spill else None
-        self._b24 = Growable(channels, est, self._step, folder)
-        self._b16 = Growable(channels, est * 2 // 3, self._step * 2 // 3, folder)
+        zeros = functools.partial(spill.zeros, folder=self._cfg.spill_dir) if self._cfg.spill else _in_memory
+        self._b24 = Growable(channels, est, self._step, zeros)
+        self._b16 = Growable(channels, est * 2 // 3, self._step * 2 // 3, zeros)
         self.start = t if t is not None else Fraction(0)
         # NaN/inf survive resampling (NaN * 0 is NaN), so the 24 kHz output is checked rather
         # than converting every input frame a second time

@@ -73,11 +73,11 @@ def test_the_default_tokenizer_timeout_fires_before_the_drivers_cut_off(build_cf
 
 
 def test_a_hung_tokenizer_actor_times_out_and_is_restarted(ray_local):
-    from microturn.jobs.tokenizer_pool import PooledTokenizer, TokenizerTimeout
+    from microturn.jobs.tokenizer_pool import CONTROL, PooledTokenizer, TokenizerTimeout
     from tests.jobs.faults import HangingTokenizer
 
     ray = ray_local
-    actor = ray.remote(num_cpus=0, max_restarts=1)(HangingTokenizer).remote()
+    actor = ray.remote(num_cpus=0, max_restarts=1, concurrency_groups={CONTROL: 1})(HangingTokenizer).remote()
     first_pid = ray.get(actor.info.remote())["pid"]
     tok = PooledTokenizer([actor], "s", timeout_s=2.0)
     with pytest.raises(TokenizerTimeout, match="within 2 s"):

@@ -92,3 +92,24 @@ def test_a_session_goes_to_the_least_loaded_actor_and_ties_go_by_its_id() -> Non
     busy = [0 if a == by_id else 2 for a in pool]
     assert actor_for(pool, "session-7", busy) == by_id
     assert actor_for(pool, "session-7", None) == by_id
+
+
+def test_a_pool_of_ray_actors_reports_its_loads_and_tokenizes_like_the_session_would() -> None:
+    import ray
+
+    from microturn.config import load_config
+    from microturn.jobs.tokenizer_pool import PooledTokenizer, pool_loads, start_pool
+
+    cfg = load_config(None, ["tokenizers.representations=[text]", "job.tokenizer_actors=2"])
+    ray.init(address="local", num_cpus=3, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
+             configure_logging=False, log_to_driver=False)
+    try:
+        pool = start_pool(cfg, 0.0)
+        assert len(pool) == 2 and pool_loads(pool) == [0, 0]
+        inp = _session(1.2, 3)
+        tokens = PooledTokenizer(pool, "s-1").tokenize(inp)
+        alone = tokenize_session(inp, TokenizerActor(cfg.tokenizers.model_dump_json())._local.toks)
+        assert tokens.arrays["text.npy"].tobytes() == alone.arrays["text.npy"].tobytes()
+        assert ray.get([a.batching.remote() for a in pool]) in ([[1], []], [[], [1]])
+    finally:
+        ray.shutdown()
