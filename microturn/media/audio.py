@@ -32,6 +32,9 @@ _GAP_TOLERANCE_S = Fraction(1, 10)  # timestamp jumps larger than this are fille
 _MAX_INITIAL_FLOATS = 1 << 28
 
 
+_RELEASE_SAMPLES = 1 << 16  # written samples (256 KiB per channel) handed back at a time
+
+
 def _in_memory(shape: tuple[int, ...]) -> np.ndarray:
     return np.zeros(shape, dtype=np.float32)
 
@@ -47,6 +50,7 @@ class Growable:
         self.data = zeros((channels, max(capacity, 1)))
         self.size = 0
         self.step = max(step, 1)
+        self._released = 0  # samples whose pages went back (a madvise per decoded frame would cost more)
 
     def append(self, block: np.ndarray) -> None:
         n = block.shape[1]
@@ -60,8 +64,10 @@ class Growable:
                 spill.release(self.data[:, start:stop])
             self.data = bigger
         self.data[:, self.size : self.size + n] = block
-        spill.release(self.data[:, self.size : self.size + n])
         self.size += n
+        if self.size - self._released >= _RELEASE_SAMPLES:
+            spill.release(self.data[:, self._released : self.size])
+            self._released = self.size
 
     def pad(self, n: int) -> None:
         if n > 0:

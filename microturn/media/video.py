@@ -131,7 +131,11 @@ class _ChunkFill:
         while self._prev is not None and GRID.chunk_to_sample(self._next_c) < end_sample:
             self._take(self._next_c, self._prev)
             self._next_c += 1
-        frames = np.stack(self._images) if self._images else np.zeros((0, *self._shape, 3), dtype=np.uint8)
+        frames = np.empty((len(self._images), *self._shape, 3), dtype=np.uint8)
+        for i, image in enumerate(self._images):  # each picture freed once copied: not all of them twice
+            frames[i] = image
+            self._images[i] = None  # type: ignore[call-overload]
+        self._images = []
         return frames, np.asarray(self._chunks, dtype=np.int32)
 
 

@@ -63,7 +63,11 @@ def tokenize_input(media: DecodedMedia, timeline: Timeline) -> TokenizeInput:
     if video is not None:
         chunks = np.asarray(video.frame_chunks, dtype=np.int32)
         keep = (chunks >= 0) & (chunks < GRID.num_chunks(media.num_samples))
-        frames_rgb, frame_chunks = np.asarray(video.frames_rgb)[keep], chunks[keep]
+        kept = int(keep.sum())
+        if keep[:kept].all():  # the usual case, a prefix (chunks increase): a view, not a copy of every frame
+            frames_rgb, frame_chunks = np.asarray(video.frames_rgb)[:kept], chunks[:kept]
+        else:
+            frames_rgb, frame_chunks = np.asarray(video.frames_rgb)[keep], chunks[keep]
     else:
         frames_rgb, frame_chunks = np.zeros((0, 1, 1, 3), dtype=np.uint8), np.zeros((0,), dtype=np.int32)
     return TokenizeInput(media.num_samples, padded_waves(media), frames_rgb, frame_chunks, timeline.words)
