@@ -120,7 +120,10 @@ class Provenance:
 
 @dataclass(frozen=True)
 class AudioStream:
-    """One speaker stream (or one mixed track) on the session clock."""
+    """One speaker stream (or one mixed track) on the session clock.
+
+    The waves are usually spilled to a temporary file (``media/spill.py``): read them a window at a
+    time and ``spill.release`` each window once used, or a whole-wave pass holds them all in memory."""
 
     speaker: str  # speaker id from the manifest; "mixed" for an undiarized mixed track
     source_uri: str
