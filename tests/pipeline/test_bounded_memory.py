@@ -192,3 +192,17 @@ def test_tokens_from_spilled_waves_equal_those_from_waves_in_memory(tmp_path: Pa
     assert t_on.activity.tobytes() == t_off.activity.tobytes() and t_on.quality == t_off.quality
     assert sorted(k_on.arrays) == sorted(k_off.arrays)
     assert all(k_on.arrays[m].tobytes() == k_off.arrays[m].tobytes() for m in k_on.arrays)
+
+
+def test_the_bleed_model_gives_the_same_ratios_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from microturn.align import crosstalk
+
+    rng = np.random.default_rng(3)
+    talk = burst(24000, 12.0, [(0.5, 4.0), (7.0, 11.0)]).astype(np.float32)
+    other = burst(24000, 12.0, [(4.2, 6.8)], freq=330).astype(np.float32)
+    noise = rng.normal(0, 1e-3, (2, talk.shape[0])).astype(np.float32)
+    waves = [talk + 0.1 * other + noise[0], other + 0.1 * talk + noise[1]]  # each talker bleeds into the other mic
+    frames = talk.shape[0] // HOP
+    whole = crosstalk.own_to_bleed_db(waves, frames, crosstalk.AttributionParams())  # 900 frames: one block
+    monkeypatch.setattr(crosstalk, "_BLOCK_FRAMES", 7)
+    assert crosstalk.own_to_bleed_db(waves, frames, crosstalk.AttributionParams()).tobytes() == whole.tobytes()
