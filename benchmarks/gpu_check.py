@@ -124,17 +124,13 @@ def part_encodec(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     return out
 
 
-def part_dmel(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+def on_device_and_one_cpu_thread(args: argparse.Namespace, deadline: float, out: dict[str, Any], audio_s: float,
+                                 prepare: Callable[[str], Callable[[], Any]]) -> dict[str, Any]:
+    """Time ``prepare(device)()`` (after ``prepare`` made and warmed it) on ``args.device`` and on the CPU
+    with one thread; ``out[NAME_rt]`` = audio seconds per wall second. Returns each run's result by name."""
     import torch
 
-    from microturn.clock import CODEC_RATE
-    from microturn.config import DMelConfig
-    from microturn.tokenizers.dmel import DMelTokenizer
-
-    waves = speech_streams(args.streams, args.stream_s)
-    audio_s = waves.size / CODEC_RATE
-    out: dict[str, Any] = {"streams": waves.shape[0], "audio_s": round(audio_s, 1)}
-    tokens: dict[str, np.ndarray] = {}
+    results: dict[str, Any] = {}
     for name, device in ((f"{args.device}", args.device), ("cpu_1thread", "cpu")):
         if time.monotonic() > deadline:
             out[f"{name}_rt"] = "skipped: time cap"
@@ -142,12 +138,28 @@ def part_dmel(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
         try:
             if device == "cpu":
                 torch.set_num_threads(1)
-            tok = DMelTokenizer(DMelConfig(device=device))
-            tok.encode(waves[:, : 10 * CODEC_RATE])  # warm-up
-            wall_s, tokens[name] = _timed(device, lambda: tok.encode(waves))
+            wall_s, results[name] = _timed(device, prepare(device))
             out[f"{name}_rt"] = round(audio_s / wall_s, 1)
         except Exception as exc:
             out[f"{name}_rt"] = _error(exc)
+    return results
+
+
+def part_dmel(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+    from microturn.clock import CODEC_RATE
+    from microturn.config import DMelConfig
+    from microturn.tokenizers.dmel import DMelTokenizer
+
+    waves = speech_streams(args.streams, args.stream_s)
+    audio_s = waves.size / CODEC_RATE
+    out: dict[str, Any] = {"streams": waves.shape[0], "audio_s": round(audio_s, 1)}
+
+    def prepare(device: str) -> Callable[[], Any]:
+        tok = DMelTokenizer(DMelConfig(device=device))
+        tok.encode(waves[:, : 10 * CODEC_RATE])  # warm-up
+        return lambda: tok.encode(waves)
+
+    tokens = on_device_and_one_cpu_thread(args, deadline, out, audio_s, prepare)
     if len(tokens) == 2:
         a, b = tokens.values()
         out["bytes_equal"] = bool(np.array_equal(a, b))
@@ -156,8 +168,6 @@ def part_dmel(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
 
 def part_vad(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     """The VAD's segmentation network (align/segmentation.py) on the device and on one CPU thread."""
-    import torch
-
     from microturn.align.segmentation import load_segmenter
     from microturn.clock import ASR_RATE, CODEC_RATE
 
@@ -167,21 +177,13 @@ def part_vad(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     waves = np.stack([np.interp(t16, t24, w) for w in waves24]).astype(np.float32)  # speed does not care how
     audio_s = waves.size / ASR_RATE
     out: dict[str, Any] = {"streams": waves.shape[0], "audio_s": round(audio_s, 1)}
-    scores: dict[str, np.ndarray] = {}
-    for name, device in ((f"{args.device}", args.device), ("cpu_1thread", "cpu")):
-        if time.monotonic() > deadline:
-            out[f"{name}_rt"] = "skipped: time cap"
-            continue
-        try:
-            if device == "cpu":
-                torch.set_num_threads(1)
-            seg = load_segmenter(None, device)
-            seg(waves[0, : 10 * ASR_RATE])  # warm-up
-            wall_s, got = _timed(device, lambda: [seg(w).scores for w in waves])
-            scores[name] = np.concatenate(got)
-            out[f"{name}_rt"] = round(audio_s / wall_s, 1)
-        except Exception as exc:
-            out[f"{name}_rt"] = _error(exc)
+
+    def prepare(device: str) -> Callable[[], Any]:
+        seg = load_segmenter(None, device)
+        seg(waves[0, : 10 * ASR_RATE])  # warm-up
+        return lambda: np.concatenate([seg(w).scores for w in waves])
+
+    scores = on_device_and_one_cpu_thread(args, deadline, out, audio_s, prepare)
     if len(scores) == 2:
         a, b = scores.values()
         out["max_abs_diff_vs_cpu"] = float(np.abs(a - b).max())

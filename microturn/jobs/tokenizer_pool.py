@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -58,7 +57,7 @@ class TokenizerActor:
         self._running = 0  # sessions inside the models now
         self._busy = False
         self._cv = threading.Condition()
-        self.calls: list[int] = []  # sessions per call of the models, in order (what batching achieved)
+        self._calls: list[int] = []  # sessions per call of the models, in order (what batching achieved)
 
     def tokenize(self, inp: TokenizeInput) -> Tokens:
         call = _Call(inp)
@@ -90,18 +89,19 @@ class TokenizerActor:
 
         try:
             results = tokenize_sessions([c.inp for c in taken], self._local.toks)
-            self.calls.append(len(taken))
+        except Exception as exc:
+            if len(taken) == 1:
+                taken[0].error, taken[0].done = exc, True
+                return
+        else:
+            self._calls.append(len(taken))
             for c, tokens in zip(taken, results):
                 c.tokens, c.done = tokens, True
             return
-        except Exception:
-            if len(taken) == 1:
-                taken[0].error, taken[0].done = sys.exc_info()[1], True
-                return
         for c in taken:
             try:
                 c.tokens = tokenize_sessions([c.inp], self._local.toks)[0]
-                self.calls.append(1)
+                self._calls.append(1)
             except Exception as exc:
                 c.error = exc
             c.done = True
@@ -117,7 +117,7 @@ class TokenizerActor:
     def batching(self) -> list[int]:
         """Sessions per call of the models so far."""
         with self._cv:
-            return list(self.calls)
+            return list(self._calls)
 
 
 def start_pool(cfg: BuildConfig, cluster_gpus: float) -> list[Any]:

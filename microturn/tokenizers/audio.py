@@ -362,8 +362,8 @@ class AudioTokenizer:
             # oneDNN picks other convolution kernels for a batch of one, whose sums round differently and
             # flip a code now and then: a lone window runs beside a zero row, so every window's codes are
             # the same whichever batch it lands in (measured: batches of 2-8 agree bit for bit).
-            rows = self.cfg.batch_windows if fixed else max(len(batch), 2)
-            buf = np.zeros((max(rows, 2), 1, length), dtype=np.float32)  # zero tail: causal, dropped
+            rows = max(self.cfg.batch_windows if fixed else len(batch), 2)
+            buf = np.zeros((rows, 1, length), dtype=np.float32)  # zero tail: causal, dropped
             for i, (k, s, p) in enumerate(batch):
                 buf[i, 0, : p.seg_end - p.seg_start] = waves[k][s, p.seg_start : p.seg_end]
                 spill.release(waves[k][s, p.seg_start : p.seg_end])  # a spilled session's window goes back
