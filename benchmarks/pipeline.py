@@ -5,10 +5,12 @@ to 24 kHz) and of the video at 5 fps, one stock ``model.encode`` per audio strea
 default settings), and webdataset's ``ShardWriter`` for the samples. Ours also runs VAD, cross-talk
 suppression, the frame codec, event labelling, checksums and atomic commits.
 
-    .venv/bin/python benchmarks/pipeline.py [--input MANIFEST] [--sessions 10] [--duration 30] [--config YAML]
+    .venv/bin/python benchmarks/pipeline.py [--input MANIFEST] [--sessions 10] [--duration 30] [--config YAML] [--repeats 3]
 
 Last line: JSON with media-seconds per wall-second for each run, the 1->2 CPU scaling, peak memory of the
-job (driver + Ray workers, sampled) and ``ratio`` = ours on 2 CPUs over the naive script.
+job (driver + Ray workers, sampled) and ``ratio`` = ours on 2 CPUs over the naive script. With ``--repeats N``
+the three runs take turns N times and each side reports its median run (and every wall time): this
+machine's speed drifts by 20% and more between minutes, a single round can mislead.
 """
 
 from __future__ import annotations
@@ -137,17 +139,54 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def ours(manifest: Path, out: Path, cpus: int, config: Path) -> tuple[float, float, float]:
+def ours(manifest: Path, out: Path, cpus: int, config: Path) -> tuple[float, float]:
+    """Our build on ``cpus`` CPUs: (media seconds, wall seconds)."""
     from microturn.config import load_config
     from microturn.jobs.build import run_build
 
     cfg = load_config(config, [f"job.num_cpus={cpus}"])
     shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    summary = run_build(str(manifest), str(out), cfg, progress=False)
+    return summary.media_s_in, time.perf_counter() - t0
+
+
+def naive(manifest: Path, out: Path) -> tuple[float, float]:
+    """The naive script on 2 threads: (media seconds, wall seconds)."""
+    import torch
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    media_s = naive_build(manifest, out)
+    return media_s, time.perf_counter() - t0
+
+
+def _side(side: str, manifest: Path, out: Path, config: Path) -> None:
+    """One run, in a process of its own (``--side``): prints its figures as the last line."""
+    import av  # noqa: F401  (both sides import their libraries before the clock starts)
+    import torch  # noqa: F401
+
+    media_s, wall = naive(manifest, out) if side == "naive_2threads" else ours(manifest, out, int(side[5]), config)
+    print(json.dumps({"media_s": media_s, "wall_s": wall}))
+
+
+def _run_side(side: str, manifest: Path, tmp: Path, config: Path) -> tuple[float, float, float]:
+    """(media seconds, wall seconds, peak MB of the process tree): a fresh process per run, so no run's
+    memory holds another's models."""
+    cmd = [sys.executable, __file__, "--side", side, "--input", str(manifest), "--out", str(tmp / side), "--config", str(config)]
     with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        summary = run_build(str(manifest), str(out), cfg, progress=False)
-        wall = time.perf_counter() - t0
-    return summary.media_s_in, wall, mem.peak_mb
+        res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"{side} failed:\n{res.stderr[-3000:]}")
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    return got["media_s"], got["wall_s"], mem.peak_mb
+
+
+def _median_run(runs: list[tuple[float, float, float]]) -> dict:
+    """The run of median wall time (its media seconds and peak memory), and every wall time."""
+    media_s, wall, peak = sorted(runs, key=lambda r: r[1])[len(runs) // 2]
+    return {"media_s": round(media_s, 2), "wall_s": round(wall, 2), "media_s_per_s": round(media_s / wall, 3),
+            "peak_rss_mb": round(peak, 1), "walls_s": [round(r[1], 2) for r in runs]}
 
 
 def main() -> None:
@@ -155,9 +194,15 @@ def main() -> None:
     ap.add_argument("--input", type=Path, help="session manifest (default: generated)")
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of all three runs; each side's median is reported")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml",
                     help="our build's config (configs/dmel.yaml: dMel + text, no EnCodec)")
+    ap.add_argument("--side", choices=["ours_1cpu", "ours_2cpu", "naive_2threads"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.side:
+        _side(args.side, args.input, args.out, args.config)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="mt-bench-pipeline-"))
     manifest = args.input
@@ -166,23 +211,14 @@ def main() -> None:
 
         manifest = synthesize_corpus(tmp / "media", sessions=args.sessions, seed=3, duration_s=args.duration)
 
-    results = {}
-    for cpus in (1, 2):
-        media_s, wall, peak = ours(manifest, tmp / f"ours{cpus}", cpus, args.config)
-        results[f"ours_{cpus}cpu"] = {"media_s": round(media_s, 2), "wall_s": round(wall, 2),
-                                      "media_s_per_s": round(media_s / wall, 3), "peak_rss_mb": round(peak, 1)}
-        print(f"ours, {cpus} CPU(s): {media_s:.1f} media-s in {wall:.1f} s = {media_s / wall:.2f}x realtime, peak {peak:.0f} MB", flush=True)
-
-    import torch
-
-    torch.set_num_threads(2)
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        media_s = naive_build(manifest, tmp / "naive")
-        wall = time.perf_counter() - t0
-    results["naive_2threads"] = {"media_s": round(media_s, 2), "wall_s": round(wall, 2),
-                                 "media_s_per_s": round(media_s / wall, 3), "peak_rss_mb": round(mem.peak_mb, 1)}
-    print(f"naive script: {media_s:.1f} media-s in {wall:.1f} s = {media_s / wall:.2f}x realtime", flush=True)
+    walls: dict[str, list[tuple[float, float, float]]] = {"ours_1cpu": [], "ours_2cpu": [], "naive_2threads": []}
+    for r in range(max(1, args.repeats)):  # the sides take turns: a slow spell of the machine hits all of them
+        for side in walls:
+            media_s, wall, peak = _run_side(side, manifest, tmp, args.config)
+            walls[side].append((media_s, wall, peak))
+            print(f"round {r + 1}: {side}: {media_s:.1f} media-s in {wall:.1f} s = {media_s / wall:.2f}x realtime, "
+                  f"peak {peak:.0f} MB", flush=True)
+    results = {side: _median_run(runs) for side, runs in walls.items()}
     shutil.rmtree(tmp, ignore_errors=True)
     scaling = results["ours_2cpu"]["media_s_per_s"] / results["ours_1cpu"]["media_s_per_s"]
     ratio = results["ours_2cpu"]["media_s_per_s"] / results["naive_2threads"]["media_s_per_s"]

@@ -203,9 +203,10 @@ class DecoderInfo:
 
     hwaccel: Optional[str] = None  # the device type ("cuda") when its video decoder ran on one; None: software
     skip_nonref: bool = False  # non-reference frames were not decoded (decode.skip_nonref, see media/video.py)
+    left_out: int = 0  # pictures no chunk takes and no picture references, not decoded (exact picking)
 
     def to_json(self) -> dict[str, Any]:
-        return {"hwaccel": self.hwaccel, "skip_nonref": self.skip_nonref}
+        return {"hwaccel": self.hwaccel, "skip_nonref": self.skip_nonref, "left_out": self.left_out}
 
 
 @dataclass(frozen=True)

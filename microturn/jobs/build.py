@@ -19,12 +19,13 @@ Execution model (Ray Core; why not Ray Data: see docs/architecture.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from microturn import storage
 from microturn.config import BuildConfig
@@ -73,6 +74,7 @@ class BuildSummary:
     stage_s: dict[str, float] = field(default_factory=dict)
     slowest_sessions: list[dict[str, Any]] = field(default_factory=list)  # run by this build, slowest first
     decoders: dict[str, int] = field(default_factory=dict)  # finished sessions by video decoder ("software", "cuda")
+    pictures_left_out: int = 0  # video pictures exact picking did not decode (no chunk takes them, none refers to them)
 
     @property
     def throughput(self) -> float:
@@ -195,40 +197,73 @@ class _InOrderFeeder:
 
 
 def worker_env_vars(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """The environment the session tasks get through Ray's runtime_env: never a credential."""
+    """The environment the session tasks get (a cluster's through the runtime_env, an embedded Ray's
+    from its raylet): never a credential."""
     environ = dict(os.environ) if environ is None else environ
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.update({k: environ[k] for k in FORWARDED_ENV if k in environ})
     return env
 
 
-def _init_ray(cfg: BuildConfig, address: Optional[str]) -> bool:
+def _init_ray(cfg: BuildConfig, address: Optional[str]) -> Optional[str]:
     """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start an embedded one.
-    Returns True when we started Ray here (and so must shut it down)."""
+    Returns how: "connected", "embedded" (started here: ours to stop), None (the caller's Ray)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     address = address or cfg.job.address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": worker_env_vars()}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True, configure_logging=False)
-        return True
+        ray.init(address=address, runtime_env={"env_vars": worker_env_vars()}, log_to_driver=True,
+                 configure_logging=False)
+        return "connected"
     num_cpus = cfg.job.num_cpus or os.cpu_count() or 1
     # Small machines: cap the object store; results are small summaries, parts go to storage.
     store = (cfg.job.object_store_mb or 512) * 1024 * 1024
+    # The embedded raylet hands its own environment to every worker it starts, so the variables go
+    # there, not into a runtime_env: a runtime_env would keep the workers Ray starts with the driver
+    # idle (they have no runtime_env) and make the first task wait ~0.6 s for a worker of its own.
     # address="local": always a new embedded instance. Without it ray.init() joins the newest cluster
     # started on this machine (/tmp/ray/ray_current_cluster), someone else's cluster included.
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=store,
-        runtime_env=env,
-        log_to_driver=True,
-        configure_logging=False,
-    )
-    return True
+    with _environment(worker_env_vars()):
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            object_store_memory=store,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    return "embedded"
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` set in this process (and so in the processes it starts) while the block runs."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _stop_embedded_ray() -> None:
+    """``ray.shutdown`` with the autoscaler's monitor stopped first: on SIGTERM it reports to the GCS,
+    which shutdown has already stopped, and so waits out its 1 s grace before the SIGKILL."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    try:
+        if node is not None:
+            node.kill_monitor(check_alive=False)
+    except Exception as exc:  # noqa: BLE001  (a private API: another Ray may differ; shutdown still works)
+        log.debug("could not stop Ray's monitor first: %r", exc)
+    ray.shutdown()
 
 
 @dataclass
@@ -366,7 +401,7 @@ def _schedule(plan: _Plan, cfg: BuildConfig, feeder: _InOrderFeeder, *, address:
     from microturn.jobs.tokenizer_pool import start_pool
 
     bar = Progress(len(plan.todo), progress)
-    started_ray = _init_ray(cfg, address)
+    ray_by = _init_ray(cfg, address)
     try:
         resources = ray.cluster_resources()
         pool = start_pool(cfg, resources.get("GPU", 0.0))
@@ -387,7 +422,9 @@ def _schedule(plan: _Plan, cfg: BuildConfig, feeder: _InOrderFeeder, *, address:
         return sched.timings
     finally:
         bar.close()
-        if started_ray:
+        if ray_by == "embedded":
+            _stop_embedded_ray()
+        elif ray_by == "connected":
             ray.shutdown()
 
 
@@ -427,6 +464,7 @@ def _summarise(plan: _Plan, cfg: BuildConfig, sink: Any, timings: list[dict[str,
         rejects_by_reason=_count_reasons(rejections),
         stage_s=_stage_seconds([outcomes[s] for s in ok]),
         decoders=_decoder_counts([outcomes[s] for s in ok]),
+        pictures_left_out=sum(outcomes[s].get("stats", {}).get("decoder", {}).get("left_out", 0) for s in ok),
         slowest_sessions=sorted(timings, key=lambda t: (-t["wall_s"], t["session_id"]))[:SLOWEST_SHOWN],
     )
     storage.write_bytes_atomic(

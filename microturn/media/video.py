@@ -17,19 +17,28 @@ frame shown before it: never a later frame, and at most k frame intervals earlie
 longest run of consecutive non-reference frames in presentation order (the stream's B-frames that no
 other frame references: at most 1 with x264's default B-pyramid, up to its ``bframes`` (3) without one;
 120 ms at 25 fps). The luma trace of the A/V offset estimate sees the decoded frames only.
+
+Without it, picking is exact and still leaves undecoded what no chunk takes: an H.264 picture that no
+other picture references (``h264.DisposableTest``) is not sent to the decoder when the pictures
+around it in the stream show that no chunk start falls in its presentation interval. It still takes
+its place on the clock (``_Undecoded``), so every chunk gets the frame a full decode gives it, bit for
+bit. Only when neither the luma trace nor the frame candidates are asked for: they want every frame.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import numpy as np
 
 from microturn.clock import CODEC_RATE, GRID
 from microturn.errors import StageError
 from microturn.media.container import PacketStats, frame_time, max_timeline_s, too_long
+from microturn.media.h264 import DisposableTest
 from microturn.records import DecodedMedia, FrameCandidates, VideoFrames, VideoTrace
 
 if TYPE_CHECKING:
@@ -41,6 +50,9 @@ MAX_TRACE_FRAMES = 20_000
 # Frame candidates cost frame_width x frame_height x 3 bytes each (12 KiB at 64 x 64: 240 MiB here).
 # Past this many the session keeps none and says so in its warnings: the offset cannot be applied.
 MAX_CANDIDATE_FRAMES = 20_000
+# Packets a disposable picture waits for the pictures around it (decode order) before it is left out
+# or decoded; a reorder window needs a handful (x264: B-frames + 1), more only costs a little memory.
+UNTAKEN_LOOKAHEAD = 16
 
 
 def scaler() -> Any:
@@ -190,6 +202,58 @@ class _Candidates:
         return FrameCandidates(np.asarray(self.samples, dtype=np.int64), np.stack(self.images), end_sample)
 
 
+@dataclass(frozen=True)
+class _Undecoded:
+    """A picture left out of the decoder: what placing it on the clock needs, no pixels."""
+
+    pts: int
+    time_base: Fraction
+    duration: int
+
+
+class _UntakenFilter:
+    """Packets of one video stream, minus the disposable pictures no chunk takes.
+
+    A picture's presentation interval ends where the next picture in presentation order starts; that
+    one is among the ``UNTAKEN_LOOKAHEAD`` packets before or after it in decode order, so each video
+    packet waits for that many more. A later start found among fewer packets only lengthens the
+    interval (more chunks may take the frame), so a short window costs decoding, never exactness.
+    """
+
+    def __init__(self, picker: "VideoPicker", test: DisposableTest, index: int, stats: PacketStats) -> None:
+        self._picker, self._test, self._index, self._stats = picker, test, index, stats
+        self._ahead: deque[Any] = deque()
+        self._behind: deque[Optional[int]] = deque(maxlen=UNTAKEN_LOOKAHEAD)
+
+    def __call__(self, packets: Iterator[Any]) -> Iterator[Any]:
+        for packet in packets:
+            if packet.stream.index != self._index:
+                yield packet
+                continue
+            self._ahead.append(packet)
+            if len(self._ahead) > UNTAKEN_LOOKAHEAD:
+                yield from self._release(self._ahead.popleft())
+        while self._ahead:
+            yield from self._release(self._ahead.popleft())
+
+    def _release(self, packet: Any) -> Iterator[Any]:
+        if self._decode(packet):
+            yield packet
+        self._behind.append(packet.pts)
+
+    def _decode(self, packet: Any) -> bool:
+        pts = packet.pts
+        if pts is None or not packet.size or not packet.time_base or not self._test.disposable(memoryview(packet)):
+            return True
+        later = [p for p in (*self._behind, *(a.pts for a in self._ahead)) if p is not None and p > pts]
+        tb = Fraction(packet.time_base)
+        if not later or self._picker.takes(pts * tb, min(later) * tb):
+            return True
+        self._picker.left_out(_Undecoded(pts, tb, packet.duration or 0))
+        self._stats.packets += 1  # a packet of the stream all the same (the error fraction counts it)
+        return False
+
+
 @dataclass
 class VideoResult:
     """One file's picked frames and where they sit; the trace and candidates when asked for."""
@@ -202,6 +266,7 @@ class VideoResult:
     warnings: list[str]
     trace: Optional[VideoTrace] = None
     candidates: Optional[FrameCandidates] = None
+    left_out: int = 0  # disposable pictures no chunk takes, not decoded
 
 
 class VideoPicker:
@@ -230,6 +295,10 @@ class VideoPicker:
         self._intervals: list[int] = []
         self._skipped = 0
         self._max_sample = GRID.seconds_to_samples(max_timeline_s(cfg))
+        self._undecoded: list[tuple[Fraction, int, _Undecoded]] = []  # a heap by presentation time
+        self._left_out = 0
+        self._last_decoded: Optional[_Picture] = None
+        self._stood_in = 0
 
     def feed(self, frame: Any) -> None:
         if frame.width * frame.height > self.cfg.max_frame_pixels:  # a resolution change mid-stream
@@ -243,6 +312,7 @@ class VideoPicker:
         if self._trace is not None and t is not None:
             self._trace.observe(frame, t)
         if self.origin is not None:
+            self._place_undecoded(before=t)
             self._pick(frame, t)
         elif t is not None or self.pending:  # untimed frames before the first are useless
             if self.first_s is None:
@@ -254,6 +324,42 @@ class VideoPicker:
         pending, self.pending = self.pending, []
         for frame in pending:
             self._pick(frame, frame_time(frame))
+
+    def leave_out_untaken(self, packets: Iterator[Any], stream: Any, stats: PacketStats) -> Iterator[Any]:
+        """``packets`` without the disposable pictures of ``stream`` that no chunk takes (see the
+        module docstring); all of them when the trace, the candidates or ``skip_nonref`` are on."""
+        ctx = stream.codec_context
+        wants_all = self._trace is not None or self._candidates is not None or self.cfg.skip_nonref
+        test = None if wants_all or ctx is None else DisposableTest.for_stream(ctx.name, ctx.extradata)
+        return packets if test is None else _UntakenFilter(self, test, stream.index, stats)(packets)
+
+    def takes(self, start_s: Fraction, end_s: Fraction) -> bool:
+        """Whether a chunk would take a frame presented from ``start_s`` until ``end_s`` (container
+        clock) after the frames placed so far; True while the picture's place is not yet known."""
+        if self.origin is None or self._prev is None:
+            return True
+        first_chunk = -(-max(self._sample_of(start_s), 0) // GRID.chunk_samples)
+        return GRID.chunk_to_sample(first_chunk) < self._sample_of(end_s)
+
+    def left_out(self, picture: _Undecoded) -> None:
+        """A picture not decoded: it takes its place on the clock when the frames around it come."""
+        heapq.heappush(self._undecoded, (frame_time(picture), self._left_out, picture))  # type: ignore[misc]
+        self._left_out += 1
+
+    def _place_undecoded(self, before: Optional[Fraction]) -> None:
+        """Pictures left out that are presented before ``before`` (None: all), in presentation order."""
+        while self._undecoded and (before is None or self._undecoded[0][0] < before):
+            t, _, picture = heapq.heappop(self._undecoded)
+            self._pick(picture, t)
+
+    def _stand_in(self, last: Optional[_Picture]) -> np.ndarray:
+        """Pixels for a left-out picture a chunk took after all: only when the picture that ends its
+        interval was lost (a packet that failed to decode). The frame decoded before it, counted in
+        the warnings."""
+        self._stood_in += 1
+        if last is None:
+            return np.zeros((self.cfg.frame_height, self.cfg.frame_width, 3), dtype=np.uint8)
+        return last.rgb()
 
     def _sample_of(self, t: Optional[Fraction]) -> int:
         if t is None:  # an untimed frame lasts as long as the one before
@@ -269,8 +375,14 @@ class VideoPicker:
         if self._prev is not None and s <= self._prev_sample:
             self._skipped += 1  # out-of-order or duplicate timestamp: keep the earlier frame
             return
-        picture = _Picture(frame, self._to_rgb)
+        if isinstance(frame, _Undecoded):
+            last = self._last_decoded
+            picture = _Picture(frame, lambda _: self._stand_in(last))
+        else:
+            picture = _Picture(frame, self._to_rgb)
         self._fill.place(s, picture)
+        if not isinstance(frame, _Undecoded):
+            self._last_decoded = picture
         if self._candidates is not None:
             self._candidates.add(s, picture)
         if self._prev is not None:
@@ -295,6 +407,7 @@ class VideoPicker:
 
     def finish(self, stats: PacketStats) -> VideoResult:
         stats.check(self.uri, "video")
+        self._place_undecoded(before=None)
         if self._prev is None or self.first_s is None or self.origin is None:
             raise StageError("decode", "undecodable", "video stream yielded no timestamped frame", source=self.uri)
         end_sample = self._end_sample()
@@ -304,6 +417,8 @@ class VideoPicker:
             warnings.append(f"video_decode_errors:{stats.errors}/{stats.packets}")
         if self._skipped:
             warnings.append(f"video_nonmonotonic_frames:{self._skipped}")
+        if self._stood_in:
+            warnings.append(f"video_undecoded_frames_taken:{self._stood_in}")
         candidates = self._candidates.result(end_sample) if self._candidates is not None else None
         if self._candidates is not None and self._candidates.dropped:
             warnings.append(f"video_candidates_dropped:>{MAX_CANDIDATE_FRAMES}")  # the offset cannot be applied
@@ -316,6 +431,7 @@ class VideoPicker:
             warnings=warnings,
             trace=self._trace.result(self.offset_s, self.origin) if self._trace is not None else None,
             candidates=candidates,
+            left_out=self._left_out,
         )
 
 

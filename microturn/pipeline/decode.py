@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Optional
@@ -125,7 +125,10 @@ def _decode_file(
     streams = opened.first_streams(uri, audio=sink is not None, video=picker is not None)
     stats = {s.index: PacketStats() for s in streams}
     a_index = streams[0].index if sink is not None else -1
-    for index, frame in decode_frames(opened.packets(uri, streams), stats):
+    packets = opened.packets(uri, streams)
+    if picker is not None:
+        packets = picker.leave_out_untaken(packets, streams[-1], stats[streams[-1].index])
+    for index, frame in decode_frames(packets, stats):
         if index == a_index:
             sink.feed(frame)  # type: ignore[union-attr]
         else:
@@ -274,6 +277,12 @@ def _video_frames(uri: str, video: VideoResult, num_samples: int) -> VideoFrames
     return VideoFrames(uri, video.frames_rgb[keep], video.frame_chunks[keep], video.offset_sample)
 
 
+def _decoder(opened: Sources, video_uri: Optional[str], video: Optional[VideoResult]) -> DecoderInfo:
+    if video is None or video_uri is None:
+        return DecoderInfo()
+    return replace(opened.decoders.get(video_uri, DecoderInfo()), left_out=video.left_out)
+
+
 def _provenance(
     spec: "SessionSpec", cfg: DecodeConfig, rows: list[_Row], starts: list[Fraction], offsets: list[int],
     origin: Fraction, video: Optional[VideoResult],
@@ -368,5 +377,5 @@ def _decode_probed(
         warnings=tuple(warnings),
         trace=video.trace if video is not None else None,
         candidates=video.candidates if video is not None else None,
-        decoder=opened.decoders.get(video_uri, DecoderInfo()) if video is not None else DecoderInfo(),
+        decoder=_decoder(opened, video_uri, video),
     )
