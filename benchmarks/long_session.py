@@ -1,11 +1,12 @@
 """Does an hours-long session fit its time budget with the shipped config, no overrides? (issue 17)
 
-    .venv/bin/python benchmarks/long_session.py [--minutes 60] [--cpus 2] [--config configs/default.yaml]
+    .venv/bin/python benchmarks/long_session.py [--minutes 60] [--cpus 2] [--config configs/default.yaml] [--input MANIFEST]
 
 Makes a two-speaker session of ``--minutes`` by looping a real recording, one voice per channel
 (../shared/media/dialogue/michaelandsickmichael.wav, 52 s, 16 kHz), into one stereo WAV; builds it with
 ``microturn build --config CONFIG --num-cpus CPUS`` and nothing else; samples the resident memory of
-the build's processes every second from /proc.
+the build's processes every second from /proc. ``--input``: build that manifest instead (e.g. an hour of
+``microturn synth --duration 3600``, which has video), ``--minutes`` then only names it.
 
 Prints one JSON line last: wall time of the build and of the session, the session's budget, peak RSS
 of the largest worker (sampled, and its high-water mark) and of all the build's processes together,
@@ -59,6 +60,13 @@ def looped_dialogue(out: Path, minutes: float) -> Path:
     return out
 
 
+def _looped_manifest(folder: Path, minutes: float) -> Path:
+    wav = looped_dialogue(folder / "dialogue.wav", minutes)
+    session_id = f"long-{minutes:g}min".replace(".", "_")  # ids hold no dots
+    return write_manifest(folder / "sessions.jsonl", [{"session_id": session_id, "audio": [
+        {"uri": str(wav), "channel": 0, "speaker": "A"}, {"uri": str(wav), "channel": 1, "speaker": "B"}]}])
+
+
 def _tree(pid: int) -> list[int]:
     """``pid`` and its descendants (from /proc), so the Ray workers the build starts are included."""
     children: dict[int, list[int]] = {}
@@ -101,16 +109,14 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    ap.add_argument("--input", type=Path, help="a manifest to build instead of the looped dialogue")
     args = ap.parse_args()
-    if not SOURCE.exists():
+    if args.input is None and not SOURCE.exists():
         print(json.dumps({"skipped": f"{SOURCE} not found"}))
         return
     with tempfile.TemporaryDirectory(prefix="microturn-long-") as tmp:
         t = Path(tmp)
-        wav = looped_dialogue(t / "dialogue.wav", args.minutes)
-        session_id = f"long-{args.minutes:g}min".replace(".", "_")  # ids hold no dots
-        manifest = write_manifest(t / "sessions.jsonl", [{"session_id": session_id, "audio": [
-            {"uri": str(wav), "channel": 0, "speaker": "A"}, {"uri": str(wav), "channel": 1, "speaker": "B"}]}])
+        manifest = args.input.resolve() if args.input is not None else _looped_manifest(t, args.minutes)
         out = t / "corpus"
         cmd = [sys.executable, "-m", "microturn.cli", "build", "--input", str(manifest), "--out", str(out),
                "--config", str(args.config), "--num-cpus", str(args.cpus)]
@@ -137,7 +143,8 @@ def main() -> None:
     slow = (stats.get("slowest_sessions") or [{}])[0]
     result = {
         "benchmark": "long_session",
-        "minutes": args.minutes,
+        "minutes": round(stats["media_s_in"] / 60, 2) if stats.get("media_s_in") else args.minutes,
+        "input": str(args.input) if args.input is not None else "looped dialogue",
         "cpus": args.cpus,
         "config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
         "exit_code": proc.returncode,
@@ -147,7 +154,7 @@ def main() -> None:
         "build_wall_s": round(wall, 1),
         "session_wall_s": slow.get("wall_s"),
         "budget_s": slow.get("budget_s"),
-        "realtime_factor": round(args.minutes * 60 / slow["wall_s"], 2) if slow.get("wall_s") else None,
+        "realtime_factor": round(stats.get("media_s_in", args.minutes * 60) / slow["wall_s"], 2) if slow.get("wall_s") else None,
         "peak_worker_rss_mb": round(peak_worker, 1),  # sampled every second
         "peak_worker_hwm_mb": round(hwm_worker, 1),  # the kernel's high-water mark: the true peak
         "peak_total_rss_mb": round(peak_total, 1),

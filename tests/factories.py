@@ -74,7 +74,7 @@ class TokenizedSession:
         return self.tokens.valid_frames
 
     def samples(self, events: Sequence[Event], cfg: ChunkConfig) -> list[Sample]:
-        return make_samples(self.header, self.timeline, self.tokens, events, cfg)
+        return list(make_samples(self.header, self.timeline, self.tokens, events, cfg))
 
 
 # the dMel and pixels representations' members (microturn/tokenizers/dmel.py, pixels.py) at the default hop

@@ -12,6 +12,7 @@ the next run (``--retry-failed`` discards both and runs the session again).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Callable, Optional, Sequence
 
@@ -140,11 +141,11 @@ def run_one_session(
             tokenizer = PooledTokenizer(tokenizer_pool, spec.session_id, tokenizer_timeout_s(cfg, budget_s))
         else:  # cached per worker process: models load once, not once per session
             tokenizer = LocalTokenizer(load_tokenizers(cfg.tokenizers))
-        result = process_session(spec, cfg, tokenizer)
+        write = functools.partial(write_part, part_uri(work_uri, spec.session_id, ".tar"))
+        result = process_session(spec, cfg, tokenizer, write)
     except StageError as err:
         rejection = Rejection(spec.session_id, err.source or ";".join(spec.source_uris()), err.stage, err.reason, err.message)
         return write_reject(work_uri, rejection, config_hash)
-    write_part(part_uri(work_uri, spec.session_id, ".tar"), result.samples)
     summary = result.summary()
     summary.update(status="ok", tokenizers=tokenizer.describe(), members=tokenizer.members(), config_hash=config_hash)
     storage.write_bytes_atomic(

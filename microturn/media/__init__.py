@@ -12,6 +12,9 @@ file again). Stages after decode read the ``DecodedMedia`` record, never a file.
   longest timeline a file may claim;
 - ``audio``: the audio sink and its growable buffers;
 - ``video``: frame conversion, the picker, the luma trace, frame candidates and re-picking;
-- ``spill``: the session's waves in a temporary file instead of memory, read a window at a time by
-  every later pass, which hands each window's pages back (memory flat in session length).
+- ``h264``: which H.264 packets hold a picture no other picture references (left undecoded when no
+  chunk takes it);
+- ``spill``: the session's waves and picked frames in temporary files instead of memory, read a
+  window at a time by every later pass, which hands each window's pages back (memory flat in session
+  length).
 """

@@ -31,29 +31,31 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _PAGE = mmap.PAGESIZE
+COPY_BLOCK = 1 << 20  # samples copied (and released) at a time between spilled waves
 _LOCK = threading.Lock()
 # start address -> (end address, the mapping, its folder): the live spill mappings of this process
 _MAPS: dict[int, tuple[int, "weakref.ref[mmap.mmap]", str]] = {}
 
 
-def zeros(shape: tuple[int, ...], folder: Optional[Path | str] = None, *, like: Optional[np.ndarray] = None) -> np.ndarray:
-    """float32 zeros of ``shape`` backed by a temporary file in ``folder`` (the system's temporary
-    folder when None; ``like``: the folder of that spilled array). Falls back to memory, with a
-    warning, when the folder cannot hold it."""
+def zeros(shape: tuple[int, ...], folder: Optional[Path | str] = None, *, like: Optional[np.ndarray] = None,
+          dtype: "np.typing.DTypeLike" = np.float32) -> np.ndarray:
+    """Zeros of ``shape`` (float32 unless ``dtype``) backed by a temporary file in ``folder`` (the
+    system's temporary folder when None; ``like``: the folder of that spilled array). Falls back to
+    memory, with a warning, when the folder cannot hold it."""
     if like is not None:
         folder = spill_folder(like)
         if folder is None:
-            return np.zeros(shape, dtype=np.float32)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+            return np.zeros(shape, dtype=dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if nbytes == 0:
-        return np.zeros(shape, dtype=np.float32)
+        return np.zeros(shape, dtype=dtype)
     where = str(folder) if folder is not None else tempfile.gettempdir()
     try:
         mm = _mapped_file(where, nbytes)
     except OSError as exc:
-        log.warning("cannot spill %.1f MB of audio to %s (%s): holding it in memory", nbytes / 2**20, where, exc)
-        return np.zeros(shape, dtype=np.float32)
-    arr = np.ndarray(shape, dtype=np.float32, buffer=mm)  # views keep ``arr``, and so the mapping, alive
+        log.warning("cannot spill %.1f MB of media to %s (%s): holding it in memory", nbytes / 2**20, where, exc)
+        return np.zeros(shape, dtype=dtype)
+    arr = np.ndarray(shape, dtype=dtype, buffer=mm)  # views keep ``arr``, and so the mapping, alive
     start = arr.ctypes.data
     with _LOCK:
         _MAPS[start] = (start + nbytes, weakref.ref(mm), where)
@@ -107,9 +109,12 @@ def release(view: np.ndarray) -> None:
     if not _MAPS or view.size == 0:
         return
     if view.ndim > 1:
-        for row in view:
-            release(row)
-        return
+        if view.flags.c_contiguous:  # one range (a block of video frames)
+            view = view.reshape(-1)
+        else:
+            for row in view:
+                release(row)
+            return
     first = view.__array_interface__["data"][0]
     last = first + (view.shape[0] - 1) * view.strides[0]
     lo, hi = min(first, last), max(first, last) + view.itemsize
@@ -122,3 +127,12 @@ def release(view: np.ndarray) -> None:
     if b > a:
         mm.madvise(mmap.MADV_DONTNEED, a - start, b - a)
 
+
+
+def copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[:] = src`` (1-D, same length) a block at a time, each block's pages handed back on both
+    sides once copied: copying a spilled hour holds a block of it, not the hour."""
+    for i in range(0, src.shape[0], COPY_BLOCK):
+        dst[i : i + COPY_BLOCK] = src[i : i + COPY_BLOCK]
+        release(dst[i : i + COPY_BLOCK])
+        release(src[i : i + COPY_BLOCK])

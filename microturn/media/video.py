@@ -27,6 +27,7 @@ bit. Only when neither the luma trace nor the frame candidates are asked for: th
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections import deque
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import numpy as np
 
 from microturn.clock import CODEC_RATE, GRID
 from microturn.errors import StageError
+from microturn.media import spill
 from microturn.media.container import PacketStats, frame_time, max_timeline_s, too_long
 from microturn.media.h264 import DisposableTest
 from microturn.records import DecodedMedia, FrameCandidates, VideoFrames, VideoTrace
@@ -53,6 +55,8 @@ MAX_CANDIDATE_FRAMES = 20_000
 # Packets a disposable picture waits for the pictures around it (decode order) before it is left out
 # or decoded; a reorder window needs a handful (x264: B-frames + 1), more only costs a little memory.
 UNTAKEN_LOOKAHEAD = 16
+FIRST_FRAMES = 256  # the picked frames' first allocation (51 s of chunks); it doubles as needed
+RELEASE_FRAMES = 256  # spilled frames go back to the kernel this many at a time (5 MB at 80 x 80)
 
 
 def scaler() -> Any:
@@ -106,15 +110,52 @@ class _Picture:
         return self._rgb
 
 
+def frame_zeros(cfg: "DecodeConfig") -> Callable[[tuple[int, ...]], np.ndarray]:
+    """How the picked frames' array is allocated: spilled to a file like the waves (``decode.spill``)."""
+    if cfg.spill:
+        return functools.partial(spill.zeros, folder=cfg.spill_dir, dtype=np.uint8)
+    return functools.partial(np.zeros, dtype=np.uint8)
+
+
+class _FrameStore:
+    """uint8 [n, height, width, 3] frames appended one at a time, grown by doubling. Allocated by
+    ``zeros``: with ``spill.zeros`` the frames written go back to the kernel every ``RELEASE_FRAMES``,
+    so hours of picture cost disk, not memory (0.35 GB per hour at 80 x 80)."""
+
+    def __init__(self, shape: tuple[int, int], zeros: Callable[[tuple[int, ...]], np.ndarray]) -> None:
+        self._zeros = zeros
+        self.data = zeros((FIRST_FRAMES, *shape, 3))
+        self.size = 0
+        self._released = 0
+
+    def append(self, image: np.ndarray) -> None:
+        if self.size == self.data.shape[0]:
+            bigger = self._zeros((2 * self.size, *self.data.shape[1:]))
+            for start in range(0, self.size, RELEASE_FRAMES):  # block by block: a spilled copy stays small
+                block = slice(start, min(start + RELEASE_FRAMES, self.size))
+                bigger[block] = self.data[block]
+                spill.release(bigger[block])
+                spill.release(self.data[block])
+            self.data = bigger
+        self.data[self.size] = image
+        self.size += 1
+        if self.size - self._released >= RELEASE_FRAMES:
+            spill.release(self.data[self._released : self.size])
+            self._released = self.size
+
+    def result(self) -> np.ndarray:
+        return self.data[: self.size]
+
+
 class _ChunkFill:
     """Frames in presentation order, placed on session samples -> one frame per chunk.
 
     Chunk ``c`` gets the frame whose presentation interval covers its start; a chunk starting up to
     half a chunk before the first frame still gets that frame; chunks before it get none."""
 
-    def __init__(self, height: int, width: int) -> None:
-        self._shape = (height, width)
-        self._images: list[np.ndarray] = []
+    def __init__(self, height: int, width: int,
+                 zeros: Callable[[tuple[int, ...]], np.ndarray] = functools.partial(np.zeros, dtype=np.uint8)) -> None:
+        self._frames = _FrameStore((height, width), zeros)
         self._chunks: list[int] = []
         self._next_c = 0
         self._prev: Optional[_Picture] = None
@@ -135,7 +176,7 @@ class _ChunkFill:
         self._prev = picture
 
     def _take(self, c: int, picture: _Picture) -> None:
-        self._images.append(picture.rgb())
+        self._frames.append(picture.rgb())
         self._chunks.append(c)
 
     def finish(self, end_sample: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,12 +184,7 @@ class _ChunkFill:
         while self._prev is not None and GRID.chunk_to_sample(self._next_c) < end_sample:
             self._take(self._next_c, self._prev)
             self._next_c += 1
-        frames = np.empty((len(self._images), *self._shape, 3), dtype=np.uint8)
-        for i, image in enumerate(self._images):  # each picture freed once copied: not all of them twice
-            frames[i] = image
-            self._images[i] = None  # type: ignore[call-overload]
-        self._images = []
-        return frames, np.asarray(self._chunks, dtype=np.int32)
+        return self._frames.result(), np.asarray(self._chunks, dtype=np.int32)
 
 
 class LumaTrace:
@@ -286,7 +322,7 @@ class VideoPicker:
         self.first_s: Optional[Fraction] = None
         self.origin: Optional[Fraction] = None
         self.pending: list[Any] = []
-        self._fill = _ChunkFill(cfg.frame_height, cfg.frame_width)
+        self._fill = _ChunkFill(cfg.frame_height, cfg.frame_width, frame_zeros(cfg))
         self._sws = scaler()
         self._trace = LumaTrace() if trace else None
         self._candidates = _Candidates() if candidates else None

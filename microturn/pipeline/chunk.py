@@ -8,7 +8,7 @@ frames are real. Nothing is dropped: windows run until the session's valid frame
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from microturn.format import (
     member_table,
     sample_key,
 )
+from microturn.media import spill
 from microturn.records import Event, Sample, SessionHeader, StageError, Timeline, Tokens, Word
 
 
@@ -122,6 +123,13 @@ def _check(header: SessionHeader, timeline: Timeline, tokens: Tokens, table: Mem
                          f"valid_frames {tokens.valid_frames} outside (0, {F}]", source=sid)
 
 
+def _release_read(arr: np.ndarray, rows: np.ndarray) -> None:
+    """A spilled array's rows just copied go back to the kernel (the window's frames are consecutive)."""
+    idx = np.flatnonzero(rows)
+    if len(idx):
+        spill.release(arr[idx[0] : idx[-1] + 1])
+
+
 def _window_arrays(tokens: Tokens, activity: np.ndarray, f0: int, c0: int, in_frames: np.ndarray,
                    F: int, grid: Grid) -> dict[str, np.ndarray]:
     """Every array member of one window: frame-grid members cut at [f0, f0 + F) and padded with their
@@ -139,6 +147,7 @@ def _window_arrays(tokens: Tokens, activity: np.ndarray, f0: int, c0: int, in_fr
             out[spec.suffix] = _fit(arr, c0 * steps, window * steps, tokens.fill.get(spec.suffix, 0))
         elif spec.dims[:1] == ("N",):
             out[spec.suffix] = np.ascontiguousarray(arr[in_frames])
+            _release_read(arr, in_frames)
         else:
             out[spec.suffix] = np.ascontiguousarray(arr)  # per-session constants repeat in every window
     return out
@@ -192,16 +201,24 @@ def make_samples(
     cfg: ChunkConfig,
     *,
     grid: Grid = GRID,
-) -> list[Sample]:
+) -> Iterator[Sample]:
     """Windows of one session as encoded samples (members + index row), in window order.
 
     ``events`` are session-level events on the codec frame grid (``detect_events``). Each sample keeps
     the events and words that overlap its window, with window-relative frames (clipped at the edges and
     marked ``clipped``); the index row counts the events that *start* inside the window, so counts over
     non-overlapping windows add up to the session's.
+
+    The inputs are checked here; the samples are made as they are taken, so a writer holds one at a
+    time (an hour with pixels is 0.4 GB of samples).
     """
     table = member_table(tokens.members)
     _check(header, timeline, tokens, table, grid)
+    return _samples(header, timeline, tokens, events, cfg, grid, table)
+
+
+def _samples(header: SessionHeader, timeline: Timeline, tokens: Tokens, events: Sequence[Event], cfg: ChunkConfig,
+             grid: Grid, table: MemberTable) -> Iterator[Sample]:
     F = grid.chunk_to_frame(cfg.window_chunks)
     activity = _fit(np.asarray(timeline.activity, dtype=np.uint8), 0, tokens.num_frames, 0)
     frame_chunks = tokens.arrays[FRAME_INDEX]
@@ -211,7 +228,6 @@ def make_samples(
     word_frames = [(grid.sample_to_frame(w.start_sample, "floor"), grid.sample_to_frame(w.end_sample, "ceil"))
                    for w in timeline.words]
 
-    samples = []
     for window_index, c0 in enumerate(window_starts(valid_chunks, cfg)):
         f0, f1 = grid.chunk_to_frame(c0), grid.chunk_to_frame(c0) + F
         valid = min(F, tokens.valid_frames - f0)
@@ -233,6 +249,5 @@ def make_samples(
         members = encode_sample(meta=meta, arrays=arrays, words=words,
                                 events=[_event_json(e, f0, F) for e in win_events], table=table)
         key = sample_key(header.session_id, window_index)
-        samples.append(Sample(key=key, members=members,
-                              index_row=index_row_from_meta(key, meta, sum(len(b) for b in members.values()))))
-    return samples
+        yield Sample(key=key, members=members,
+                     index_row=index_row_from_meta(key, meta, sum(len(b) for b in members.values())))

@@ -186,9 +186,6 @@ def _decode_video_file(
 # ---------------------------------------------------------------- placing on the clock
 
 
-_COPY_BLOCK = 1 << 20  # samples copied (and released) at a time between spilled waves
-
-
 def _place(wave: np.ndarray, offset: int, length: int, share: bool = False) -> np.ndarray:
     """``wave`` put at ``offset`` in a zero array of ``length`` (clipped at both ends). ``share``: a
     wave already in place is returned as it is (a view of the file's buffer), not copied."""
@@ -197,22 +194,18 @@ def _place(wave: np.ndarray, offset: int, length: int, share: bool = False) -> n
     out = spill.zeros((length,), like=wave)  # a spilled wave's copy is spilled too
     src0 = max(0, -offset)
     dst0 = max(0, offset)
-    n = min(wave.shape[0] - src0, length - dst0)
-    for i in range(0, max(n, 0), _COPY_BLOCK):
-        m = min(_COPY_BLOCK, n - i)
-        out[dst0 + i : dst0 + i + m] = wave[src0 + i : src0 + i + m]
-        spill.release(out[dst0 + i : dst0 + i + m])
-        spill.release(wave[src0 + i : src0 + i + m])
+    n = max(0, min(wave.shape[0] - src0, length - dst0))
+    spill.copy(out[dst0 : dst0 + n], wave[src0 : src0 + n])
     return out
 
 
 def _downmix(wave: np.ndarray) -> np.ndarray:
     """The mean of a [channels, n] wave's channels, window by window (each sample's mean is its own)."""
     out = spill.zeros((wave.shape[1],), like=wave)
-    for i in range(0, wave.shape[1], _COPY_BLOCK):
-        out[i : i + _COPY_BLOCK] = wave[:, i : i + _COPY_BLOCK].mean(axis=0)
-        spill.release(out[i : i + _COPY_BLOCK])
-        spill.release(wave[:, i : i + _COPY_BLOCK])
+    for i in range(0, wave.shape[1], spill.COPY_BLOCK):
+        out[i : i + spill.COPY_BLOCK] = wave[:, i : i + spill.COPY_BLOCK].mean(axis=0)
+        spill.release(out[i : i + spill.COPY_BLOCK])
+        spill.release(wave[:, i : i + spill.COPY_BLOCK])
     return out
 
 
@@ -273,8 +266,9 @@ def _streams(
 
 
 def _video_frames(uri: str, video: VideoResult, num_samples: int) -> VideoFrames:
-    keep = video.frame_chunks < GRID.num_chunks(num_samples)
-    return VideoFrames(uri, video.frames_rgb[keep], video.frame_chunks[keep], video.offset_sample)
+    # chunks increase: the frames kept are a prefix, a view (a mask would copy a spilled array into memory)
+    kept = int(np.searchsorted(video.frame_chunks, GRID.num_chunks(num_samples)))
+    return VideoFrames(uri, video.frames_rgb[:kept], video.frame_chunks[:kept], video.offset_sample)
 
 
 def _decoder(opened: Sources, video_uri: Optional[str], video: Optional[VideoResult]) -> DecoderInfo:

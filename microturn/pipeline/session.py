@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
 from microturn.clock import GRID
 from microturn.config import BuildConfig
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 @dataclass
 class SessionResult:
     session_id: str
-    samples: list[Sample]
+    samples: int  # written by the session's writer (``process_session``)
     media_s: float  # session length (24 kHz samples / rate)
     stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
     stats: dict[str, Any] = field(default_factory=dict)  # event statistics, quality, flags
@@ -43,7 +43,7 @@ class SessionResult:
         """Small JSON-able record of the result (what the job keeps per finished session)."""
         return {
             "session_id": self.session_id,
-            "samples": len(self.samples),
+            "samples": self.samples,
             "media_s": self.media_s,
             "stage_s": {k: round(v, 4) for k, v in self.stage_s.items()},
             "stats": self.stats,
@@ -173,10 +173,12 @@ def _decode_and_align(spec: SessionSpec, cfg: BuildConfig, clock: _StageClock) -
         raise _with_original_source(err, local_spec, spec) from exc
 
 
-def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionTokenizer) -> SessionResult:
-    """Run every stage on one session. Data problems raise ``StageError`` (-> quarantine);
-    an unexpected exception is re-raised as ``StageError(stage, "internal:<Type>")`` so that the
-    failing stage is always named."""
+def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionTokenizer,
+                    write: Callable[[Iterable[Sample]], Any]) -> SessionResult:
+    """Run every stage on one session; ``write`` takes its samples as the chunk stage makes them (one
+    at a time: a session's samples are never all in memory). Data problems raise ``StageError``
+    (-> quarantine); an unexpected exception is re-raised as ``StageError(stage, "internal:<Type>")``
+    so that the failing stage is always named."""
     clock = _StageClock()
     media, timeline = _decode_and_align(spec, cfg, clock)
     try:
@@ -186,9 +188,10 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionToken
             del media  # the waves are not needed past tokenization's input: free them before encoding
             tokens = tokenizer.tokenize(inp)
             del inp
-        with clock.stage("chunk"):
+        with clock.stage("chunk"):  # and writing the samples
             events = detect_events(timeline.activity, cfg.events)
-            samples = make_samples(header, timeline, tokens, events, cfg.chunk)
+            samples = _Counted(make_samples(header, timeline, tokens, events, cfg.chunk))
+            write(samples)
             event_stats = session_event_stats(timeline.activity, events, cfg.events)
     except StageError:
         raise
@@ -203,4 +206,17 @@ def process_session(spec: SessionSpec, cfg: BuildConfig, tokenizer: SessionToken
         "decoder": decoder.to_json(),
     }
     media_s = float(GRID.samples_to_seconds(num_samples))
-    return SessionResult(spec.session_id, samples, media_s, clock.seconds, stats)
+    return SessionResult(spec.session_id, samples.count, media_s, clock.seconds, stats)
+
+
+class _Counted:
+    """An iterable of samples that counts those taken."""
+
+    def __init__(self, samples: Iterator[Sample]) -> None:
+        self._samples = samples
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Sample]:
+        for sample in self._samples:
+            self.count += 1
+            yield sample

@@ -74,18 +74,20 @@ def part_summary_uri(part_uri: str) -> str:
     return part_uri.removesuffix(".tar") + ".samples.json"
 
 
-def write_part(uri: str, samples: Sequence[Sample]) -> PartSummary:
+def write_part(uri: str, samples: Iterable[Sample]) -> PartSummary:
     """Write one session's samples as a tar, then its summary (both atomic, in that order), so a resumed
-    job need not recompute them and the sink copies them into a shard as they are."""
+    job need not recompute them and the sink copies them into a shard as they are. ``samples`` is taken
+    one at a time: only its index rows are kept."""
+    rows: list[dict[str, Any]] = []
     with storage.atomic_writer(uri) as fh:
         stream = TarStream(fh)
         for s in samples:
             stream.add_sample(s.key, s.members)
+            rows.append(dict(s.index_row))
         samples_bytes = stream.bytes
         stream.finish()
-    summary = PartSummary(session_id=_session_of(samples) if samples else "",
-                          tar_sha256=stream.sha256.hexdigest(), tar_bytes=stream.bytes, samples_bytes=samples_bytes,
-                          rows=tuple(dict(s.index_row) for s in samples))
+    summary = PartSummary(session_id=_session_of(rows), tar_sha256=stream.sha256.hexdigest(), tar_bytes=stream.bytes,
+                          samples_bytes=samples_bytes, rows=tuple(rows))
     storage.write_bytes_atomic(part_summary_uri(uri), encode_json(jsonable(summary.to_json())))
     return summary
 
@@ -96,9 +98,11 @@ def read_part_summary(part_uri: str) -> PartSummary:
                        samples_bytes=doc["samples_bytes"], rows=tuple(doc["rows"]))
 
 
-def _session_of(samples: Sequence[Sample]) -> str:
-    sid = str(samples[0].index_row["session_id"])
-    if any(str(s.index_row["session_id"]) != sid for s in samples):
+def _session_of(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    sid = str(rows[0]["session_id"])
+    if any(str(r["session_id"]) != sid for r in rows):
         raise ValueError("the samples belong to more than one session")
     return sid
 
@@ -239,7 +243,7 @@ class ShardSink:
         """Add every sample of one session, tarred here (may commit a shard afterwards)."""
         if not samples:
             return
-        sid = _session_of(samples)
+        sid = _session_of([s.index_row for s in samples])
         shard = self._shard_for(sid)
         for s in samples:
             shard.stream.add_sample(s.key, s.members)

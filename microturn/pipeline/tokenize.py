@@ -14,6 +14,7 @@ import numpy as np
 
 from microturn.clock import GRID
 from microturn.format import FRAME_INDEX
+from microturn.media import spill
 from microturn.records import DecodedMedia, StageError, Timeline, TokenizeInput, Tokens
 from microturn.tokenizers import TokenizerSet
 from microturn.tokenizers.representation import session_frames
@@ -47,13 +48,14 @@ def padded_waves(media: DecodedMedia) -> np.ndarray:
     in_place = _rows_in_place(media, padded)
     if in_place is not None:
         return in_place
-    waves = np.zeros((len(media.streams), padded), dtype=np.float32)
+    # spilled like the streams (streams of separate files): in memory this copy is 0.35 GB per stream-hour
+    waves = spill.zeros((len(media.streams), padded), like=media.streams[0].wave_24k)
     for i, stream in enumerate(media.streams):
         wave = np.asarray(stream.wave_24k, dtype=np.float32)
         if wave.ndim != 1:
             raise StageError("tokenize", "bad_audio_shape", f"stream {i}: wave_24k has shape {wave.shape}")
         n = min(len(wave), padded)  # streams shorter than the session end in silence
-        waves[i, :n] = wave[:n]
+        spill.copy(waves[i, :n], wave[:n])
     return waves
 
 

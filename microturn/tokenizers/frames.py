@@ -26,6 +26,7 @@ from microturn.clock import GRID
 from microturn.config import FrameCodecConfig
 from microturn.devices import resolve_device
 from microturn.format import MEMBERS
+from microturn.media import spill
 from microturn.records import StageError, TokenizeInput
 from microturn.tokenizers.seeded import cached_state, one_torch_thread, recipe_digest, untrained_tag
 
@@ -253,6 +254,7 @@ class FrameTokenizer:
             with torch.inference_mode():
                 idx = self.model.fsq.to_index(self.model.encode_levels(x))
             out[i : i + len(part)] = idx.to(torch.int16).cpu().numpy()
+            spill.release(frames[i : i + self.cfg.batch_frames])  # a spilled session's frames go back once used
         return out
 
     def tokenize(self, batch: Sequence[TokenizeInput]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:

@@ -157,6 +157,21 @@ def test_decode_spills_the_waves_and_they_equal_the_in_memory_ones(tmp_path: Pat
     assert padded_waves(on).tobytes() == padded_waves(off).tobytes()
 
 
+def test_picked_frames_are_spilled_too_and_equal_the_in_memory_ones(tmp_path: Path) -> None:
+    from tests.media_helpers import write_video
+
+    video = write_video(tmp_path / "v.mp4", 600, fps=10, size=(48, 32))  # 60 s: 300 chunks, the store grows
+    spec = SessionSpec.model_validate({"session_id": "v", "video": {"uri": str(video)},
+                                       "audio": [{"uri": str(write_wav(tmp_path / "a.wav", burst(16000, 60.0, [(1, 2)]), 16000))}]})
+    (tmp_path / "spill").mkdir()
+    small = dict(frame_width=32, frame_height=24)
+    on = decode_session(spec, DecodeConfig(spill_dir=tmp_path / "spill", **small)).video
+    off = decode_session(spec, DecodeConfig(spill=False, **small)).video
+    assert spill.spill_folder(on.frames_rgb) == str(tmp_path / "spill") and spill.spill_folder(off.frames_rgb) is None
+    assert len(on.frames_rgb) == 300 and on.frames_rgb.tobytes() == off.frames_rgb.tobytes()
+    assert on.frame_chunks.tobytes() == off.frame_chunks.tobytes()
+
+
 def test_pyannote_on_pieces_of_a_session_gives_the_probabilities_of_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     import pyannote.audio
 

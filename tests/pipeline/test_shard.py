@@ -121,6 +121,18 @@ def test_long_session_ids_survive_the_tar(tmp_path):
     assert [k for k, _ in iter_samples(str(tmp_path / "p.tar"))] == [s.key for s in samples]
 
 
+def test_a_part_is_written_from_samples_made_one_at_a_time(tmp_path):
+    from microturn.pipeline.chunk import make_samples
+
+    tok = random_tokenized_session("s", 24000 * 30, seed=2)
+    made = make_samples(tok.header, tok.timeline, tok.tokens, [], CHUNK)
+    assert not isinstance(made, list)  # a generator: the writer holds one sample at a time
+    streamed = write_part(str(tmp_path / "a.tar"), made)
+    listed = write_part(str(tmp_path / "b.tar"), tok.samples([], CHUNK))
+    assert streamed.tar_sha256 == listed.tar_sha256 and streamed.rows == listed.rows and len(listed.rows) > 1
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+
+
 def test_dataset_json_records_checksums_and_totals(tmp_path, sessions):
     doc = build(tmp_path, sessions, rejections=[Rejection("broken", "/in/broken.mp4", "probe", "no_audio_stream",
                                                           "no audio stream")])

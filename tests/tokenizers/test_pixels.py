@@ -88,7 +88,7 @@ def test_each_window_keeps_its_frames_with_their_chunks(rep):
     frames = marked_frames(FRAME_CHUNKS)
     media, timeline = session(frames, FRAME_CHUNKS)
     tokens = tokenize_session(tokenize_input(media, timeline), toks)
-    samples = make_samples(header(), timeline, tokens, [], ChunkConfig(window_chunks=3, hop_chunks=3))
+    samples = list(make_samples(header(), timeline, tokens, [], ChunkConfig(window_chunks=3, hop_chunks=3)))
     table = member_table(toks.member_specs())
     known = {k: v for entry in toks.describe().values() for k, v in entry.get("dims", {}).items()}
     assert [s.key for s in samples] == ["sess-000000", "sess-000001", "sess-000002"]

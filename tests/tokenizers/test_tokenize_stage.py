@@ -120,7 +120,7 @@ def test_a_representation_on_its_own_time_axis_is_windowed_by_chunk(toks):
     out = tokenize_session(tokenize_input(media, timeline), TokenizerSet({"dmel": dmel, "text": toks.text}))
     whole = out.arrays["dmel.npy"]
     assert whole.shape == (1, 20, 16 * 30)
-    samples = make_samples(media.header(), timeline, out, [], ChunkConfig(window_chunks=10, hop_chunks=10))
+    samples = list(make_samples(media.header(), timeline, out, [], ChunkConfig(window_chunks=10, hop_chunks=10)))
     first, last = (decode_sample(s.members, table=member_table(out.members)) for s in samples)
     assert np.array_equal(first.arrays["dmel.npy"], whole[:, :, :300])
     assert np.array_equal(last.arrays["dmel.npy"][:, :, :180], whole[:, :, 300:])
