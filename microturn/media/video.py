@@ -110,7 +110,7 @@ class _Picture:
         return self._rgb
 
 
-def frame_zeros(cfg: "DecodeConfig") -> Callable[[tuple[int, ...]], np.ndarray]:
+def _frame_zeros(cfg: "DecodeConfig") -> Callable[[tuple[int, ...]], np.ndarray]:
     """How the picked frames' array is allocated: spilled to a file like the waves (``decode.spill``)."""
     if cfg.spill:
         return functools.partial(spill.zeros, folder=cfg.spill_dir, dtype=np.uint8)
@@ -322,7 +322,7 @@ class VideoPicker:
         self.first_s: Optional[Fraction] = None
         self.origin: Optional[Fraction] = None
         self.pending: list[Any] = []
-        self._fill = _ChunkFill(cfg.frame_height, cfg.frame_width, frame_zeros(cfg))
+        self._fill = _ChunkFill(cfg.frame_height, cfg.frame_width, _frame_zeros(cfg))
         self._sws = scaler()
         self._trace = LumaTrace() if trace else None
         self._candidates = _Candidates() if candidates else None
