@@ -261,7 +261,7 @@ def test_quarantine_rows_name_the_manifest_uri_not_the_local_copy(s3_server, bui
     boto3.client("s3", endpoint_url=s3_server).put_object(Bucket="raw", Key="text.mp4", Body=b"not a video\n" * 50)
     spec = SessionSpec.model_validate({"session_id": "bad", "audio": [{"uri": "s3://raw/text.mp4", "speaker": "A"}]})
     with pytest.raises(StageError) as err:
-        process_session(spec, build_cfg, _NeverTokenizes())
+        process_session(spec, build_cfg, _NeverTokenizes(), write=list)
     assert err.value.source == "s3://raw/text.mp4"
     assert tempfile_prefix() not in err.value.message
 

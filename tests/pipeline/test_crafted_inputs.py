@@ -35,7 +35,7 @@ spec = SessionSpec.model_validate_json(sys.argv[1])
 cfg = BuildConfig.model_validate({"align": {"vad": "energy"}})
 t0 = time.perf_counter()
 try:
-    process_session(spec, cfg, NotReached())
+    process_session(spec, cfg, NotReached(), write=list)
     outcome = {"ok": True}
 except StageError as exc:
     outcome = {"stage": exc.stage, "reason": exc.reason, "message": exc.message}
