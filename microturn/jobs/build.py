@@ -19,13 +19,12 @@ Execution model (Ray Core; why not Ray Data: see docs/architecture.md):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 from microturn import storage
 from microturn.config import BuildConfig
@@ -45,6 +44,7 @@ from microturn.jobs.outcomes import (
 )
 from microturn.jobs.progress import Progress, Running
 from microturn.manifest import SessionSpec, load_manifest
+from microturn.process_env import environment
 from microturn.records import Rejection
 
 log = logging.getLogger("microturn.build")
@@ -205,7 +205,7 @@ def worker_env_vars(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
     return env
 
 
-def _init_ray(cfg: BuildConfig, address: Optional[str]) -> Optional[str]:
+def _init_ray(cfg: BuildConfig, address: Optional[str]) -> Optional[Literal["connected", "embedded"]]:
     """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start an embedded one.
     Returns how: "connected", "embedded" (started here: ours to stop), None (the caller's Ray)."""
     import ray
@@ -225,7 +225,7 @@ def _init_ray(cfg: BuildConfig, address: Optional[str]) -> Optional[str]:
     # idle (they have no runtime_env) and make the first task wait ~0.6 s for a worker of its own.
     # address="local": always a new embedded instance. Without it ray.init() joins the newest cluster
     # started on this machine (/tmp/ray/ray_current_cluster), someone else's cluster included.
-    with _environment(worker_env_vars()):
+    with environment(worker_env_vars()):
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -235,21 +235,6 @@ def _init_ray(cfg: BuildConfig, address: Optional[str]) -> Optional[str]:
             configure_logging=False,
         )
     return "embedded"
-
-
-@contextlib.contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
-    """``env`` set in this process (and so in the processes it starts) while the block runs."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _stop_embedded_ray() -> None:

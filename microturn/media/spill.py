@@ -128,11 +128,10 @@ def release(view: np.ndarray) -> None:
         mm.madvise(mmap.MADV_DONTNEED, a - start, b - a)
 
 
-
-def copy(dst: np.ndarray, src: np.ndarray) -> None:
-    """``dst[:] = src`` (1-D, same length) a block at a time, each block's pages handed back on both
-    sides once copied: copying a spilled hour holds a block of it, not the hour."""
-    for i in range(0, src.shape[0], COPY_BLOCK):
-        dst[i : i + COPY_BLOCK] = src[i : i + COPY_BLOCK]
-        release(dst[i : i + COPY_BLOCK])
-        release(src[i : i + COPY_BLOCK])
+def copy(dst: np.ndarray, src: np.ndarray, block: int = COPY_BLOCK) -> None:
+    """``dst[:] = src`` (same shape) ``block`` rows of the first axis at a time, each block's pages
+    handed back on both sides once copied: copying a spilled hour holds a block of it, not the hour."""
+    for i in range(0, src.shape[0], block):
+        dst[i : i + block] = src[i : i + block]
+        release(dst[i : i + block])
+        release(src[i : i + block])

@@ -131,11 +131,7 @@ class _FrameStore:
     def append(self, image: np.ndarray) -> None:
         if self.size == self.data.shape[0]:
             bigger = self._zeros((2 * self.size, *self.data.shape[1:]))
-            for start in range(0, self.size, RELEASE_FRAMES):  # block by block: a spilled copy stays small
-                block = slice(start, min(start + RELEASE_FRAMES, self.size))
-                bigger[block] = self.data[block]
-                spill.release(bigger[block])
-                spill.release(self.data[block])
+            spill.copy(bigger[: self.size], self.data, RELEASE_FRAMES)  # a spilled copy stays small
             self.data = bigger
         self.data[self.size] = image
         self.size += 1

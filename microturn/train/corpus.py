@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterator, Optional
@@ -27,6 +26,7 @@ from microturn import storage
 from microturn.errors import FormatError, TrainDataError
 from microturn.format import (DEFAULT_REPRESENTATION_MEMBERS, SHARDS_DIR, decode_npy, iter_sample_views,
                               member_table, member_table_of_dataset, read_dataset_json)
+from microturn.process_env import environment
 from microturn.tokenizers.dmel import dmel_member
 from microturn.tokenizers.pixels import PixelsRepresentation
 from microturn.train.config import TrainConfig
@@ -208,17 +208,9 @@ def check_fingerprints(expected: dict[str, Optional[str]], found: dict[str, Any]
 @contextlib.contextmanager
 def _worker_env(rank: int, world: int, worker: int, num_workers: int) -> Iterator[None]:
     """webdataset's splitters read RANK/WORLD_SIZE/WORKER/NUM_WORKERS; pin them to our (logical) ids."""
-    names = ("RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS")
-    old = {n: os.environ.get(n) for n in names}
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), WORKER=str(worker), NUM_WORKERS=str(num_workers))
-    try:
+    with environment({"RANK": str(rank), "WORLD_SIZE": str(world), "WORKER": str(worker),
+                      "NUM_WORKERS": str(num_workers)}):
         yield
-    finally:
-        for n, v in old.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
 
 
 def shards_for(
