@@ -9,11 +9,15 @@ part that fails, hangs or runs out of memory is reported as ``{"error": "..."}``
 - ``encodec``: EnCodec 6 kbps audio seconds per wall second (``*_rt``) of ``--streams`` speech-like
   streams of ``--stream-s`` seconds (``load_audio_tokenizer``, seeded weights), fp32 and bf16, each at
   ``batch_windows`` 8, 32 and 128 (a 60 s stream is 6 windows of 10 s); one warm-up call first;
-  ``bf16_codes_differ_vs_fp32``: the fraction of codes bf16 changes.
+  ``bf16_codes_differ_vs_fp32``: the fraction of codes bf16 changes; ``*_batch_invariant``: whether
+  three sessions of uneven lengths tokenized in one gathered call (``encode_many``, as a tokenizer actor
+  batches concurrent sessions) get exactly the codes each gets alone.
 - ``dmel``: dMel audio seconds per wall second on CUDA and on the CPU with one thread, same audio;
   ``bytes_equal``: whether the two give the same tokens.
 - ``vad``: the VAD's segmentation network (``align/segmentation.py``) in audio seconds per wall second on
-  CUDA and on the CPU with one thread, same audio; ``max_abs_diff_vs_cpu`` of the speech scores.
+  CUDA and on the CPU with one thread, same audio; ``max_abs_diff_vs_cpu`` of the speech scores. Where
+  whisperX is not installed, ``--vad-state FILE`` reads the network's tensors from the segmenter's
+  seeded-state cache file written on a machine that has it.
 - ``decode``: frames per second decoding a synthetic 640x360 30 fps H.264 video of ``--video-s``
   seconds with PyAV in software (FFmpeg threads) and with PyAV's CUDA hardware decoding (NVDEC, PyAV
   >= 14), or ``"hw_decode": "unavailable: <why>"``; ``pipeline_probe``: the device the build's
@@ -24,7 +28,10 @@ part that fails, hangs or runs out of memory is reported as ``{"error": "..."}``
   frames generated, then the user's chunk appended to the KV cache) of ``train_small`` as configured
   (EnCodec codes through the depth head, frame tokens) and of its encoder-free variant (dMel in and
   out, 80x80 pixels through the hMLP), bf16 weights on CUDA, ``--stream-turns`` turns after 5 warm-up
-  turns: ``step_ms`` p50 / p99 / max against the 200 ms budget (goal p99 < 50 ms).
+  turns: ``step_ms`` p50 / p99 / max against the 200 ms budget (goal p99 < 50 ms). The depth head is
+  replayed from a CUDA graph (``RealtimeSession(cuda_graphs=True)``); ``graph_vs_eager``: the same
+  greedy turns replayed and run eagerly, whether their frames are equal, the largest logit difference
+  and the eager step time.
 
 Prints one JSON line last: ``cuda``, ``device``, ``torch``, ``wall_s``, then one entry per part.
 ``--part NAME --device cpu`` runs one part on the CPU (smaller sizes advised), to check the code paths
@@ -51,8 +58,8 @@ from typing import Any, Callable  # noqa: E402
 import numpy as np  # noqa: E402
 
 # part -> hard cap in seconds (child start-up included); 465 s in all, under the 8 minutes promised
-PART_CAPS_S = {"encodec": 110, "dmel": 45, "vad": 30, "decode": 70, "train_grouped": 55, "train_padded": 55,
-               "train_loop": 55, "streaming": 45}
+PART_CAPS_S = {"encodec": 100, "dmel": 40, "vad": 30, "decode": 60, "train_grouped": 50, "train_padded": 50,
+               "train_loop": 50, "streaming": 85}
 # the encoder-free variant of train_small measured by the streaming part (sizes of configs/dmel.yaml + demo pixels)
 ENCODER_FREE = {"audio": "dmel", "video": "pixels", "dmel_channels": 80, "dmel_bins": 16, "pixel_size": 80,
                 "pixel_patch": 40}
@@ -121,7 +128,28 @@ def part_encodec(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
                 out[key] = _error(exc)
     if len(codes_by_precision) == 2:
         out["bf16_codes_differ_vs_fp32"] = round(float((codes_by_precision["bf16"] != codes_by_precision["fp32"]).mean()), 5)
+    for precision in ("fp32", "bf16"):
+        key = f"{precision}_batch_invariant"
+        if time.monotonic() > deadline:
+            out[key] = "skipped: time cap"
+            continue
+        try:
+            out[key] = batch_invariant(AudioCodecConfig(device=args.device, precision=precision, batch_windows=8))
+        except Exception as exc:
+            out[key] = _error(exc)
     return out
+
+
+def batch_invariant(cfg: Any) -> bool:
+    """Whether sessions tokenized together (a tokenizer actor's gathered call, ``encode_many``) get the
+    codes each gets alone: three sessions of uneven lengths, so their windows share batches unevenly."""
+    from microturn.clock import CHUNK_SAMPLES
+    from microturn.tokenizers.audio import load_audio_tokenizer
+
+    tok = load_audio_tokenizer(cfg)
+    sessions = [speech_streams(2, s)[:, : round(s * 5) * CHUNK_SAMPLES] for s in (23.0, 41.4, 9.8)]
+    together = tok.encode_many(sessions)
+    return all(np.array_equal(tok.encode(w), c) for w, c in zip(sessions, together))
 
 
 def on_device_and_one_cpu_thread(args: argparse.Namespace, deadline: float, out: dict[str, Any], audio_s: float,
@@ -168,7 +196,6 @@ def part_dmel(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
 
 def part_vad(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     """The VAD's segmentation network (align/segmentation.py) on the device and on one CPU thread."""
-    from microturn.align.segmentation import load_segmenter
     from microturn.clock import ASR_RATE, CODEC_RATE
 
     waves24 = speech_streams(min(args.streams, 4), args.stream_s)
@@ -179,7 +206,7 @@ def part_vad(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     out: dict[str, Any] = {"streams": waves.shape[0], "audio_s": round(audio_s, 1)}
 
     def prepare(device: str) -> Callable[[], Any]:
-        seg = load_segmenter(None, device)
+        seg = segmenter(args.vad_state, device)
         seg(waves[0, : 10 * ASR_RATE])  # warm-up
         return lambda: np.concatenate([seg(w).scores for w in waves])
 
@@ -188,6 +215,20 @@ def part_vad(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
         a, b = scores.values()
         out["max_abs_diff_vs_cpu"] = float(np.abs(a - b).max())
     return out
+
+
+def segmenter(state_file: str | None, device: str) -> Any:
+    """The VAD network: from the whisperX wheel's checkpoint, or, where whisperX is not installed (a GPU
+    machine with no package index), from a seeded-state cache file the segmenter wrote on another machine
+    (``~/.cache/microturn/calibration/segmentation-*.pt``; read with ``weights_only=True``)."""
+    from microturn.align.segmentation import Segmenter, load_segmenter
+
+    if not state_file:
+        return load_segmenter(None, device)
+    import torch
+
+    blob = torch.load(state_file, map_location="cpu", weights_only=True)
+    return Segmenter(dict(blob["state"]), device)
 
 
 def write_test_video(path: Path, seconds: float, fps: int = 30, size: tuple[int, int] = (640, 360)) -> int:
@@ -308,28 +349,64 @@ def part_streaming(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
         try:
             steps = stream_turns(model, args.stream_turns, deadline)
             out[name] = {"turns": len(steps), "step_ms": step_summary(steps)} if steps else "skipped: time cap"
+            if steps and cfg_uses_depth(model) and device.type == "cuda":
+                out[name]["graph_vs_eager"] = graph_vs_eager(model, deadline)
         except Exception as exc:
             out[name] = _error(exc)
     return out
+
+
+def cfg_uses_depth(model: Any) -> bool:
+    return model.cfg.audio == "codes"  # the depth head, replayed from a CUDA graph by RealtimeSession
+
+
+def graph_vs_eager(model: Any, deadline: float, turns: int = 4) -> dict[str, Any]:
+    """The same greedy turns with the depth head replayed from a CUDA graph and run eagerly: whether
+    the frames are equal, the largest logit difference, and the eager step time."""
+    runs = {}
+    for graphs in (True, False):
+        session, chunks = stream_session(model, graphs, temperature=0.0)
+        outs = [session.turn(next(chunks)) for _ in range(turns) if time.monotonic() < deadline]
+        runs[graphs] = (outs, session.step_ms)
+    (g, _), (e, eager_ms) = runs[True], runs[False]
+    if not g or len(g) != len(e):
+        return {"skipped": "time cap"}
+    return {
+        "turns": len(g),
+        "frames_equal": all(np.array_equal(a.audio_XJ, b.audio_XJ) and np.array_equal(a.text_J, b.text_J)
+                            for a, b in zip(g, e)),
+        "max_abs_logit_diff": max(float((a.audio_logits_JXV - b.audio_logits_JXV).abs().max()) for a, b in zip(g, e)),
+        "eager_step_ms_p50": round(float(np.median(eager_ms[1:] or eager_ms)), 2),
+    }
+
+
+def stream_session(model: Any, cuda_graphs: bool = True, temperature: float = 1.0) -> tuple[Any, Any]:
+    """A fresh session and an endless iterator of random user chunks (seeded) for it."""
+    from microturn.train.realtime import RealtimeSession, UserChunk
+
+    cfg, rng = model.cfg, np.random.default_rng(0)
+    dmel = cfg.audio == "dmel"
+
+    def chunks() -> Any:
+        while True:
+            audio = (rng.integers(0, cfg.dmel_bins, (cfg.dmel_channels, 15), dtype=np.uint8) if dmel
+                     else rng.integers(0, cfg.audio_vocab, (cfg.codebooks, 15)))  # fmt: skip
+            video = (rng.integers(0, 256, (cfg.pixel_size, cfg.pixel_size, 3), dtype=np.uint8) if cfg.video == "pixels"
+                     else rng.integers(0, cfg.frame_vocab, cfg.frame_tokens))  # fmt: skip
+            yield UserChunk(audio_XJ=audio, text_J=rng.integers(0, cfg.text_vocab, 15), video=video)
+
+    return RealtimeSession(model, temperature=temperature, seed=0, cuda_graphs=cuda_graphs), chunks()
 
 
 def stream_turns(model: Any, turns: int, deadline: float) -> list[float]:
     """Micro-turn wall times (ms) of a fresh session fed random user chunks, after 5 warm-up turns."""
     import torch
 
-    from microturn.train.realtime import RealtimeSession, UserChunk
-
-    cfg, rng = model.cfg, np.random.default_rng(0)
-    session = RealtimeSession(model, temperature=1.0, seed=0)
-    dmel = cfg.audio == "dmel"
+    session, chunks = stream_session(model)
     for i in range(5 + turns):
         if time.monotonic() > deadline:
             break
-        audio = (rng.integers(0, cfg.dmel_bins, (cfg.dmel_channels, 15), dtype=np.uint8) if dmel
-                 else rng.integers(0, cfg.audio_vocab, (cfg.codebooks, 15)))  # fmt: skip
-        video = (rng.integers(0, 256, (cfg.pixel_size, cfg.pixel_size, 3), dtype=np.uint8) if cfg.video == "pixels"
-                 else rng.integers(0, cfg.frame_vocab, cfg.frame_tokens))  # fmt: skip
-        session.turn(UserChunk(audio_XJ=audio, text_J=rng.integers(0, cfg.text_vocab, 15), video=video))
+        session.turn(next(chunks))
         if model.bos_D.device.type == "cuda":
             torch.cuda.synchronize()
     return session.step_ms[5:]
@@ -356,7 +433,7 @@ def child(part: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--device", args.device,
            "--streams", str(args.streams), "--stream-s", str(args.stream_s), "--video-s", str(args.video_s),
            "--train-config", str(args.train_config), "--train-steps", str(args.train_steps),
-           "--stream-turns", str(args.stream_turns)]
+           "--stream-turns", str(args.stream_turns)] + (["--vad-state", args.vad_state] if args.vad_state else [])
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cap)
     except subprocess.TimeoutExpired:
@@ -377,6 +454,8 @@ def main() -> None:
     ap.add_argument("--video-s", type=float, default=60.0)
     ap.add_argument("--train-config", default=str(_HERE.parent / "configs" / "train_small.yaml"))
     ap.add_argument("--train-steps", type=int, default=10)
+    ap.add_argument("--vad-state", help="the VAD network's tensors from a segmentation-*.pt seeded-state cache "
+                    "file, for a machine without whisperX (default: the whisperX wheel's checkpoint)")
     ap.add_argument("--stream-turns", type=int, default=50, help="measured streaming micro-turns per model")
     args = ap.parse_args()
     if args.part:

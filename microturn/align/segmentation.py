@@ -96,7 +96,7 @@ class Segmenter:
         has_last = n < window or (n - window) % step > 0
         wave = torch.from_numpy(np.ascontiguousarray(wave_16k, dtype=np.float32))
         scores = []
-        with torch.inference_mode():
+        with torch.inference_mode(), _full_fp32(self.device):
             chunks = wave.unfold(0, window, step)[:, None, :] if full else wave.new_zeros((0, 1, window))
             for b in range(0, full, BATCH):
                 scores.append(self.frames(chunks[b : b + BATCH].to(self.device)).float().cpu().numpy())
@@ -104,6 +104,19 @@ class Segmenter:
                 last = torch.nn.functional.pad(wave[full * step :], (0, window - (n - full * step)))
                 scores.append(self.frames(last[None, None].to(self.device)).float().cpu().numpy())
         return _overlap_add(np.concatenate(scores), n, has_last)
+
+
+def _full_fp32(device: Any) -> Any:
+    """On CUDA, cuDNN's convolutions and LSTM in full fp32 and deterministic. By default they may use
+    TF32 (10-bit mantissas): on an H200 the speech scores then differed from the CPU's by up to 0.12,
+    enough to move speech boundaries with the device a session happened to run on."""
+    import contextlib
+
+    import torch
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False)
 
 
 def _overlap_add(chunk_scores: np.ndarray, num_samples: int, cut: bool) -> SpeechScores:

@@ -35,6 +35,7 @@ the frames of the batch (B * F). Two names reuse letters: ``counts_LE`` has one 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -106,6 +107,17 @@ class KVCache:
         self.length -= stop - start
 
 
+def _streaming_attention(device: torch.device) -> Any:
+    """Attention kernels for a growing cache: every call has a new key length, and cuDNN's attention
+    builds an execution plan per shape (on an H200, streaming turns slowed from ~0.2 s to 1-1.5 s as
+    the cache grew). Flash, memory-efficient and math kernels have no per-shape set-up."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 class Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()
@@ -127,10 +139,13 @@ class Attention(nn.Module):
             y_BHLd = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             k, v = cache[0].append(cache[1], k, v)
-            Lk = k.shape[2]
-            # query i sits at cache position Lk - L + i: it sees every key up to there
-            mask_LK = torch.arange(Lk, device=q.device)[None, :] <= torch.arange(Lk - L, Lk, device=q.device)[:, None]
-            y_BHLd = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LK)
+            with _streaming_attention(q.device):
+                if L == 1:  # the newest position sees every cached key: no mask
+                    y_BHLd = F.scaled_dot_product_attention(q, k, v)
+                else:  # query i sits at cache position Lk - L + i: it sees every key up to there
+                    Lk = k.shape[2]
+                    mask_LK = torch.arange(Lk, device=q.device)[None, :] <= torch.arange(Lk - L, Lk, device=q.device)[:, None]
+                    y_BHLd = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LK)
         return self.out(y_BHLd.transpose(1, 2).reshape(B, L, D))
 
 
@@ -156,11 +171,9 @@ def grouped_mm_supported(device: torch.device, d_model: int = 64, hidden: int = 
         return _GROUPED_OK[key]
     ok = False
     if hasattr(torch, "_grouped_mm") and device.type == "cuda":
-        try:
-            a = torch.randn(2 * GROUP_ALIGN, d_model, device=device, dtype=torch.bfloat16, requires_grad=True)
-            b = torch.randn(2, d_model, hidden, device=device, dtype=torch.bfloat16, requires_grad=True)
-            offs = torch.tensor([GROUP_ALIGN, 2 * GROUP_ALIGN], device=device, dtype=torch.int32)
-            torch._grouped_mm(a, b, offs=offs).float().sum().backward()
+        try:  # the probe needs autograd, even when first asked from inference (a streaming session)
+            with torch.inference_mode(False), torch.enable_grad():
+                _probe_grouped_mm(device, d_model, hidden)
             ok = True
         except (RuntimeError, NotImplementedError, TypeError) as exc:
             log.warning("torch._grouped_mm unavailable on %s (%s); experts use the loop path", device, exc)
@@ -168,10 +181,18 @@ def grouped_mm_supported(device: torch.device, d_model: int = 64, hidden: int = 
     return ok
 
 
+def _probe_grouped_mm(device: torch.device, d_model: int, hidden: int) -> None:
+    a = torch.randn(2 * GROUP_ALIGN, d_model, device=device, dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(2, d_model, hidden, device=device, dtype=torch.bfloat16, requires_grad=True)
+    offs = torch.tensor([GROUP_ALIGN, 2 * GROUP_ALIGN], device=device, dtype=torch.int32)
+    torch._grouped_mm(a, b, offs=offs).float().sum().backward()
+
+
 _GROUPED_OK: dict[tuple[str, int, int], bool] = {}
 
 
-def _group_rows(counts_E: torch.Tensor, align: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _group_rows(counts_E: torch.Tensor, align: int, slots: Optional[int] = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Where each expert-sorted slot goes in an aligned buffer.
 
     Returns (dest_N, offs_E, starts_E): ``dest_N[i]`` is the buffer row of sorted slot i, ``offs_E`` the
@@ -182,7 +203,9 @@ def _group_rows(counts_E: torch.Tensor, align: int) -> tuple[torch.Tensor, torch
     offs_E = torch.cumsum(sizes_E, 0)
     starts_E = offs_E - sizes_E
     slot_starts_E = torch.cumsum(counts_E, 0) - counts_E
-    expert_N = torch.repeat_interleave(torch.arange(len(counts_E), device=counts_E.device), counts_E)
+    # output_size: the slots are T*k whatever the routing; without it CUDA reads counts_E.sum() back
+    expert_N = torch.repeat_interleave(torch.arange(len(counts_E), device=counts_E.device), counts_E,
+                                       output_size=slots)  # fmt: skip
     rank_N = torch.arange(len(expert_N), device=counts_E.device) - slot_starts_E[expert_N]
     return starts_E[expert_N] + rank_N, offs_E.to(torch.int32), starts_E
 
@@ -202,7 +225,7 @@ def experts_padded(x_ND: torch.Tensor, counts_E: torch.Tensor, w1_EFD: torch.Ten
     """Portable grouped path: every group padded to the largest, one batched matmul per projection."""
     E = len(counts_E)
     rows = max(1, int(counts_E.max()))
-    dest_N, _, starts_E = _group_rows(counts_E, rows)
+    dest_N, _, starts_E = _group_rows(counts_E, rows, x_ND.shape[0])
     # with align = max count every group is exactly `rows` long, so the buffer reshapes to [E, rows, D]
     buf = x_ND.new_zeros(E * rows, x_ND.shape[1]).index_copy(0, dest_N, x_ND)
     gate, up = torch.bmm(buf.view(E, rows, -1), w1_EFD.transpose(1, 2)).chunk(2, dim=-1)
@@ -213,7 +236,7 @@ def experts_padded(x_ND: torch.Tensor, counts_E: torch.Tensor, w1_EFD: torch.Ten
 def experts_grouped(x_ND: torch.Tensor, counts_E: torch.Tensor, w1_EFD: torch.Tensor, w2_EDH: torch.Tensor) -> torch.Tensor:
     """torch._grouped_mm path (CUDA, bf16). The buffer size is a static bound: no host sync."""
     E = len(counts_E)
-    dest_N, offs_E, _ = _group_rows(counts_E, GROUP_ALIGN)
+    dest_N, offs_E, _ = _group_rows(counts_E, GROUP_ALIGN, x_ND.shape[0])
     total = x_ND.shape[0] + E * GROUP_ALIGN  # >= offs_E[-1] whatever the counts
     buf = x_ND.new_zeros(total, x_ND.shape[1], dtype=torch.bfloat16).index_copy(0, dest_N, x_ND.to(torch.bfloat16))
     h = torch._grouped_mm(buf, w1_EFD.to(torch.bfloat16).transpose(1, 2), offs=offs_E)
@@ -260,7 +283,9 @@ class MoE(nn.Module):
         _, experts_Tk = select_TE.topk(self.top_k, dim=-1)
         gates_Tk = scores_TE.gather(1, experts_Tk)
         gates_Tk = gates_Tk / gates_Tk.sum(dim=-1, keepdim=True)
-        counts_E = torch.bincount(experts_Tk.reshape(-1), minlength=self.n_experts)
+        # a scatter, not bincount: on CUDA, bincount reads the largest index back to the host (a sync per layer)
+        flat_N = experts_Tk.reshape(-1)
+        counts_E = flat_N.new_zeros(self.n_experts).index_add_(0, flat_N, torch.ones_like(flat_N))
 
         # dropless dispatch: sort the T*k (token, expert) slots by expert, run each group, scatter back
         order_N = torch.argsort(experts_Tk.reshape(-1), stable=True)
@@ -314,8 +339,8 @@ class DenseBlock(nn.Module):
         self.norm2 = nn.RMSNorm(d_model)
         self.mlp = SwiGLU(d_model, 4 * d_model)
 
-    def forward(self, x, rope=None):
-        x = x + self.attn(self.norm1(x), rope)
+    def forward(self, x, rope=None, cache=None):
+        x = x + self.attn(self.norm1(x), rope, cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -360,6 +385,38 @@ class DepthHead(nn.Module):
         text_logits_NV = self.text_out(x_NSD[:, 0])
         audio_logits_NKV = torch.einsum("nkd,kvd->nkv", x_NSD[:, 1:], self.audio_out_KVD)
         return text_logits_NV, audio_logits_NKV
+
+    def generate(self, h_ND: torch.Tensor, noise_NSV: Optional[torch.Tensor] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Sample a frame step by step: the text token, then codebook 0..K-1, each drawn from the logits
+        of a step that sees the tokens drawn before it. The logits are ``forward``'s given those tokens
+        (its steps are causal), at a fraction of the work: each step runs one new position against the
+        cached keys of the earlier ones, and computes only the logits it draws from.
+
+        ``noise_NSV``: [N, K + 1, >= max vocab] Gumbel noise times the temperature (step s draws
+        argmax(logits + noise[:, s]), a sample of softmax(logits / T)); None: greedy. The shapes never
+        depend on the values, and nothing is read back to the host, so a CUDA graph can replay it.
+        Returns (text [N], codes [N, K], text logits [N, V_text], audio logits [N, K, V_audio])."""
+        K, V = self.K, self.audio_vocab
+        cache = KVCache(len(self.blocks))
+        base_ND = self.in_proj(h_ND)
+        x_ND = base_ND + self.step_SD[0]
+        tokens, logits = [], []
+        for s in range(K + 1):
+            x_N1D = x_ND[:, None]
+            for i, block in enumerate(self.blocks):
+                x_N1D = block(x_N1D, None, (cache, i))
+            y_ND = self.norm(x_N1D[:, 0])
+            logits_NV = self.text_out(y_ND) if s == 0 else y_ND @ self.audio_out_KVD[s - 1].t()
+            drawn = logits_NV.float() if noise_NSV is None else logits_NV.float() + noise_NSV[:, s, : logits_NV.shape[-1]]
+            token_N = drawn.argmax(dim=-1)
+            tokens.append(token_N)
+            logits.append(logits_NV)
+            if s == 0:
+                x_ND = base_ND + self.text_in(token_N) + self.step_SD[1]
+            elif s < K:  # codebook s-1 is the input of step s+1 (the last codebook is no one's input)
+                x_ND = base_ND + self.codes_in(token_N + (s - 1) * (V + 1)) + self.step_SD[s + 1]
+        return tokens[0], torch.stack(tokens[1:], dim=1), logits[0], torch.stack(logits[1:], dim=1)
 
 
 # ---------------------------------------------------------------- video in: pixels

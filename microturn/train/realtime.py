@@ -17,7 +17,9 @@ the run trained without it, ``data.user_text: false``).
 
 Speed: a turn is 16 small trunk calls (15 single positions, then the user's block), too small to split
 across threads; run it with ``torch.set_num_threads(1)`` (measured on 2 shared CPU cores,
-configs/train_cpu.yaml's model: ~35 ms per turn, p99 ~50 ms; with 2 threads, stalls of seconds).
+configs/train_cpu.yaml's model: ~35 ms per turn, p99 ~50 ms; with 2 threads, stalls of seconds). On
+CUDA the depth head's frames are replayed from a CUDA graph (``DepthSampler``); train_small in bf16 on an
+H200: p50 200 ms, p99 353 ms per turn, bound by the trunk's kernel launches.
 
 ``max_context_chunks`` bounds memory and time per turn: beyond it the oldest whole chunks are evicted
 (BOS stays). RoPE makes scores depend on position differences, so kept keys stay valid, but the model
@@ -27,10 +29,11 @@ never saw a sequence whose start was cut away, nor one longer than its training 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -42,6 +45,7 @@ from microturn.train.config import TrainConfig, load_train_config
 from microturn.train.model import InteractionModel, KVCache
 
 J = FRAMES_PER_CHUNK
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class RealtimeSession:
     the hidden state that predicts the model's next frame, and ``step_ms`` (wall time of each turn)."""
 
     def __init__(self, model: InteractionModel, *, temperature: float = 1.0, seed: int = 0,
-                 max_context_chunks: Optional[int] = None):  # fmt: skip
+                 max_context_chunks: Optional[int] = None, cuda_graphs: bool = True):  # fmt: skip
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if max_context_chunks is not None and max_context_chunks < 1:
@@ -86,6 +90,8 @@ class RealtimeSession:
         self.chunks_cached = 0  # whole chunk blocks (model frames, video, user frames) in the cache
         self.block = model.layout(1).block
         self.step_ms: list[float] = []
+        self.cuda_graphs = cuda_graphs
+        self._depth: Optional[DepthSampler] = None  # made at the first frame the depth head samples
         with torch.inference_mode():
             self._h_D = self._append(model.bos_D[None, None])
 
@@ -139,27 +145,26 @@ class RealtimeSession:
         return self._sample_depth(h_D)
 
     def _sample_depth(self, h_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The depth head step by step: text, then codebook 0..K-1, each drawn from a pass that sees the
-        ones before it (its steps are causal, so the placeholders of later steps change nothing)."""
-        K = self.cfg.codebooks
-        text_1 = torch.zeros(1, dtype=torch.long, device=self.device)
-        codes_1K = torch.zeros(1, K, dtype=torch.long, device=self.device)
-        text_logits_V = self.model.depth(h_D[None], text_1, codes_1K)[0][0]
-        text_1 = self._sample(text_logits_V).view(1)
-        audio_logits = []
-        for k in range(K):
-            logits_V = self.model.depth(h_D[None], text_1, codes_1K)[1][0, k]
-            audio_logits.append(logits_V)
-            codes_1K[0, k] = self._sample(logits_V)
-        return codes_1K[0], text_1[0], text_logits_V, torch.stack(audio_logits)
+        """The depth head step by step (``DepthHead.generate``): text, then codebook 0..K-1."""
+        if self._depth is None:
+            self._depth = DepthSampler(self.model.depth, h_D.shape[-1], h_D.dtype, self.cuda_graphs)
+        cfg = self.cfg
+        noise = self._noise((1, cfg.codebooks + 1, max(cfg.text_vocab, cfg.audio_vocab)))
+        text_1, codes_1K, text_logits_1V, audio_logits_1KV = self._depth(h_D[None], noise)
+        return codes_1K[0], text_1[0], text_logits_1V[0], audio_logits_1KV[0]
 
     def _sample(self, logits_XV: torch.Tensor) -> torch.Tensor:
         """One draw per row of the last axis: greedy at temperature 0, else softmax(logits / T)."""
+        noise = self._noise(logits_XV.shape)
+        return (logits_XV.float() if noise is None else logits_XV.float() + noise).argmax(dim=-1)
+
+    def _noise(self, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
+        """Gumbel noise times the temperature (None when greedy): argmax(logits + noise) draws from
+        softmax(logits / T), and the noise can be drawn before the logits exist (the depth head's graph)."""
         if self.temperature == 0:
-            return logits_XV.argmax(dim=-1)
-        probs = torch.softmax(logits_XV.float() / self.temperature, dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=self.generator).view(probs.shape[:-1])
+            return None
+        u = torch.rand(shape, generator=self.generator, device=self.device).clamp_(1e-20, 1.0 - 1e-7)
+        return -torch.log(-torch.log(u)) * self.temperature
 
     # -- the user's chunk, the cache
 
@@ -201,6 +206,54 @@ class RealtimeSession:
         drop = self.chunks_cached - self.max_context_chunks
         self.cache.evict(1, 1 + drop * self.block)
         self.chunks_cached -= drop
+
+
+class DepthSampler:
+    """``DepthHead.generate`` for one frame at a time. On CUDA it is captured once as a CUDA graph and
+    replayed: a frame is ~100 small kernels per depth step, K + 1 steps, 15 frames per turn, and launched
+    one by one from Python they cost far more than they compute (on an H200, eager streaming of
+    train_small took ~1.1 s per 200 ms turn). The replay runs the same kernels on the same shapes, so
+    it gives what the eager call gives. If capture fails, it says so and stays eager."""
+
+    def __init__(self, depth: torch.nn.Module, d_model: int, dtype: torch.dtype, cuda_graphs: bool = True):
+        self.depth = depth
+        self.d_model, self.dtype = d_model, dtype
+        self.use_graph = cuda_graphs and next(depth.parameters()).device.type == "cuda"
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.static: dict[str, Any] = {}
+
+    def __call__(self, h_1D: torch.Tensor, noise_1SV: Optional[torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        if self.use_graph and self.graph is None:
+            self._capture(h_1D, noise_1SV)
+        if self.graph is None:
+            return self.depth.generate(h_1D, noise_1SV)
+        self.static["h"].copy_(h_1D)
+        if noise_1SV is not None:
+            self.static["noise"].copy_(noise_1SV)
+        self.graph.replay()
+        return tuple(t.clone() for t in self.static["out"])  # the next replay overwrites them
+
+    def _capture(self, h_1D: torch.Tensor, noise_1SV: Optional[torch.Tensor]) -> None:
+        try:
+            h = h_1D.clone()
+            noise = None if noise_1SV is None else noise_1SV.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the graph: kernel choice, allocator pools
+                for _ in range(2):
+                    self.depth.generate(h, noise)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.depth.generate(h, noise)
+            self.static = {"h": h, "noise": noise, "out": out}
+            self.graph = graph
+        except Exception as exc:  # an old driver, a kernel that cannot be captured: eager still works
+            log.warning("CUDA graph capture of the depth head failed (%s: %s); streaming runs it eagerly, "
+                        "which is much slower per turn", type(exc).__name__, exc)
+            self.use_graph = False
+            self.graph = None
 
 
 def _check_chunk(chunk: UserChunk | ModelChunk, what: str) -> None:

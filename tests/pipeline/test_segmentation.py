@@ -63,3 +63,19 @@ def test_a_worker_loads_the_cached_weights_without_importing_pyannote(tmp_path: 
     later = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert later.returncode == 0, later.stderr
     assert later.stdout.strip() == "[]"
+
+
+def test_on_cuda_the_segmenter_runs_cudnn_in_full_fp32_and_deterministic():
+    """cuDNN's default TF32 moved the speech scores by up to 0.12 on an H200 against the CPU; the segmenter
+    turns it off for its own calls and leaves the process's settings as they were."""
+    import torch
+
+    from microturn.align.segmentation import _full_fp32
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    with _full_fp32(torch.device("cuda")):
+        assert torch.backends.cudnn.enabled and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before
+    with _full_fp32(torch.device("cpu")):
+        assert torch.backends.cudnn.allow_tf32 == before[0]

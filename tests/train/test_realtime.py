@@ -165,3 +165,35 @@ def test_a_user_chunk_of_the_wrong_length_is_refused():
     session = RealtimeSession(model)
     with pytest.raises(ValueError, match="15 frames"):
         session.turn(UserChunk(np.zeros((6, 10), np.uint8), np.zeros(10, np.int64)))
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_depth_generation_draws_each_step_from_the_logits_the_full_depth_pass_gives(greedy):
+    """DepthHead.generate (one new position per step, cached keys) gives forward's logits for the tokens
+    it drew, and each token is the argmax of its step's logits plus that step's noise."""
+    model = build("codes+tokens")
+    cfg, depth = model.cfg, model.depth
+    g = torch.Generator().manual_seed(3)
+    h_ND = torch.randn(5, cfg.d_model, generator=g)
+    u = torch.rand(5, cfg.codebooks + 1, max(cfg.text_vocab, cfg.audio_vocab), generator=g)
+    noise = None if greedy else -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+    with torch.no_grad():
+        text_N, codes_NK, text_logits, audio_logits = depth.generate(h_ND, noise)
+        full_text, full_audio = depth(h_ND, text_N, codes_NK)
+    torch.testing.assert_close(text_logits, full_text, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(audio_logits, full_audio, atol=1e-5, rtol=1e-5)
+    if noise is None:
+        noise = torch.zeros_like(u)
+    assert torch.equal(text_N, (text_logits + noise[:, 0, : cfg.text_vocab]).argmax(-1))
+    assert torch.equal(codes_NK, (audio_logits + noise[:, 1:, : cfg.audio_vocab]).argmax(-1))
+
+
+def test_sampling_draws_from_the_softmax_at_the_temperature():
+    """Gumbel-max sampling: the frequencies of 20,000 draws match softmax(logits / T) within 0.015."""
+    model = build("dmel+none")
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0]).repeat(20_000, 1)
+    for temperature in (1.0, 0.5):
+        session = RealtimeSession(model, temperature=temperature, seed=0)
+        draws = session._sample(logits)
+        freq = torch.bincount(draws, minlength=4).float() / draws.numel()
+        torch.testing.assert_close(freq, torch.softmax(logits[0] / temperature, -1), atol=0.015, rtol=0)

@@ -200,3 +200,30 @@ def test_model_without_video_has_no_frame_parameters_and_runs():
     out = model(random_batch(cfg), "padded")
     out["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_the_grouped_mm_probe_runs_with_autograd_even_when_asked_from_inference(monkeypatch):
+    """A streaming session asks first under inference mode; a probe that ran there would fail for want
+    of autograd and send every MoE layer to the slow loop path for the rest of the process."""
+    import microturn.train.model as model_mod
+
+    seen = {}
+
+    def probe(device, d_model, hidden):
+        seen.update(grad=torch.is_grad_enabled(), inference=torch.is_inference_mode_enabled())
+
+    monkeypatch.setattr(model_mod, "_GROUPED_OK", {})
+    monkeypatch.setattr(model_mod, "_probe_grouped_mm", probe)
+    if not hasattr(torch, "_grouped_mm"):  # an older torch: the probe is only reached where it exists
+        monkeypatch.setattr(torch, "_grouped_mm", None, raising=False)
+    with torch.inference_mode():
+        assert grouped_mm_supported(torch.device("cuda"), 8, 8) is True
+    assert seen == {"grad": True, "inference": False}
+
+
+@settings(max_examples=30, deadline=None)
+@given(counts=st.lists(st.integers(0, 12), min_size=1, max_size=6))
+def test_group_rows_given_the_slot_count_place_slots_as_without_it(counts):
+    counts_E = torch.tensor(counts)
+    for a, b in zip(_group_rows(counts_E, 4), _group_rows(counts_E, 4, sum(counts))):
+        assert torch.equal(a, b)
