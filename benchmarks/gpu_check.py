@@ -28,10 +28,10 @@ part that fails, hangs or runs out of memory is reported as ``{"error": "..."}``
   frames generated, then the user's chunk appended to the KV cache) of ``train_small`` as configured
   (EnCodec codes through the depth head, frame tokens) and of its encoder-free variant (dMel in and
   out, 80x80 pixels through the hMLP), bf16 weights on CUDA, ``--stream-turns`` turns after 5 warm-up
-  turns: ``step_ms`` p50 / p99 / max against the 200 ms budget (goal p99 < 50 ms). The depth head is
-  replayed from a CUDA graph (``RealtimeSession(cuda_graphs=True)``); ``graph_vs_eager``: the same
-  greedy turns replayed and run eagerly, whether their frames are equal, the largest logit difference
-  and the eager step time.
+  turns: ``step_ms`` p50 / p99 / max against the 200 ms budget (goal p99 < 50 ms). Each model frame's
+  depth sampling and trunk step are replayed from CUDA graphs (``RealtimeSession(cuda_graphs=True)``);
+  ``graph_vs_eager``: the same greedy turns replayed and run eagerly, whether their frames are equal,
+  the largest logit difference and the eager step time.
 
 Prints one JSON line last: ``cuda``, ``device``, ``torch``, ``wall_s``, then one entry per part.
 ``--part NAME --device cpu`` runs one part on the CPU (smaller sizes advised), to check the code paths
@@ -349,19 +349,15 @@ def part_streaming(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
         try:
             steps = stream_turns(model, args.stream_turns, deadline)
             out[name] = {"turns": len(steps), "step_ms": step_summary(steps)} if steps else "skipped: time cap"
-            if steps and cfg_uses_depth(model) and device.type == "cuda":
+            if steps and device.type == "cuda":
                 out[name]["graph_vs_eager"] = graph_vs_eager(model, deadline)
         except Exception as exc:
             out[name] = _error(exc)
     return out
 
 
-def cfg_uses_depth(model: Any) -> bool:
-    return model.cfg.audio == "codes"  # the depth head, replayed from a CUDA graph by RealtimeSession
-
-
 def graph_vs_eager(model: Any, deadline: float, turns: int = 4) -> dict[str, Any]:
-    """The same greedy turns with the depth head replayed from a CUDA graph and run eagerly: whether
+    """The same greedy turns replayed from CUDA graphs (depth head, trunk steps) and run eagerly: whether
     the frames are equal, the largest logit difference, and the eager step time."""
     runs = {}
     for graphs in (True, False):

@@ -80,18 +80,46 @@ class KVCache:
     def __init__(self, n_layers: int):
         self.kv: list[Optional[torch.Tensor]] = [None] * n_layers  # [2, B, H, capacity, d] per layer
         self.length = 0
+        # Slot mode (a one-position step, ``RealtimeSession``'s trunk step): the position is written at
+        # this device-held index, the caller advances ``length``, and attention reads the whole storage
+        # with the keys past the slot masked. Nothing then depends on host values, so a CUDA graph can
+        # replay the step; ``generation`` counts reallocations, after which a captured graph is stale.
+        self.slot: Optional[torch.Tensor] = None
+        self.generation = 0
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.kv[0] is None else self.kv[0].shape[3]
+
+    def reserve(self, positions: int) -> None:
+        """Storage for at least ``positions`` positions in every layer already holding some."""
+        for layer, buf in enumerate(self.kv):
+            if buf is not None and buf.shape[3] < positions:
+                self._grow(layer, buf, positions, self.length)
+
+    def _grow(self, layer: int, buf: torch.Tensor, capacity: int, kept: int) -> torch.Tensor:
+        grown = buf.new_zeros(*buf.shape[:3], capacity, buf.shape[4])
+        grown[:, :, :, :kept] = buf[:, :, :, :kept]
+        self.kv[layer] = grown
+        self.generation += 1
+        return grown
 
     def append(self, layer: int, k_BHLd: torch.Tensor, v_BHLd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the L new positions after the cached ones (the first layer advances ``length``);
-        returns the layer's keys and values so far, views [B, H, length, d]."""
+        returns the layer's keys and values so far, views [B, H, length, d]. In slot mode: the one new
+        position at ``slot``, and the whole storage returned."""
+        if self.slot is not None:
+            buf = self.kv[layer]
+            buf[0].index_copy_(2, self.slot, k_BHLd)
+            buf[1].index_copy_(2, self.slot, v_BHLd)
+            return buf[0], buf[1]
         start = self.length if layer == 0 else self.length - k_BHLd.shape[2]
         end = start + k_BHLd.shape[2]
         buf = self.kv[layer]
-        if buf is None or buf.shape[3] < end:
-            grown = k_BHLd.new_zeros(2, *k_BHLd.shape[:2], max(64, 2 * end), k_BHLd.shape[3])
-            if buf is not None:
-                grown[:, :, :, :start] = buf[:, :, :, :start]
-            self.kv[layer] = buf = grown
+        if buf is None:
+            buf = self.kv[layer] = k_BHLd.new_zeros(2, *k_BHLd.shape[:2], max(64, 2 * end), k_BHLd.shape[3])
+        elif buf.shape[3] < end:
+            buf = self._grow(layer, buf, max(64, 2 * end), start)
         buf[0, :, :, start:end] = k_BHLd
         buf[1, :, :, start:end] = v_BHLd
         if layer == 0:
@@ -138,9 +166,13 @@ class Attention(nn.Module):
         if cache is None:
             y_BHLd = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            k, v = cache[0].append(cache[1], k, v)
+            store = cache[0]
+            k, v = store.append(cache[1], k, v)
             with _streaming_attention(q.device):
-                if L == 1:  # the newest position sees every cached key: no mask
+                if store.slot is not None:  # the whole storage: keys past the slot are stale or empty
+                    mask_1K = (torch.arange(k.shape[2], device=q.device) <= store.slot)[None, :]
+                    y_BHLd = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_1K)
+                elif L == 1:  # the newest position sees every cached key: no mask
                     y_BHLd = F.scaled_dot_product_attention(q, k, v)
                 else:  # query i sits at cache position Lk - L + i: it sees every key up to there
                     Lk = k.shape[2]
@@ -620,13 +652,15 @@ class InteractionModel(nn.Module):
     # -- the trunk
 
     def trunk(
-        self, x_BLD: torch.Tensor, dispatch: Optional[str] = None, *, cache: Optional[KVCache] = None, start: int = 0
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, x_BLD: torch.Tensor, dispatch: Optional[str] = None, *, cache: Optional[KVCache] = None,
+        start: int | torch.Tensor = 0,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
         """h_BLD (normed) of the L positions ``x_BLD`` at absolute positions start.., plus router statistics;
-        with ``cache`` they are appended to it (streaming)."""
+        with ``cache`` they are appended to it (streaming). ``start`` may be a device tensor [1] (a step
+        replayed from a CUDA graph)."""
         cfg = self.cfg
         B, L, D = x_BLD.shape
-        rope = rope_at(torch.arange(start, start + L, device=x_BLD.device), D // cfg.n_heads, cfg.rope_theta)
+        rope = rope_at(torch.arange(L, device=x_BLD.device) + start, D // cfg.n_heads, cfg.rope_theta)
         z_loss = x_BLD.new_zeros((), dtype=torch.float32)
         aux_loss = x_BLD.new_zeros((), dtype=torch.float32)
         counts = []

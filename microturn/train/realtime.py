@@ -18,8 +18,8 @@ the run trained without it, ``data.user_text: false``).
 Speed: a turn is 16 small trunk calls (15 single positions, then the user's block), too small to split
 across threads; run it with ``torch.set_num_threads(1)`` (measured on 2 shared CPU cores,
 configs/train_cpu.yaml's model: ~35 ms per turn, p99 ~50 ms; with 2 threads, stalls of seconds). On
-CUDA the depth head's frames are replayed from a CUDA graph (``DepthSampler``); train_small in bf16 on an
-H200: p50 200 ms, p99 353 ms per turn, bound by the trunk's kernel launches.
+CUDA each model frame's depth sampling and trunk step are replayed from CUDA graphs (``DepthSampler``,
+``TrunkStep``): train_small in bf16 on an H200, p50 88 ms, p99 90 ms per turn (353 ms eager).
 
 ``max_context_chunks`` bounds memory and time per turn: beyond it the oldest whole chunks are evicted
 (BOS stays). RoPE makes scores depend on position differences, so kept keys stay valid, but the model
@@ -33,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -92,6 +92,7 @@ class RealtimeSession:
         self.step_ms: list[float] = []
         self.cuda_graphs = cuda_graphs
         self._depth: Optional[DepthSampler] = None  # made at the first frame the depth head samples
+        self._trunk_step = TrunkStep(model, self.cache, self.block, cuda_graphs)
         with torch.inference_mode():
             self._h_D = self._append(model.bos_D[None, None])
 
@@ -147,7 +148,7 @@ class RealtimeSession:
     def _sample_depth(self, h_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The depth head step by step (``DepthHead.generate``): text, then codebook 0..K-1."""
         if self._depth is None:
-            self._depth = DepthSampler(self.model.depth, h_D.shape[-1], h_D.dtype, self.cuda_graphs)
+            self._depth = DepthSampler(self.model.depth, self.cuda_graphs)
         cfg = self.cfg
         noise = self._noise((1, cfg.codebooks + 1, max(cfg.text_vocab, cfg.audio_vocab)))
         text_1, codes_1K, text_logits_1V, audio_logits_1KV = self._depth(h_D[None], noise)
@@ -194,7 +195,12 @@ class RealtimeSession:
                 "has_frame": torch.tensor([[video is not None]], device=dev)}  # fmt: skip
 
     def _append(self, x_1LD: torch.Tensor) -> torch.Tensor:
-        """Run the L new positions through the trunk into the cache; the last one's hidden state [D]."""
+        """Run the L new positions through the trunk into the cache; the last one's hidden state [D].
+        One position (a model frame) goes through the replayable ``TrunkStep``."""
+        if x_1LD.shape[1] == 1 and self.cache.length > 0:
+            h_D = self._trunk_step(x_1LD, self.position)
+            self.position += 1
+            return h_D
         h_1LD, _ = self.model.trunk(x_1LD, cache=self.cache, start=self.position)
         self.position += x_1LD.shape[1]
         return h_1LD[0, -1]
@@ -208,52 +214,113 @@ class RealtimeSession:
         self.chunks_cached -= drop
 
 
-class DepthSampler:
-    """``DepthHead.generate`` for one frame at a time. On CUDA it is captured once as a CUDA graph and
-    replayed: a frame is ~100 small kernels per depth step, K + 1 steps, 15 frames per turn, and launched
-    one by one from Python they cost far more than they compute (on an H200, eager streaming of
-    train_small took ~1.1 s per 200 ms turn). The replay runs the same kernels on the same shapes, so
-    it gives what the eager call gives. If capture fails, it says so and stays eager."""
+def capture_graph(fn: Callable[..., Any], *inputs: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """``fn(*inputs)`` captured as a CUDA graph: (graph, its outputs). Replaying it reruns the same
+    kernels on whatever ``inputs`` then hold and overwrites the same outputs. ``fn`` runs twice first
+    on a side stream (kernel choice, allocator pools), as capture requires."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn(*inputs)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*inputs)
+    return graph, out
 
-    def __init__(self, depth: torch.nn.Module, d_model: int, dtype: torch.dtype, cuda_graphs: bool = True):
-        self.depth = depth
-        self.d_model, self.dtype = d_model, dtype
-        self.use_graph = cuda_graphs and next(depth.parameters()).device.type == "cuda"
+
+class _Replayed:
+    """A step run eagerly, or on CUDA captured once and replayed (``capture_graph``). Launched one by
+    one from Python, a step's many small kernels cost far more than they compute: on an H200 an eager
+    micro-turn of train_small took ~1.1 s of its 200 ms. If capture fails, it says so and stays eager."""
+
+    what = "step"
+
+    def __init__(self, device: torch.device, cuda_graphs: bool):
+        self.use_graph = cuda_graphs and device.type == "cuda"
         self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.static: dict[str, Any] = {}
+        self.static: tuple[torch.Tensor, ...] = ()
+        self.out: Any = None
+
+    def replay(self, fn: Callable[..., Any], *inputs: torch.Tensor) -> Any:
+        """``fn(*inputs)``: eagerly, or by copying ``inputs`` into the captured graph's and replaying it."""
+        if self.use_graph and self.graph is None:
+            try:
+                self.static = tuple(t.clone() for t in inputs)
+                self.graph, self.out = capture_graph(fn, *self.static)
+            except Exception as exc:  # an old driver, a kernel that cannot be captured: eager still works
+                log.warning("CUDA graph capture of the %s failed (%s: %s); streaming runs it eagerly, which is "
+                            "much slower per turn", self.what, type(exc).__name__, exc)
+                self.use_graph, self.graph, self.static, self.out = False, None, (), None
+        if self.graph is None:
+            return fn(*inputs)
+        for dst, src in zip(self.static, inputs):
+            dst.copy_(src)
+        self.graph.replay()
+        return tuple(t.clone() for t in self.out) if isinstance(self.out, tuple) else self.out.clone()
+
+    def invalidate(self) -> None:
+        """Drop the captured graph (its memory too); the next call captures again."""
+        self.graph, self.static, self.out = None, (), None
+
+
+class DepthSampler(_Replayed):
+    """``DepthHead.generate`` for one frame at a time (K + 1 depth steps of ~100 kernels each)."""
+
+    what = "depth head"
+
+    def __init__(self, depth: torch.nn.Module, cuda_graphs: bool = True):
+        super().__init__(next(depth.parameters()).device, cuda_graphs)
+        self.depth = depth
 
     def __call__(self, h_1D: torch.Tensor, noise_1SV: Optional[torch.Tensor]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-        if self.use_graph and self.graph is None:
-            self._capture(h_1D, noise_1SV)
-        if self.graph is None:
-            return self.depth.generate(h_1D, noise_1SV)
-        self.static["h"].copy_(h_1D)
-        if noise_1SV is not None:
-            self.static["noise"].copy_(noise_1SV)
-        self.graph.replay()
-        return tuple(t.clone() for t in self.static["out"])  # the next replay overwrites them
+        if noise_1SV is None:
+            return self.replay(lambda h: self.depth.generate(h, None), h_1D)
+        return self.replay(self.depth.generate, h_1D, noise_1SV)
 
-    def _capture(self, h_1D: torch.Tensor, noise_1SV: Optional[torch.Tensor]) -> None:
+
+class TrunkStep(_Replayed):
+    """One position through the trunk into the cache (a model frame). It runs in the cache's slot mode:
+    the position's index and its RoPE offset are device tensors, and attention reads the whole storage
+    with the keys past the slot masked, so every step has the same shapes and can be replayed. The
+    storage is reserved ahead (``headroom`` positions beyond the next one, at least doubling) and a
+    reallocation, by this or by an eager append, makes the graph be captured again."""
+
+    what = "trunk step"
+
+    def __init__(self, model: InteractionModel, cache: KVCache, headroom: int, cuda_graphs: bool = True):
+        device = model.bos_D.device
+        super().__init__(device, cuda_graphs)
+        self.model, self.cache, self.headroom = model, cache, headroom
+        self.min_reserve = 4096 if self.use_graph else 64  # fewer captures on a GPU, where memory is ample
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.generation = -1
+
+    def __call__(self, x_11D: torch.Tensor, position: int) -> torch.Tensor:
+        """The new position's hidden state [D]; ``cache.length`` advances by one."""
+        cache = self.cache
+        need = cache.length + 1 + self.headroom
+        if cache.capacity < need:  # a multiple of 64 keeps the attention mask aligned for fused kernels
+            cache.reserve(-(-max(self.min_reserve, 2 * need) // 64) * 64)
+        if cache.generation != self.generation:
+            self.invalidate()
+            self.generation = cache.generation
+        self.slot.fill_(cache.length)
+        self.position.fill_(position)
+        h_D = self.replay(self._step, x_11D)
+        cache.length += 1
+        return h_D
+
+    def _step(self, x_11D: torch.Tensor) -> torch.Tensor:
+        self.cache.slot = self.slot
         try:
-            h = h_1D.clone()
-            noise = None if noise_1SV is None else noise_1SV.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside the graph: kernel choice, allocator pools
-                for _ in range(2):
-                    self.depth.generate(h, noise)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self.depth.generate(h, noise)
-            self.static = {"h": h, "noise": noise, "out": out}
-            self.graph = graph
-        except Exception as exc:  # an old driver, a kernel that cannot be captured: eager still works
-            log.warning("CUDA graph capture of the depth head failed (%s: %s); streaming runs it eagerly, "
-                        "which is much slower per turn", type(exc).__name__, exc)
-            self.use_graph = False
-            self.graph = None
+            h_11D, _ = self.model.trunk(x_11D, cache=self.cache, start=self.position)
+        finally:
+            self.cache.slot = None
+        return h_11D[0, -1]
 
 
 def _check_chunk(chunk: UserChunk | ModelChunk, what: str) -> None:

@@ -197,3 +197,53 @@ def test_sampling_draws_from_the_softmax_at_the_temperature():
         draws = session._sample(logits)
         freq = torch.bincount(draws, minlength=4).float() / draws.numel()
         torch.testing.assert_close(freq, torch.softmax(logits[0] / temperature, -1), atol=0.015, rtol=0)
+
+
+def test_the_cache_slot_mode_writes_one_position_where_the_device_index_says():
+    """The replayable trunk step's storage contract: reserve keeps what is cached (and counts the
+    reallocation); in slot mode a position lands at the slot, the host length is left to the caller,
+    and the whole storage comes back for masked attention."""
+    from microturn.train.model import KVCache
+
+    cache = KVCache(2)
+    k = torch.arange(2 * 3 * 5 * 4, dtype=torch.float32).view(2, 3, 5, 4)
+    for layer in range(2):
+        cache.append(layer, k, -k)
+    assert cache.length == 5 and cache.capacity == 64
+    generation = cache.generation
+    cache.reserve(200)
+    assert cache.capacity == 200 and cache.generation > generation
+    torch.testing.assert_close(cache.kv[1][0, :, :, :5], k)
+    cache.slot = torch.tensor([cache.length])
+    new_k = torch.full((2, 3, 1, 4), 7.0)
+    keys, values = cache.append(1, new_k, -new_k)
+    assert keys.shape[2] == 200 and cache.length == 5
+    torch.testing.assert_close(keys[:, :, 5:6], new_k)
+    torch.testing.assert_close(values[:, :, :5], -k)
+
+
+def test_a_session_reserves_storage_ahead_so_the_users_block_never_reallocates_it():
+    """Storage grows only in the trunk step's reserve (before a frame, where a CUDA graph is captured
+    again anyway), never in the middle of a turn when the user's block is appended."""
+    model = build("codes+tokens")
+    batch = variant_batch(model.cfg, 4)
+    session = RealtimeSession(model, temperature=0.0)
+    cache, grows, reserving = session.cache, [], [False]
+    grow, reserve = cache._grow, cache.reserve
+
+    def grow_logged(*args):
+        grows.append(reserving[0])
+        return grow(*args)
+
+    def reserve_logged(positions):
+        reserving[0] = True
+        try:
+            reserve(positions)
+        finally:
+            reserving[0] = False
+
+    cache._grow, cache.reserve = grow_logged, reserve_logged
+    for c in range(4):
+        session.turn(user_chunk(model.cfg, batch, c))
+    assert grows and all(grows)
+    assert cache.capacity % 64 == 0
