@@ -292,6 +292,11 @@ def _whole_chunks(seconds: float, minimum: int) -> int:
     return max(minimum, int(round(seconds * CODEC_RATE / CHUNK_SAMPLES))) * CHUNK_SAMPLES
 
 
+# Rows the fast encoder's LSTM takes at once on a CPU (per-row cost flattens out there: 31 ms per 10 s
+# window at 12 rows against 82 ms at 2, one thread); the rest of the encoder keeps batch_windows rows.
+LSTM_ROWS = 12
+
+
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -356,19 +361,11 @@ class AudioTokenizer:
         jobs = [(k, s, p) for k, w in enumerate(waves) for s in range(w.shape[0])
                 for p in plan_windows(w.shape[1], self.window_samples, self.context_samples)]
         fixed = self.device != "cpu"  # accelerators pick kernels by shape: give every call the same one
-        pending: Optional[tuple[list[Any], Any]] = None
-        for batch in _batches(jobs, self.cfg.batch_windows):
-            length = self.window_samples + self.context_samples if fixed else max(p.seg_end - p.seg_start for _, _, p in batch)
-            # oneDNN picks other convolution kernels for a batch of one, whose sums round differently and
-            # flip a code now and then: a lone window runs beside a zero row, so every window's codes are
-            # the same whichever batch it lands in (measured: batches of 2-8 agree bit for bit).
-            rows = max(self.cfg.batch_windows if fixed else len(batch), 2)
-            buf = np.zeros((rows, 1, length), dtype=np.float32)  # zero tail: causal, dropped
-            for i, (k, s, p) in enumerate(batch):
-                buf[i, 0, : p.seg_end - p.seg_start] = waves[k][s, p.seg_start : p.seg_end]
-                spill.release(waves[k][s, p.seg_start : p.seg_end])  # a spilled session's window goes back
+        pending: Optional[tuple[list[list[Any]], list[Any]]] = None
+        for group in _batches(list(_batches(jobs, self.cfg.batch_windows)), self._batches_per_call()):
+            bufs = [self._window_buffer(batch, waves, fixed) for batch in group]
             # on a GPU the batch runs while the next one is cut and copied: its codes are read after that
-            launched = (batch, self._launch(buf))
+            launched = (group, self._launch_many(bufs))
             if pending is not None:
                 self._collect(*pending, outs)
             pending = launched
@@ -376,10 +373,33 @@ class AudioTokenizer:
             self._collect(*pending, outs)
         return outs
 
-    def _collect(self, batch: list[Any], codes_on_device: Any, outs: list[np.ndarray]) -> None:
-        codes = _codes_array(codes_on_device)  # [rows, K, frames]
+    def _batches_per_call(self) -> int:
+        """Batches encoded in one call: on a CPU the fast encoder runs their convolutions batch by batch
+        (small tiles stay in cache) and their LSTM as one (its weights read once per step for all rows;
+        ``FastSEANetEncoder.forward_many``), ``LSTM_ROWS`` rows at least. On a GPU, one: its batches
+        are already large, and each is launched while the previous one's codes are read."""
+        if self.device != "cpu" or self.cfg.engine != "fast":
+            return 1
+        return max(1, -(-LSTM_ROWS // max(self.cfg.batch_windows, 2)))
+
+    def _window_buffer(self, batch: list[Any], waves: list[np.ndarray], fixed: bool) -> np.ndarray:
+        """float32 [rows, 1, length]: the batch's windows, zero-padded at the end (causal: dropped)."""
+        length = self.window_samples + self.context_samples if fixed else max(p.seg_end - p.seg_start for _, _, p in batch)
+        # oneDNN picks other convolution kernels for a batch of one, whose sums round differently and
+        # flip a code now and then: a lone window runs beside a zero row, so every window's codes are
+        # the same whichever batch it lands in (measured: batches of 2-8 agree bit for bit).
+        rows = max(self.cfg.batch_windows if fixed else len(batch), 2)
+        buf = np.zeros((rows, 1, length), dtype=np.float32)
         for i, (k, s, p) in enumerate(batch):
-            outs[k][s, :, p.out_frame : p.out_frame + p.frames] = codes[i, :, p.keep_from : p.keep_from + p.frames]
+            buf[i, 0, : p.seg_end - p.seg_start] = waves[k][s, p.seg_start : p.seg_end]
+            spill.release(waves[k][s, p.seg_start : p.seg_end])  # a spilled session's window goes back
+        return buf
+
+    def _collect(self, group: list[list[Any]], codes_on_device: list[Any], outs: list[np.ndarray]) -> None:
+        for batch, batch_codes in zip(group, codes_on_device):
+            codes = _codes_array(batch_codes)  # [rows, K, frames]
+            for i, (k, s, p) in enumerate(batch):
+                outs[k][s, :, p.out_frame : p.out_frame + p.frames] = codes[i, :, p.keep_from : p.keep_from + p.frames]
 
     def _checked(self, wave_24k: np.ndarray) -> np.ndarray:
         """float32 [streams, samples], a whole number of chunks, finite (checked a window at a time: a
@@ -400,23 +420,25 @@ class AudioTokenizer:
 
     def encode_batch(self, batch: np.ndarray) -> np.ndarray:
         """float32 [B, 1, L] (L a multiple of 320) -> int16 [B, K, L // 320]; one forward pass."""
-        return _codes_array(self._launch(batch))
+        return _codes_array(self._launch_many([batch])[0])
 
-    def _launch(self, batch: np.ndarray) -> Any:
-        """The codes of float32 [B, 1, L] as a [K, B, L // 320] tensor on the device, not yet waited for
-        (on a GPU the work is queued; reading the tensor waits for it)."""
+    def _launch_many(self, batches: list[np.ndarray]) -> list[Any]:
+        """The codes of each float32 [B, 1, L] as a [K, B, L // 320] tensor on the device, not yet waited
+        for (on a GPU the work is queued; reading the tensor waits for it)."""
         import torch
 
-        x = torch.from_numpy(batch)
-        x = x.pin_memory().to(self.device, non_blocking=True) if self.device.startswith("cuda") else x.to(self.device)
+        xs = [torch.from_numpy(b) for b in batches]
+        if self.device.startswith("cuda"):
+            xs = [x.pin_memory().to(self.device, non_blocking=True) for x in xs]
         with torch.inference_mode():
-            if self.cfg.precision == "bf16" and self.cfg.engine == "stock":
-                with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-                    emb = self.encoder(x)
-                emb = emb.float()
-            else:  # the fast encoder handles its own precision
-                emb = self.encoder(x)
-            return self.model.quantizer.encode(emb, self.model.frame_rate, self.model.bandwidth)  # [K, B, T]
+            if self.cfg.engine == "fast":  # the fast encoder handles its own precision
+                embs = self.encoder.forward_many(xs)
+            elif self.cfg.precision == "bf16":
+                with torch.autocast(device_type=xs[0].device.type, dtype=torch.bfloat16):
+                    embs = [self.encoder(x).float() for x in xs]
+            else:
+                embs = [self.encoder(x) for x in xs]
+            return [self.model.quantizer.encode(e, self.model.frame_rate, self.model.bandwidth) for e in embs]  # [K, B, T]
 
     def tokenize(self, batch: Sequence[TokenizeInput]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
         return [({"codes.npy": codes}, {}) for codes in self.encode_many([inp.waves_24k for inp in batch])]

@@ -252,3 +252,24 @@ def test_a_checkpoint_whose_name_lies_about_its_sha_is_refused(tmp_path, small_w
     with pytest.raises(StageError) as err:
         load_audio_tokenizer(AudioCodecConfig(weights_dir=tmp_path / "missing", **small_windows))
     assert err.value.reason == "codec_missing"
+
+
+def test_batches_encoded_in_one_call_get_their_own_outputs_bit_for_bit(audio_tok):
+    """On a CPU several batches share one LSTM call (the recurrent weights read once per step for all
+    rows); each batch still gets exactly what it gets alone, whatever the other batches' lengths."""
+    import torch
+
+    encoder = audio_tok.encoder
+    xs = [torch.from_numpy(two_streams(chunks=c, seed=60 + c)[:, None]) for c in (5, 2, 7)]
+    with torch.inference_mode():
+        together = encoder.forward_many(xs)
+        alone = [encoder(x) for x in xs]
+    assert [t.shape for t in together] == [a.shape for a in alone]
+    assert all(torch.equal(t, a) for t, a in zip(together, alone))
+
+
+def test_a_cpu_call_groups_batches_up_to_the_lstm_rows(audio_tok):
+    from microturn.tokenizers.audio import LSTM_ROWS
+
+    assert audio_tok.device == "cpu" and audio_tok.cfg.engine == "fast"
+    assert audio_tok._batches_per_call() * max(audio_tok.cfg.batch_windows, 2) >= LSTM_ROWS
