@@ -399,7 +399,7 @@ def stream_turns(model: Any, turns: int, deadline: float) -> list[float]:
     import torch
 
     session, chunks = stream_session(model)
-    for i in range(5 + turns):
+    for _ in range(5 + turns):
         if time.monotonic() > deadline:
             break
         session.turn(next(chunks))

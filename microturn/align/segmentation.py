@@ -17,6 +17,7 @@ windows covering a frame, cut to the audio. A test compares both on real speech.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -110,8 +111,6 @@ def _full_fp32(device: Any) -> Any:
     """On CUDA, cuDNN's convolutions and LSTM in full fp32 and deterministic. By default they may use
     TF32 (10-bit mantissas): on an H200 the speech scores then differed from the CPU's by up to 0.12,
     enough to move speech boundaries with the device a session happened to run on."""
-    import contextlib
-
     import torch
 
     if device.type != "cuda":

@@ -360,10 +360,9 @@ class AudioTokenizer:
         outs = [np.zeros((w.shape[0], self.num_codebooks, w.shape[1] // HOP), dtype=np.int16) for w in waves]
         jobs = [(k, s, p) for k, w in enumerate(waves) for s in range(w.shape[0])
                 for p in plan_windows(w.shape[1], self.window_samples, self.context_samples)]
-        fixed = self.device != "cpu"  # accelerators pick kernels by shape: give every call the same one
         pending: Optional[tuple[list[list[Any]], list[Any]]] = None
         for group in _batches(list(_batches(jobs, self.cfg.batch_windows)), self._batches_per_call()):
-            bufs = [self._window_buffer(batch, waves, fixed) for batch in group]
+            bufs = [self._window_buffer(batch, waves) for batch in group]
             # on a GPU the batch runs while the next one is cut and copied: its codes are read after that
             launched = (group, self._launch_many(bufs))
             if pending is not None:
@@ -382,8 +381,9 @@ class AudioTokenizer:
             return 1
         return max(1, -(-LSTM_ROWS // max(self.cfg.batch_windows, 2)))
 
-    def _window_buffer(self, batch: list[Any], waves: list[np.ndarray], fixed: bool) -> np.ndarray:
+    def _window_buffer(self, batch: list[Any], waves: list[np.ndarray]) -> np.ndarray:
         """float32 [rows, 1, length]: the batch's windows, zero-padded at the end (causal: dropped)."""
+        fixed = self.device != "cpu"  # accelerators pick kernels by shape: give every call the same one
         length = self.window_samples + self.context_samples if fixed else max(p.seg_end - p.seg_start for _, _, p in batch)
         # oneDNN picks other convolution kernels for a batch of one, whose sums round differently and
         # flip a code now and then: a lone window runs beside a zero row, so every window's codes are

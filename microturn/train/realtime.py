@@ -90,8 +90,7 @@ class RealtimeSession:
         self.chunks_cached = 0  # whole chunk blocks (model frames, video, user frames) in the cache
         self.block = model.layout(1).block
         self.step_ms: list[float] = []
-        self.cuda_graphs = cuda_graphs
-        self._depth: Optional[DepthSampler] = None  # made at the first frame the depth head samples
+        self._depth = DepthSampler(model.depth, cuda_graphs) if self.cfg.audio == "codes" else None
         self._trunk_step = TrunkStep(model, self.cache, self.block, cuda_graphs)
         with torch.inference_mode():
             self._h_D = self._append(model.bos_D[None, None])
@@ -147,8 +146,7 @@ class RealtimeSession:
 
     def _sample_depth(self, h_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The depth head step by step (``DepthHead.generate``): text, then codebook 0..K-1."""
-        if self._depth is None:
-            self._depth = DepthSampler(self.model.depth, self.cuda_graphs)
+        assert self._depth is not None  # the codes variant has a depth head
         cfg = self.cfg
         noise = self._noise((1, cfg.codebooks + 1, max(cfg.text_vocab, cfg.audio_vocab)))
         text_1, codes_1K, text_logits_1V, audio_logits_1KV = self._depth(h_D[None], noise)
