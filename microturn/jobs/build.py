@@ -75,6 +75,7 @@ class BuildSummary:
     slowest_sessions: list[dict[str, Any]] = field(default_factory=list)  # run by this build, slowest first
     decoders: dict[str, int] = field(default_factory=dict)  # finished sessions by video decoder ("software", "cuda")
     pictures_left_out: int = 0  # video pictures exact picking did not decode (no chunk takes them, none refers to them)
+    ray_start_s: float = 0.0  # of wall_s: starting an embedded Ray or connecting to a cluster (0: the caller's Ray)
 
     @property
     def throughput(self) -> float:
@@ -131,12 +132,12 @@ def run_build(
         sink = ShardSink.resume(out_uri, cfg.shard)
         feeder = _InOrderFeeder(plan, sink)
         try:
-            timings = _schedule(plan, cfg, feeder, address=address, progress=progress,
-                                on_session_done=on_session_done, hooks=tuple(session_hooks))
+            timings, ray_start_s = _schedule(plan, cfg, feeder, address=address, progress=progress,
+                                             on_session_done=on_session_done, hooks=tuple(session_hooks))
         except BaseException:
             sink.abort()  # the open shard stays invisible; committed ones are kept for the next run
             raise
-        return _summarise(plan, cfg, sink, timings, time.perf_counter() - t0)
+        return _summarise(plan, cfg, sink, timings, time.perf_counter() - t0, ray_start_s)
 
 
 # ---------------------------------------------------------------- plan
@@ -376,17 +377,20 @@ def ray_failure(exc: Exception, max_retries: int) -> tuple[str, str]:
 
 
 def _schedule(plan: _Plan, cfg: BuildConfig, feeder: _InOrderFeeder, *, address: Optional[str], progress: bool,
-              on_session_done: Optional[Callable[[str], None]], hooks: tuple[SessionHook, ...]) -> list[dict[str, Any]]:
-    """Run every session of ``plan.todo`` and feed the sink as the order allows; returns the timings."""
+              on_session_done: Optional[Callable[[str], None]], hooks: tuple[SessionHook, ...]) -> tuple[list[dict[str, Any]], float]:
+    """Run every session of ``plan.todo`` and feed the sink as the order allows; returns the timings and
+    the seconds Ray took to start (or to connect)."""
     feeder.drain()
     if not plan.todo:
-        return []
+        return [], 0.0
     import ray
 
     from microturn.jobs.tokenizer_pool import start_pool
 
     bar = Progress(len(plan.todo), progress)
+    t0 = time.perf_counter()
     ray_by = _init_ray(cfg, address)
+    ray_start_s = time.perf_counter() - t0
     try:
         resources = ray.cluster_resources()
         pool = start_pool(cfg, resources.get("GPU", 0.0))
@@ -404,7 +408,7 @@ def _schedule(plan: _Plan, cfg: BuildConfig, feeder: _InOrderFeeder, *, address:
                     on_session_done(sid)
             feeder.drain()
         feeder.drain()
-        return sched.timings
+        return sched.timings, ray_start_s
     finally:
         bar.close()
         if ray_by == "embedded":
@@ -416,7 +420,8 @@ def _schedule(plan: _Plan, cfg: BuildConfig, feeder: _InOrderFeeder, *, address:
 # ---------------------------------------------------------------- summarise
 
 
-def _summarise(plan: _Plan, cfg: BuildConfig, sink: Any, timings: list[dict[str, Any]], wall_s: float) -> BuildSummary:
+def _summarise(plan: _Plan, cfg: BuildConfig, sink: Any, timings: list[dict[str, Any]], wall_s: float,
+               ray_start_s: float) -> BuildSummary:
     from microturn.pipeline.shard import finalize_dataset
 
     outcomes = plan.outcomes
@@ -451,6 +456,7 @@ def _summarise(plan: _Plan, cfg: BuildConfig, sink: Any, timings: list[dict[str,
         decoders=_decoder_counts([outcomes[s] for s in ok]),
         pictures_left_out=sum(outcomes[s].get("stats", {}).get("decoder", {}).get("left_out", 0) for s in ok),
         slowest_sessions=sorted(timings, key=lambda t: (-t["wall_s"], t["session_id"]))[:SLOWEST_SHOWN],
+        ray_start_s=round(ray_start_s, 3),
     )
     storage.write_bytes_atomic(
         storage.join(plan.out_uri, "stats.json"), json.dumps(summary.to_json(), indent=2, sort_keys=True).encode()

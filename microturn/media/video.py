@@ -49,9 +49,11 @@ if TYPE_CHECKING:
 GRID_CELLS = 4  # the luma trace's grid: 4 x 4 cells, each the mean of 4 x 4 pixels of a 16 x 16 thumbnail
 # The A/V offset estimate needs a few minutes of picture, not hours (20 000 frames: 13 min at 25 fps).
 MAX_TRACE_FRAMES = 20_000
-# Frame candidates cost frame_width x frame_height x 3 bytes each (12 KiB at 64 x 64: 240 MiB here).
-# Past this many the session keeps none and says so in its warnings: the offset cannot be applied.
-MAX_CANDIDATE_FRAMES = 20_000
+# Frame candidates cost frame_width x frame_height x 3 bytes each: 19 KiB at 80 x 80, 2 GB per hour of
+# 30 fps picture. Spilled like the picked frames (``decode.spill``) that is disk, not memory, up to the
+# first limit (4 hours there); held in memory, up to the second. Past it the session keeps none and
+# says so in its warnings: the offset cannot be applied.
+MAX_CANDIDATE_BYTES = {"spilled": 8 << 30, "in_memory": 256 << 20}
 # Packets a disposable picture waits for the pictures around it (decode order) before it is left out
 # or decoded; a reorder window needs a handful (x264: B-frames + 1), more only costs a little memory.
 UNTAKEN_LOOKAHEAD = 16
@@ -211,27 +213,37 @@ class LumaTrace:
 
 
 class _Candidates:
-    """Every frame the picker placed, at output size, with its session sample (bounded)."""
+    """Every frame the picker placed, at output size, with its session sample (bounded: ``max_frames``),
+    stored like the picked frames (``_FrameStore``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shape: tuple[int, int], zeros: Callable[[tuple[int, ...]], np.ndarray], max_frames: int) -> None:
         self.samples: list[int] = []
-        self.images: list[np.ndarray] = []
-        self.dropped = False
+        self._frames: Optional[_FrameStore] = _FrameStore(shape, zeros)
+        self.max_frames = max_frames
+
+    @property
+    def dropped(self) -> bool:
+        return self._frames is None
 
     def add(self, s: int, picture: _Picture) -> None:
-        if self.dropped:
+        if self._frames is None:
             return
-        if len(self.samples) >= MAX_CANDIDATE_FRAMES:
-            self.dropped = True
-            self.samples, self.images = [], []
+        if len(self.samples) >= self.max_frames:
+            self.samples, self._frames = [], None
             return
         self.samples.append(s)
-        self.images.append(picture.rgb())
+        self._frames.append(picture.rgb())
 
     def result(self, end_sample: int) -> Optional[FrameCandidates]:
-        if self.dropped or not self.images:
+        if self._frames is None or not self.samples:
             return None
-        return FrameCandidates(np.asarray(self.samples, dtype=np.int64), np.stack(self.images), end_sample)
+        return FrameCandidates(np.asarray(self.samples, dtype=np.int64), self._frames.result(), end_sample)
+
+
+def _candidate_limit(cfg: "DecodeConfig") -> int:
+    """How many frame candidates a session may keep (``MAX_CANDIDATE_BYTES``)."""
+    limit = MAX_CANDIDATE_BYTES["spilled" if cfg.spill else "in_memory"]
+    return max(1, limit // (cfg.frame_width * cfg.frame_height * 3))
 
 
 @dataclass(frozen=True)
@@ -321,7 +333,8 @@ class VideoPicker:
         self._fill = _ChunkFill(cfg.frame_height, cfg.frame_width, _frame_zeros(cfg))
         self._sws = scaler()
         self._trace = LumaTrace() if trace else None
-        self._candidates = _Candidates() if candidates else None
+        self._candidates = (_Candidates((cfg.frame_height, cfg.frame_width), _frame_zeros(cfg), _candidate_limit(cfg))
+                            if candidates else None)
         self._prev: Any = None
         self._prev_sample = 0
         self._intervals: list[int] = []
@@ -453,7 +466,7 @@ class VideoPicker:
             warnings.append(f"video_undecoded_frames_taken:{self._stood_in}")
         candidates = self._candidates.result(end_sample) if self._candidates is not None else None
         if self._candidates is not None and self._candidates.dropped:
-            warnings.append(f"video_candidates_dropped:>{MAX_CANDIDATE_FRAMES}")  # the offset cannot be applied
+            warnings.append(f"video_candidates_dropped:>{self._candidates.max_frames}")  # the offset cannot be applied
         return VideoResult(
             frames_rgb=frames_rgb,
             frame_chunks=frame_chunks,
@@ -480,9 +493,20 @@ def repick_video(media: DecodedMedia, shift_sample: int) -> VideoFrames:
     video, cand = media.video, media.candidates
     if video is None or cand is None:
         raise ValueError("no frame candidates: decode_session(candidates=True) keeps them, up to a limit")
-    fill = _ChunkFill(cand.frames_rgb.shape[1], cand.frames_rgb.shape[2])
-    for s, rgb in zip(cand.samples.tolist(), cand.frames_rgb):
-        fill.place(s - shift_sample, _Picture(rgb=rgb))
+    # the new frames are stored where the picked ones were (a spilled session's on disk); the candidates'
+    # pages go back to the kernel as they are read
+    zeros = functools.partial(spill.zeros, like=video.frames_rgb, dtype=np.uint8)
+    fill = _ChunkFill(cand.frames_rgb.shape[1], cand.frames_rgb.shape[2], zeros)
+    for i, s in enumerate(cand.samples.tolist()):
+        fill.place(s - shift_sample, _Picture(rgb=cand.frames_rgb[i]))
+        if (i + 1) % RELEASE_FRAMES == 0:
+            spill.release(cand.frames_rgb[i + 1 - RELEASE_FRAMES : i + 1])
     frames_rgb, frame_chunks = fill.finish(cand.end_sample - shift_sample)
-    keep = frame_chunks < GRID.num_chunks(media.num_samples)
-    return VideoFrames(video.source_uri, frames_rgb[keep], frame_chunks[keep], video.offset_sample - shift_sample)
+    kept = frames_before(frame_chunks, GRID.num_chunks(media.num_samples))
+    return VideoFrames(video.source_uri, frames_rgb[:kept], frame_chunks[:kept], video.offset_sample - shift_sample)
+
+
+def frames_before(frame_chunks: np.ndarray, num_chunks: int) -> int:
+    """How many picked frames belong to chunks before ``num_chunks``. Chunks increase, so those frames are
+    a prefix: keep them as a view (a mask would copy a spilled array into memory, 0.35 GB per hour)."""
+    return int(np.searchsorted(frame_chunks, num_chunks))

@@ -34,7 +34,7 @@ from microturn.config import DecodeConfig
 from microturn.media import spill
 from microturn.media.audio import AudioSink, DecodedAudio
 from microturn.media.container import PacketStats, Sources, decode_frames, max_timeline_s, too_long
-from microturn.media.video import VideoPicker, VideoResult
+from microturn.media.video import VideoPicker, VideoResult, frames_before
 from microturn.pipeline.probe import media_duration_s, probe_session
 from microturn.records import (
     AudioSource,
@@ -266,8 +266,7 @@ def _streams(
 
 
 def _video_frames(uri: str, video: VideoResult, num_samples: int) -> VideoFrames:
-    # chunks increase: the frames kept are a prefix, a view (a mask would copy a spilled array into memory)
-    kept = int(np.searchsorted(video.frame_chunks, GRID.num_chunks(num_samples)))
+    kept = frames_before(video.frame_chunks, GRID.num_chunks(num_samples))
     return VideoFrames(uri, video.frames_rgb[:kept], video.frame_chunks[:kept], video.offset_sample)
 
 

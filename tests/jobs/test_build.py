@@ -40,6 +40,8 @@ def test_build_makes_a_valid_corpus_that_plain_webdataset_reads(built_2cpu):
     out, summary = built_2cpu
     assert summary.sessions_in == 3 and summary.sessions_ok == 3 and summary.quarantined == 0
     assert summary.shards >= 2
+    assert 0 < summary.ray_start_s < summary.wall_s  # the embedded Ray's start, part of the wall time
+    assert json.loads((out / "stats.json").read_text())["ray_start_s"] == summary.ray_start_s
     report = validate_dataset(str(out), deep=True)
     assert report.ok, report.problems
     shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))

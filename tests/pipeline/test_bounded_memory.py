@@ -11,14 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from microturn.align import quality as q
+from microturn.align.av_offset import _zscore, estimate_av_offset
 from microturn.align.vad import SPEECH_BANDS_HZ, band_powers, frame_energy_db
 from microturn.clock import HOP
 from microturn.config import AlignConfig, DecodeConfig
 from microturn.media import spill
+from microturn.media.video import repick_video
 from microturn.manifest import SessionSpec
 from microturn.pipeline.align import align_session
 from microturn.pipeline.decode import decode_session
 from microturn.pipeline.tokenize import padded_waves
+from microturn.records import VideoTrace
 from tests.media_helpers import burst, read_audio, write_wav
 
 
@@ -157,7 +160,7 @@ def test_decode_spills_the_waves_and_they_equal_the_in_memory_ones(tmp_path: Pat
     assert padded_waves(on).tobytes() == padded_waves(off).tobytes()
 
 
-def test_picked_frames_are_spilled_too_and_equal_the_in_memory_ones(tmp_path: Path) -> None:
+def test_picked_frames_and_frame_candidates_are_spilled_too_and_equal_the_in_memory_ones(tmp_path: Path) -> None:
     from tests.media_helpers import write_video
 
     video = write_video(tmp_path / "v.mp4", 600, fps=10, size=(48, 32))  # 60 s: 300 chunks, the store grows
@@ -165,11 +168,21 @@ def test_picked_frames_are_spilled_too_and_equal_the_in_memory_ones(tmp_path: Pa
                                        "audio": [{"uri": str(write_wav(tmp_path / "a.wav", burst(16000, 60.0, [(1, 2)]), 16000))}]})
     (tmp_path / "spill").mkdir()
     small = dict(frame_width=32, frame_height=24)
-    on = decode_session(spec, DecodeConfig(spill_dir=tmp_path / "spill", **small)).video
-    off = decode_session(spec, DecodeConfig(spill=False, **small)).video
+    media_on = decode_session(spec, DecodeConfig(spill_dir=tmp_path / "spill", **small), candidates=True)
+    media_off = decode_session(spec, DecodeConfig(spill=False, **small), candidates=True)
+    on, off = media_on.video, media_off.video
     assert spill.spill_folder(on.frames_rgb) == str(tmp_path / "spill") and spill.spill_folder(off.frames_rgb) is None
     assert len(on.frames_rgb) == 300 and on.frames_rgb.tobytes() == off.frames_rgb.tobytes()
     assert on.frame_chunks.tobytes() == off.frame_chunks.tobytes()
+    # every decoded frame, kept for re-picking after an A/V offset: on disk as well, the same pixels
+    cand_on, cand_off = media_on.candidates, media_off.candidates
+    assert spill.spill_folder(cand_on.frames_rgb) == str(tmp_path / "spill") and spill.spill_folder(cand_off.frames_rgb) is None
+    assert len(cand_on.frames_rgb) == 600 and cand_on.frames_rgb.tobytes() == cand_off.frames_rgb.tobytes()
+    assert cand_on.samples.tobytes() == cand_off.samples.tobytes()
+    # and the frames picked from them again for a 100 ms offset: on disk too, no copy of them in memory
+    moved_on, moved_off = repick_video(media_on, 2400), repick_video(media_off, 2400)
+    assert spill.spill_folder(moved_on.frames_rgb) == str(tmp_path / "spill")
+    assert moved_on.frames_rgb.tobytes() == moved_off.frames_rgb.tobytes() and len(moved_on.frames_rgb) == 300
 
 
 def test_pyannote_on_pieces_of_a_session_gives_the_probabilities_of_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,3 +234,66 @@ def test_the_bleed_model_gives_the_same_ratios_block_by_block(monkeypatch: pytes
     whole = crosstalk.own_to_bleed_db(waves, frames, crosstalk.AttributionParams())  # 900 frames: one block
     monkeypatch.setattr(crosstalk, "_BLOCK_FRAMES", 7)
     assert crosstalk.own_to_bleed_db(waves, frames, crosstalk.AttributionParams()).tobytes() == whole.tobytes()
+
+
+def _offset_from_whole_session_sums(waves: list[np.ndarray], trace: VideoTrace, max_offset_ms: float) -> tuple[int, float, float]:
+    """estimate_av_offset as it was: one float64 cumulative power sum over each whole stream, lag by lag."""
+    n = trace.times_sample.shape[0]
+    frame_len = int(np.median(np.diff(trace.times_sample)))
+    half = max(frame_len // 2, 1)
+    feats = _zscore(trace.features.astype(np.float64))
+    feats = feats[:, feats.std(axis=0) > 0]
+    cums = [np.concatenate([[0.0], np.cumsum(np.square(w, dtype=np.float64))]) for w in waves]
+    lags_ms = np.arange(-max_offset_ms, max_offset_ms + 0.5, 1.0)
+    best = np.zeros(lags_ms.shape[0])
+    for i, lag_ms in enumerate(lags_ms):
+        centres = trace.times_sample - int(round(lag_ms * 24))
+        loud = []
+        for c in cums:
+            lo, hi = np.clip(centres - half, 0, c.shape[0] - 1), np.clip(centres + half, 0, c.shape[0] - 1)
+            loud.append(np.sqrt(np.maximum(c[hi] - c[lo], 0.0) / np.maximum(hi - lo, 1)))
+        best[i] = np.max(_zscore(np.stack(loud, axis=1)).T @ feats / n)
+    k = int(np.argmax(best))
+    far = np.abs(lags_ms - lags_ms[k]) > 2 * frame_len / 24
+    runner_up = max(float(best[far].max()), 0.0)
+    return int(round(lags_ms[k] * 24)), min(1.0, best[k] * (1.0 - runner_up / best[k]) * 2), float(best[k])
+
+
+def _talking_video(seed: int, seconds: float, lag_ms: float) -> tuple[list[np.ndarray], VideoTrace]:
+    """Two streams whose loudness comes and goes, and a 30 fps luma trace whose first cells follow the
+    first stream's loudness ``lag_ms`` late (the rest is noise)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 24000)
+    envelope = np.repeat(rng.uniform(0.0, 1.0, n // 2400 + 1), 2400)[:n]  # a new level every 100 ms
+    waves = [(rng.standard_normal(n) * envelope).astype(np.float32),
+             (rng.standard_normal(n) * rng.uniform(0.05, 0.2)).astype(np.float32)]
+    times = np.arange(0, n, 800, dtype=np.int64)  # 30 fps, some frames near both ends of the audio
+    seen = envelope[np.clip(times - int(lag_ms * 24), 0, n - 1)]
+    features = rng.standard_normal((times.shape[0], 32)).astype(np.float32)
+    features[:, :4] += 3.0 * seen[:, None].astype(np.float32)
+    return waves, VideoTrace(times_sample=times, features=features)
+
+
+@pytest.mark.parametrize("seed, lag_ms, block", [(0, 120.0, 1024), (1, -80.0, 7), (2, 0.0, 64), (3, 333.0, 100)])
+def test_av_offset_block_by_block_equals_the_whole_session_sums(seed: int, lag_ms: float, block: int) -> None:
+    waves, trace = _talking_video(seed, 20.0, lag_ms)
+    est = estimate_av_offset(waves, trace, 500.0, block_frames=block)
+    offset, confidence, peak = _offset_from_whole_session_sums(waves, trace, 500.0)
+    assert est is not None and est.offset_sample == offset
+    assert abs(offset - lag_ms * 24) <= 24 * 17  # and it finds the lag (within half a frame interval)
+    assert abs(est.confidence - confidence) < 1.5e-4 and abs(est.peak_correlation - peak) < 1.5e-4
+
+
+def test_av_offset_memory_is_bounded_by_the_block_not_the_session() -> None:
+    import tracemalloc
+
+    waves, trace = _talking_video(5, 600.0, 40.0)  # 10 minutes, two streams: 115 MB of float32
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc; the inputs exist already
+    try:
+        est = estimate_av_offset(waves, trace, 500.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert est is not None and abs(est.offset_sample - 40 * 24) <= 24 * 17
+    # whole-stream float64 power sums and their squares took 350 MB here (0.69 GB per stream and hour)
+    assert peak < 80 * 2**20, peak / 2**20

@@ -290,11 +290,12 @@ def test_frame_candidates_past_their_limit_are_dropped_with_a_warning(
 ) -> None:
     import microturn.media.video as video
 
-    monkeypatch.setattr(video, "MAX_CANDIDATE_FRAMES", 5)
+    cfg = DecodeConfig()
+    monkeypatch.setitem(video.MAX_CANDIDATE_BYTES, "spilled", 5 * cfg.frame_width * cfg.frame_height * 3)
     wav = write_wav(tmp_path / "a.wav", burst(16000, 2.0, [(0.5, 1.0)]), 16000)
     mp4 = write_video(tmp_path / "v.mp4", 20)
     spec = _spec(audio=[{"uri": str(wav), "speaker": "A"}], video={"uri": str(mp4)})
-    out = decode_session(spec, DecodeConfig(), trace=True, candidates=True)
+    out = decode_session(spec, cfg, trace=True, candidates=True)
     assert out.candidates is None and "video_candidates_dropped:>5" in out.warnings
     assert out.trace is not None and out.trace.times_sample.shape == (20,)  # the estimate still runs
     with pytest.raises(ValueError):
