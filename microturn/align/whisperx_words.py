@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from microturn.clock import ASR_RATE
+from microturn.media import spill
 from microturn.records import StageError
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,34 @@ def align_segments(
     import whisperx
 
     transcript = [{"text": t, "start": float(s), "end": float(e)} for t, s, e in segments if t.strip()]
-    if not transcript:
-        return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = whisperx.align(transcript, model, meta, np.ascontiguousarray(wave_16k, dtype=np.float32), device)
+    audio = np.ascontiguousarray(wave_16k, dtype=np.float32)  # a spilled float32 stream as it is: no copy
     words = []
-    for seg in result.get("segments", []):
-        for w in seg.get("words", []):
-            words.append((str(w.get("word", "")).strip(), w.get("start"), w.get("end"), w.get("score")))
+    for run in _align_passes(transcript, ALIGN_PASS_S):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = whisperx.align(run, model, meta, audio, device)
+        # whisperX aligns each segment on its own: the stream's pages these segments read can go back
+        spill.release(audio[int(min(s["start"] for s in run) * ASR_RATE) : int(max(s["end"] for s in run) * ASR_RATE) + 1])
+        for seg in result.get("segments", []):
+            for w in seg.get("words", []):
+                words.append((str(w.get("word", "")).strip(), w.get("start"), w.get("end"), w.get("score")))
     return [w for w in words if w[0]]
+
+
+# Seconds of a stream whose segments go to whisperX's aligner at once (it aligns each segment on its own,
+# so the words are those of one call): the pages of the stream they read go back after each.
+ALIGN_PASS_S = 600.0
+
+
+def _align_passes(transcript: list[dict[str, Any]], seconds: float) -> list[list[dict[str, Any]]]:
+    """Consecutive segments in runs spanning at most ``seconds`` (a longer segment alone)."""
+    runs: list[list[dict[str, Any]]] = []
+    for seg in transcript:
+        if runs and seg["end"] - runs[-1][0]["start"] <= seconds:
+            runs[-1].append(seg)
+        else:
+            runs.append([seg])
+    return runs
 
 
 @functools.lru_cache(maxsize=2)
@@ -197,24 +216,47 @@ class Compacted:
         return src + dur, region
 
 
+# Whisper windows transcribed per pass: only one pass's compacted speech is held (a multiple of the batch,
+# about 16 min: 61 MB), and the stream's pages it read go back to the kernel after it.
+PASS_WINDOWS = 32
+
+
+def pack_regions(regions: Sequence[tuple[float, float]], num_samples: int, rate: int = ASR_RATE) -> list[tuple[int, int, int, int]]:
+    """Where each piece of the speech ``regions`` (source seconds, sorted, disjoint) goes: (start, end)
+    in source samples, its region, and the window it lands in. A region longer than a window is cut
+    (rare: 30 s without a pause); a piece joins the window before it when it fits, ``GAP_S`` after it."""
+    limit, gap = int(CHUNK_S * rate), int(GAP_S * rate)
+    pieces: list[tuple[int, int, int, int]] = []
+    window, window_start, pos = -1, 0, 0  # the current window, where it starts and ends (compact samples)
+    for r, (start, end) in enumerate(regions):
+        a, b = max(int(round(start * rate)), 0), min(int(round(end * rate)), num_samples)
+        for x in range(a, b, limit):
+            y = min(x + limit, b)
+            if window >= 0 and pos + gap + (y - x) - window_start <= limit:
+                pos += gap
+            else:
+                window, window_start = window + 1, pos
+            pieces.append((x, y, r, window))
+            pos += y - x
+    return pieces
+
+
 def compact_regions(
     wave_16k: np.ndarray, regions: Sequence[tuple[float, float]], rate: int = ASR_RATE
 ) -> Compacted:
     """Cut ``regions`` (source seconds, sorted, disjoint) out of ``wave_16k`` and pack them into windows."""
-    n = wave_16k.shape[0]
-    pieces: list[tuple[int, int, int]] = []  # (a, b, region) in source samples, each <= CHUNK_S
-    limit = int(CHUNK_S * rate)
-    for r, (start, end) in enumerate(regions):
-        a, b = max(int(round(start * rate)), 0), min(int(round(end * rate)), n)
-        for x in range(a, b, limit):  # a region longer than a window is cut (rare: 30 s without a pause)
-            pieces.append((x, min(x + limit, b), r))
+    return _compacted(wave_16k, pack_regions(regions, wave_16k.shape[0], rate), rate)
+
+
+def _compacted(wave_16k: np.ndarray, pieces: Sequence[tuple[int, int, int, int]], rate: int) -> Compacted:
+    """The pieces (``pack_regions``) laid end to end, ``GAP_S`` of silence between two of one window."""
     gap = int(GAP_S * rate)
     parts: list[np.ndarray] = []
     spans: list[tuple[float, float, float, int]] = []
     clips: list[tuple[int, int]] = []
-    pos = 0
-    for a, b, r in pieces:
-        if clips and pos + gap + (b - a) - clips[-1][0] <= limit:
+    pos, last_window = 0, None
+    for a, b, r, window in pieces:
+        if window == last_window:
             parts.append(np.zeros(gap, dtype=np.float32))
             pos += gap
             clips[-1] = (clips[-1][0], pos + b - a)
@@ -223,8 +265,17 @@ def compact_regions(
         spans.append((pos / rate, a / rate, (b - a) / rate, r))
         parts.append(np.asarray(wave_16k[a:b], dtype=np.float32))
         pos += b - a
+        last_window = window
     wave = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
     return Compacted(wave, tuple(spans), tuple((a / rate, b / rate) for a, b in clips))
+
+
+def _passes(pieces: list[tuple[int, int, int, int]], windows: int) -> list[list[tuple[int, int, int, int]]]:
+    """The pieces in runs of ``windows`` whole windows: each run packs as it does among all of them."""
+    runs: dict[int, list[tuple[int, int, int, int]]] = {}
+    for piece in pieces:
+        runs.setdefault(piece[3] // windows, []).append(piece)
+    return [runs[k] for k in sorted(runs)]
 
 
 def transcribe_regions(
@@ -242,36 +293,44 @@ def transcribe_regions(
     Only the regions are decoded (never what lies between them, e.g. another speaker's bleed), in
     batches of 30 s windows through the model whisperX loads. whisperX's pipeline decodes without
     timestamps, so the batches go through faster-whisper's batched pipeline over that same model
-    with ``word_timestamps=True``. ``language`` None: detected from the regions (returned)."""
+    with ``word_timestamps=True``. ``language`` None: detected from the regions (returned), in the
+    first pass; the later ones are told it. Memory is bounded by a pass (``PASS_WINDOWS``), not by
+    the stream: an hour of speech compacted at once was 0.23 GB, besides the stream's pages it read."""
     model_dir = _require_dir(model_dir, "ASR (CTranslate2 Whisper) model directory")
-    packed = compact_regions(wave_16k, regions)
-    if not packed.clips:
+    pieces = pack_regions(regions, wave_16k.shape[0])
+    if not pieces:
         return [], language
     model = load_whisper(str(model_dir), device, threads)
     from faster_whisper import BatchedInferencePipeline
 
-    clips = [{"start": a, "end": b} for a, b in packed.clips]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        segments, info = BatchedInferencePipeline(model).transcribe(
-            packed.wave,
-            language=language,
-            clip_timestamps=clips,
-            word_timestamps=True,
-            batch_size=batch_size,
-            beam_size=beam_size,
-        )
-        segments = list(segments)
+    pipeline = BatchedInferencePipeline(model)
+    per_pass = batch_size * max(1, PASS_WINDOWS // batch_size)  # whole batches: each batch as in one pass
     words: list[AsrWord] = []
-    for seg in segments:
-        for w in seg.words or ():
-            text = w.word.strip()
-            if not text:
-                continue
-            start, region = packed.to_source(float(w.start), "start")
-            end, _ = packed.to_source(float(w.end), "end")
-            words.append(AsrWord(text, start, max(start, end), float(w.probability), region))
-    return words, info.language
+    for run in _passes(pieces, per_pass):
+        packed = _compacted(wave_16k, run, ASR_RATE)
+        spill.release(wave_16k[run[0][0] : run[-1][1]])  # a spilled stream's pages go back once copied
+        clips = [{"start": a, "end": b} for a, b in packed.clips]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            segments, info = pipeline.transcribe(
+                packed.wave,
+                language=language,
+                clip_timestamps=clips,
+                word_timestamps=True,
+                batch_size=batch_size,
+                beam_size=beam_size,
+            )
+            segments = list(segments)
+        language = language or info.language
+        for seg in segments:
+            for w in seg.words or ():
+                text = w.word.strip()
+                if not text:
+                    continue
+                start, region = packed.to_source(float(w.start), "start")
+                end, _ = packed.to_source(float(w.end), "end")
+                words.append(AsrWord(text, start, max(start, end), float(w.probability), region))
+    return words, language
 
 
 def diarize(wave_16k: np.ndarray, pipeline_dir: Path, device: str) -> list[tuple[str, float, float]]:
@@ -295,6 +354,7 @@ __all__ = [
     "AsrWord",
     "align_segments",
     "compact_regions",
+    "pack_regions",
     "diarize",
     "ensure_punkt_tab",
     "load_whisper",

@@ -101,6 +101,23 @@ def test_whisperx_alignment_offline_on_tiny_model(tmp_path: Path, tiny_wav2vec2:
     assert all(0.5 * 24000 - 1 <= w.start_sample and w.end_sample <= 1.5 * 24000 + 1 for w in by_stream[0][:2])
 
 
+def test_alignment_in_passes_gives_the_words_of_one_call(tmp_path: Path, tiny_wav2vec2: Path, monkeypatch) -> None:
+    from microturn.align import whisperx_words
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rng = np.random.default_rng(0)
+    wave = (rng.standard_normal(16000 * 12) * 0.1).astype(np.float32)
+    segments = [("hello there", 0.5, 2.0), ("so anyway", 2.5, 4.0), ("yeah right", 6.0, 7.5), ("okay then", 9.0, 11.5)]
+
+    def words(seconds: float) -> list:
+        monkeypatch.setattr(whisperx_words, "ALIGN_PASS_S", seconds)
+        return whisperx_words.align_segments(wave, segments, tiny_wav2vec2, "en", "cpu", tmp_path / "nltk")
+
+    one = words(600.0)
+    assert [w[0] for w in one] == ["hello", "there", "so", "anyway", "yeah", "right", "okay", "then"]
+    assert words(3.6) == one and words(0.1) == one  # a run of two segments then one each; each alone
+
+
 def test_missing_alignment_model_names_the_path(tmp_path: Path) -> None:
     spec = _session(tmp_path, TRANSCRIPT)
     decoded = decode_session(spec, DecodeConfig())

@@ -21,7 +21,7 @@ from microturn.align.asr_eval import (
     word_error_rate,
     words_in_others_turns,
 )
-from microturn.align.whisperx_words import GAP_S, compact_regions
+from microturn.align.whisperx_words import GAP_S, compact_regions, pack_regions
 from microturn.clock import CODEC_RATE, GRID
 from microturn.config import AlignConfig, DecodeConfig
 from microturn.manifest import SessionSpec
@@ -58,6 +58,52 @@ def test_a_region_longer_than_a_window_is_cut_and_nothing_is_lost():
     packed = compact_regions(wave, [(0.0, 70.0)], 16000)
     assert [round(b - a, 3) for a, b in packed.clips] == [30.0, 30.0, 10.0]
     assert sum(s[2] for s in packed.spans) == pytest.approx(70.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_stream_transcribed_in_passes_gives_whisper_the_windows_of_one_pass(seed: int) -> None:
+    from microturn.align.whisperx_words import _compacted, _passes
+
+    rate = 16000
+    rng = np.random.default_rng(seed)
+    wave = rng.standard_normal(600 * rate).astype(np.float32)  # 10 minutes
+    edges = np.sort(rng.choice(np.arange(1, 6000) / 10, size=2 * int(rng.integers(1, 60)), replace=False))
+    regions = [(float(a), float(b)) for a, b in edges.reshape(-1, 2)]
+    regions.append((edges[-1] + 1.0, edges[-1] + 1.0 + float(rng.uniform(31, 70))))  # one longer than a window
+    whole = compact_regions(wave, regions, rate)
+
+    def windows(packed) -> list[bytes]:
+        return [packed.wave[round(a * rate) : round(b * rate)].tobytes() for a, b in packed.clips]
+
+    for per_pass in (1, 2, 8):
+        passes = [_compacted(wave, run, rate) for run in _passes(pack_regions(regions, wave.shape[0], rate), per_pass)]
+        assert all(len(p.clips) <= per_pass for p in passes)
+        assert [w for p in passes for w in windows(p)] == windows(whole)  # the same audio, window by window
+        for p in passes:  # and every time maps back to the same source time and region
+            for c0, src, dur, region in p.spans:
+                assert p.to_source(c0 + dur / 2, "start") == (pytest.approx(src + dur / 2, abs=1e-9), region)
+
+
+@pytest.mark.slow
+def test_asr_in_passes_finds_the_words_of_one_pass(whisper_base, monkeypatch):
+    from microturn.align import whisperx_words
+
+    wav = SHARED_MEDIA / "dialogue" / "michaelandsickmichael.wav"
+    if not wav.exists():
+        pytest.skip(f"{wav} absent")
+    spec = SessionSpec.model_validate({"session_id": "m", "audio": [{"uri": str(wav), "channel": 0, "speaker": "A"}]})
+    wave = decode_session(spec, DecodeConfig()).streams[0].wave_16k
+    regions = [(0.5, 14.0), (14.5, 33.0), (34.0, 51.0)]  # three windows
+
+    def words(per_pass: int) -> tuple:
+        monkeypatch.setattr(whisperx_words, "PASS_WINDOWS", per_pass)
+        return whisperx_words.transcribe_regions(wave, regions, whisper_base, "cpu", None, 1, threads=2)
+
+    (one, lang), (passes, lang_passes) = words(32), words(1)
+    assert lang == lang_passes == "en" and len(one) >= 40
+    # the same words and scores; times equal but for float rounding (a window's start on the compact clock differs)
+    assert [(w.text, w.probability, w.region) for w in passes] == [(w.text, w.probability, w.region) for w in one]
+    assert np.allclose([(w.start_s, w.end_s) for w in passes], [(w.start_s, w.end_s) for w in one], rtol=0, atol=1e-9)
 
 
 def _row(frames: int, *spans: tuple[int, int]) -> np.ndarray:
