@@ -199,10 +199,8 @@ def _manifest_base(uri: str) -> str:
 
 def _read_rows(uri: str) -> Iterable[tuple[int, Any]]:
     if uri.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
         with storage.open_input(uri) as fh:
-            table = pq.read_table(fh)
+            table = storage.read_parquet(fh)
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, {k: v for k, v in row.items() if v is not None or k in ("video", "transcript")}
         return

@@ -253,8 +253,6 @@ class _Validator:
     # ----------------------------------------------------------- tables
 
     def _table(self, name: str, columns, files_key: str) -> Optional[list[dict[str, Any]]]:
-        import pyarrow.parquet as pq
-
         r = self.report
         data = _read(storage.join(self.uri, name))
         if data is None:
@@ -264,7 +262,7 @@ class _Validator:
         if recorded.get("sha256") and recorded["sha256"] != _sha256(data):
             r.add(f"{files_key}_checksum", name, f"sha256 differs from dataset.json's files.{files_key}")
         try:
-            table = pq.read_table(io.BytesIO(data))
+            table = storage.read_parquet(io.BytesIO(data))
             names = table.column_names  # decoded from the file's metadata: may not be UTF-8
         except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for damaged files
             r.add(f"bad_{files_key}", name, f"unreadable Parquet: {exc}")

@@ -16,6 +16,7 @@ from tests.factories import random_tokenized_session
 from microturn.pipeline.events import detect_events
 from microturn.pipeline.shard import ShardSink, finalize_dataset
 from microturn.records import Rejection, Sample
+from microturn.storage import read_parquet
 from microturn.validate import DatasetInvalid, validate_dataset, validate_shard
 
 TOKENIZERS = {
@@ -86,7 +87,7 @@ def test_a_corpus_built_before_the_bleed_columns_still_validates(copy, deep):
     import pyarrow.parquet as pq
 
     index = copy / "index.parquet"
-    table = pq.read_table(index).drop_columns(["session_overlap_ratio", "activity_correlation"])
+    table = read_parquet(index).drop_columns(["session_overlap_ratio", "activity_correlation"])
     pq.write_table(table, index)
     doc = json.loads((copy / "dataset.json").read_text())
     doc["files"]["index"]["sha256"] = hashlib.sha256(index.read_bytes()).hexdigest()
@@ -178,7 +179,7 @@ def test_an_index_row_without_a_sample(copy):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(copy / "index.parquet")
+    table = read_parquet(copy / "index.parquet")
     rows = table.to_pylist()
     rows.append({**rows[0], "key": "s0-000099"})
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), copy / "index.parquet")
@@ -264,7 +265,7 @@ def test_the_duplicate_key_check_is_linear(copy):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(copy / "index.parquet")
+    table = read_parquet(copy / "index.parquet")
     first = table.to_pylist()[0]
     n = 60_000  # a check that counts each key's copies with a scan takes minutes here
     rows = [{**first, "key": f"k{i}"} for i in range(n)] + [{**first, "key": "k7"}]
@@ -279,7 +280,7 @@ def test_index_columns_of_the_wrong_type_are_a_schema_problem(copy):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(copy / "index.parquet").to_pylist()
+    rows = read_parquet(copy / "index.parquet").to_pylist()
     pq.write_table(pa.Table.from_pylist([{**r, "key": [r["key"]]} for r in rows]), copy / "index.parquet")
     assert "index_schema" in validate_dataset(str(copy), deep=True).codes()
 
@@ -320,3 +321,23 @@ def test_meta_json_of_odd_types_is_a_problem_not_a_crash(copy, meta_edit):
     report = validate_dataset(str(copy), deep=True)
     where = "shard-000000.tar:s0-000000"
     assert any(p.where == where and p.code == "bad_meta" for p in report.problems), report.problems
+
+
+def test_a_process_that_reads_a_table_exits_cleanly(tmp_path: Path) -> None:
+    """Read through Arrow's thread pool from a Python file object, a table read by pyarrow 26 aborted the
+    process at exit 6 times in 10 ("terminate called without an active exception", exit 134), after the
+    work was done: `microturn validate` and `make demo` failed now and then. The project's one reader
+    reads on the calling thread."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"key": f"k{i}", "shard": "s-000000.tar", "x": i / 3} for i in range(30)]),
+                   tmp_path / "index.parquet")
+    script = ("import io, sys\nfrom microturn.storage import read_parquet\n"
+              "table = read_parquet(io.BytesIO(open(sys.argv[1], 'rb').read()))\nassert table.num_rows == 30\n")
+    codes = [subprocess.run([sys.executable, "-c", script, str(tmp_path / "index.parquet")], capture_output=True).returncode
+             for _ in range(10)]
+    assert codes == [0] * 10

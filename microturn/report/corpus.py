@@ -239,11 +239,9 @@ def read_index(dataset_uri: Optional[str]) -> list[dict[str, Any]]:
     uri = storage.join(dataset_uri, "index.parquet")
     if not storage.exists(uri):
         return []
-    import pyarrow.parquet as pq
-
     try:
         with storage.open_input(uri) as fh:
-            return pq.read_table(fh).to_pylist()
+            return storage.read_parquet(fh).to_pylist()
     except (OSError, ValueError) as exc:  # a damaged index (ArrowInvalid is a ValueError)
         raise UserError(f"{uri}: unreadable index ({exc.__class__.__name__}: {exc}); run `microturn validate`") from None
 

@@ -172,13 +172,11 @@ def sessions_of(root: str, shard_uris: Collection[str]) -> list[str]:
     the corpus has no readable index (the split record then names shards only)."""
     import io
 
-    import pyarrow.parquet as pq
-
     uri = storage.join(root, "index.parquet")
     if not storage.exists(uri):
         return []
     try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["shard", "session_id"])
+        table = storage.read_parquet(io.BytesIO(storage.read_bytes(uri)), columns=["shard", "session_id"])
     except (OSError, ValueError, KeyError) as exc:
         log.warning("%s is unreadable (%s): the run's split names shards only", uri, exc)
         return []

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from microturn.storage import read_parquet
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_OVERRIDES = [
     "chunk.window_chunks=25",
@@ -52,9 +54,7 @@ def corpus_copy(corpus, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def index_rows(corpus) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(corpus / "index.parquet").to_pylist()
+    return read_parquet(corpus / "index.parquet").to_pylist()
 
 
 @pytest.fixture

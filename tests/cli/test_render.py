@@ -7,6 +7,8 @@ import wave
 import numpy as np
 import pytest
 
+from microturn.storage import read_parquet
+
 pytestmark = pytest.mark.slow  # needs the built corpus; decoding loads both codecs (~20 s on 2 cores)
 
 
@@ -15,9 +17,7 @@ def rendered(corpus, tmp_path_factory):
     from typer.testing import CliRunner
 
     from microturn.cli import app
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(corpus / "index.parquet").to_pylist()
+    rows = read_parquet(corpus / "index.parquet").to_pylist()
     row = max(rows, key=lambda r: (r["valid_frames"], r["word_count"], r["key"]))
     out = tmp_path_factory.mktemp("render")
     result = CliRunner().invoke(app, ["render", str(corpus), row["key"], "--out", str(out), "--threads", "2"],

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
+from microturn.storage import read_parquet
 from tests.media_helpers import SHARED_MEDIA, write_video, write_wav
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def test_bad_inputs_are_quarantined_with_reasons_and_good_ones_shard(small_corpu
     assert summary.sessions_ok == len(good_rows)
     assert summary.sessions_in == len(good_rows) + len(bad) + 1
     assert summary.sessions_ok + summary.quarantined == summary.sessions_in
-    quarantine = {r["session_id"]: r for r in pq.read_table(out / "quarantine.parquet").to_pylist()}
+    quarantine = {r["session_id"]: r for r in read_parquet(out / "quarantine.parquet").to_pylist()}
     for sid in bad:
         assert sid in quarantine, f"{sid} was neither sharded nor quarantined"
         row = quarantine[sid]

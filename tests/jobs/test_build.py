@@ -9,9 +9,9 @@ import tarfile
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
+from microturn.storage import read_parquet
 from tests.jobs.faults import CrashOnce, Hang
 from tests.jobs.util import REPO, tree_bytes
 
@@ -52,7 +52,7 @@ def test_build_makes_a_valid_corpus_that_plain_webdataset_reads(built_2cpu):
         assert codes.dtype == np.int16 and codes.shape[0] == 2 and codes.shape[2] == 10 * 15
         assert sample["activity.npy"].shape == (2, 150)
         assert sample["meta.json"]["session_id"] in sample["__key__"]
-    index = pq.read_table(out / "index.parquet").to_pylist()
+    index = read_parquet(out / "index.parquet").to_pylist()
     assert keys == [r["key"] for r in index]
     assert len(keys) == summary.samples
     assert "." not in "".join(keys)
@@ -113,7 +113,7 @@ def test_killed_driver_resumes_to_identical_output(built_2cpu, small_corpus_medi
         with tarfile.open(part) as tf:
             assert tf.getmembers(), f"{part.name} is empty"
     subprocess.run(_cli_build(small_corpus_media, out), cwd=REPO, check=True, capture_output=True, timeout=600)
-    assert pq.read_table(out / "quarantine.parquet").to_pylist() == []
+    assert read_parquet(out / "quarantine.parquet").to_pylist() == []
     assert tree_bytes(out) == tree_bytes(out_ref)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["resumed_sessions"] >= 1
@@ -141,7 +141,7 @@ def test_a_worker_that_keeps_dying_is_quarantined_then_retried_on_request(built_
     out = tmp_path / "corpus"
     first = run_build(str(small_corpus_media), str(out), cfg, progress=False, session_hooks=[crash])
     assert first.sessions_ok == 2 and first.rejects_by_reason == {"worker_crashed": 1}
-    (row,) = pq.read_table(out / "quarantine.parquet").to_pylist()
+    (row,) = read_parquet(out / "quarantine.parquet").to_pylist()
     assert row["session_id"] == "synth-11-002" and row["stage"] == "job"
 
     again = run_build(str(small_corpus_media), str(out), cfg, progress=False)
@@ -170,7 +170,7 @@ def test_a_hanging_session_is_cut_off_at_its_budget(small_corpus_media, build_cf
     summary = run_build(str(manifest), str(tmp_path / "out"), cfg, progress=False,
                         session_hooks=[Hang(sid, str(marker))])
     assert summary.rejects_by_reason == {"timeout": 1}
-    (row,) = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()
+    (row,) = read_parquet(tmp_path / "out" / "quarantine.parquet").to_pylist()
     assert row["session_id"] == sid and row["stage"] == "job" and row["reason"] == "timeout"
     (slow,) = summary.slowest_sessions
     budget = slow["budget_s"]

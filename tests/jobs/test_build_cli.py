@@ -4,8 +4,7 @@ import json
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
-
+from microturn.storage import read_parquet
 from tests.jobs.util import REPO
 
 
@@ -20,7 +19,7 @@ def test_a_build_where_every_row_is_bad_exits_1_and_quarantines_every_row(tmp_pa
     res = _run("--input", str(manifest), "--out", str(tmp_path / "out"), "--quiet")
     assert res.returncode == 1, res.stderr
     assert "no session made it into a shard" in res.stderr
-    rows = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()
+    rows = read_parquet(tmp_path / "out" / "quarantine.parquet").to_pylist()
     assert [(r["stage"], r["reason"]) for r in rows] == [("manifest", "invalid_row")] * 2
 
 

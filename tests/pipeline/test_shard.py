@@ -18,6 +18,7 @@ from microturn.format import decode_sample, iter_samples
 from microturn.pipeline.events import detect_events
 from microturn.pipeline.shard import ShardSink, finalize_dataset, read_part_summary, write_part, write_quarantine
 from microturn.records import Rejection
+from microturn.storage import read_parquet
 from tests.factories import random_tokenized_session, sample_tar_bytes
 
 CHUNK = ChunkConfig(window_chunks=50, hop_chunks=50)  # 10 s windows keep the tests small
@@ -146,10 +147,8 @@ def test_dataset_json_records_checksums_and_totals(tmp_path, sessions):
 
 
 def test_index_has_one_row_per_sample_with_its_shard(tmp_path, sessions):
-    import pyarrow.parquet as pq
-
     doc = build(tmp_path, sessions)
-    rows = pq.read_table(tmp_path / "index.parquet").to_pylist()
+    rows = read_parquet(tmp_path / "index.parquet").to_pylist()
     assert [r["key"] for r in rows] == [s.key for x in sessions for s in x]
     in_shards = {k: s["name"] for s in doc["shards"] for k, _ in iter_samples(str(tmp_path / "shards" / s["name"]))}
     assert all(in_shards[r["key"]] == r["shard"] for r in rows)
@@ -165,10 +164,8 @@ def test_shards_roll_only_at_session_boundaries(tmp_path, sessions):
 
 
 def test_quarantine_is_written_with_its_schema_even_when_empty(tmp_path):
-    import pyarrow.parquet as pq
-
     write_quarantine(str(tmp_path), [])
-    table = pq.read_table(tmp_path / "quarantine.parquet")
+    table = read_parquet(tmp_path / "quarantine.parquet")
     assert table.num_rows == 0
     assert table.column_names == ["session_id", "source", "stage", "reason", "message"]
 
