@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import itertools
 import logging
 import os
 import tempfile
@@ -271,11 +272,9 @@ def _compacted(wave_16k: np.ndarray, pieces: Sequence[tuple[int, int, int, int]]
 
 
 def _passes(pieces: list[tuple[int, int, int, int]], windows: int) -> list[list[tuple[int, int, int, int]]]:
-    """The pieces in runs of ``windows`` whole windows: each run packs as it does among all of them."""
-    runs: dict[int, list[tuple[int, int, int, int]]] = {}
-    for piece in pieces:
-        runs.setdefault(piece[3] // windows, []).append(piece)
-    return [runs[k] for k in sorted(runs)]
+    """The pieces (in window order) in runs of ``windows`` whole windows: each run packs as it does
+    among all of them."""
+    return [list(run) for _, run in itertools.groupby(pieces, key=lambda piece: piece[3] // windows)]
 
 
 def transcribe_regions(

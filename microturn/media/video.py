@@ -226,16 +226,16 @@ class _Candidates:
         return self._frames is None
 
     def add(self, s: int, picture: _Picture) -> None:
-        if self._frames is None:
+        if self._frames is None:  # dropped
             return
         if len(self.samples) >= self.max_frames:
-            self.samples, self._frames = [], None
+            self.samples, self._frames = [], None  # the spilled store goes with its last reference
             return
         self.samples.append(s)
         self._frames.append(picture.rgb())
 
     def result(self, end_sample: int) -> Optional[FrameCandidates]:
-        if self._frames is None or not self.samples:
+        if self._frames is None or not self.samples:  # dropped, or no frame came
             return None
         return FrameCandidates(np.asarray(self.samples, dtype=np.int64), self._frames.result(), end_sample)
 
