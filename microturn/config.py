@@ -136,7 +136,8 @@ class FrameCodecConfig(Section):
     checkpoint: Optional[Path] = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_frames: int = Field(64, gt=0)
+    # Frames per forward pass; None: the tokenizer's choice for its device (tokenizers/frames.py).
+    batch_frames: Optional[int] = Field(None, gt=0)
 
     @field_validator("levels")
     @classmethod
