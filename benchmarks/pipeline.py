@@ -17,7 +17,7 @@ Last line: JSON with media-seconds per wall-second for each run, the 1->2 CPU sc
 job (driver + Ray workers, sampled) and ``ratio`` = ours on 2 CPUs over the naive script; also both
 figures without the time the embedded Ray took to start (``ray_start_s`` of each run: on a running
 cluster a build does not pay it), so that the fixed cost of a short run is visible. With ``--repeats N``
-the three runs take turns N times and each side reports its median run (and every wall time): this
+the four runs take turns N times and each side reports its median run (and every wall time): this
 machine's speed drifts by 20% and more between minutes, a single round can mislead.
 """
 
@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--input", type=Path, help="session manifest (default: generated)")
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--duration", type=float, default=30.0)
-    ap.add_argument("--repeats", type=int, default=1, help="rounds of all three runs; each side's median is reported")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of all four runs; each side's median is reported")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml",
                     help="our build's config (configs/dmel.yaml: dMel + text, no EnCodec)")
     ap.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
