@@ -31,6 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from microturn.manifest import write_manifest  # noqa: E402
+from microturn.report.processes import process_tree, rss_mb  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "media" / "dialogue" / "michaelandsickmichael.wav"
@@ -67,36 +68,6 @@ def _looped_manifest(folder: Path, minutes: float) -> Path:
         {"uri": str(wav), "channel": 0, "speaker": "A"}, {"uri": str(wav), "channel": 1, "speaker": "B"}]}])
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (from /proc), so the Ray workers the build starts are included."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def _rss_mb(pid: int, field: str = "VmRSS:") -> float:
-    """Resident memory now (``VmRSS:``) or its high-water mark so far (``VmHWM:``, which catches the
-    peaks between two samples)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -126,12 +97,12 @@ def main() -> None:
         log: list[str] = []
         os.set_blocking(proc.stdout.fileno(), False)
         while proc.poll() is None:
-            pids = _tree(proc.pid)
-            rss = {p: _rss_mb(p) for p in pids}
+            pids = process_tree(proc.pid)
+            rss = {p: rss_mb(p) for p in pids}
             peak_total = max(peak_total, sum(rss.values()))
             worker_pids = [p for p in rss if "ray::" in _cmdline(p) or "default_worker" in _cmdline(p)]
             peak_worker = max([peak_worker, *(rss[p] for p in worker_pids)])
-            hwm_worker = max([hwm_worker, *(_rss_mb(p, "VmHWM:") for p in worker_pids)])
+            hwm_worker = max([hwm_worker, *(rss_mb(p, "VmHWM:") for p in worker_pids)])
             for line in iter(proc.stdout.readline, ""):
                 log.append(line)
                 if line.startswith("[microturn]"):

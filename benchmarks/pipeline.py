@@ -43,27 +43,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from microturn.clock import CODEC_RATE  # noqa: E402
-
-
-def _rss_tree_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (Ray workers are children of raylet)."""
-    total = 0
-    try:
-        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,rss="], capture_output=True, text=True).stdout
-    except OSError:
-        return 0.0
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for line in out.splitlines():
-        p, pp, r = (int(x) for x in line.split())
-        children.setdefault(pp, []).append(p)
-        rss[p] = r
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        total += rss.get(p, 0)
-        stack.extend(children.get(p, []))
-    return total / 1024
+from microturn.report.processes import tree_rss_mb  # noqa: E402
 
 
 class PeakMemory:
@@ -74,7 +54,7 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, _rss_tree_mb(os.getpid()))
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
             time.sleep(0.25)
 
     def __enter__(self) -> "PeakMemory":

@@ -19,12 +19,13 @@ Execution model (Ray Core; why not Ray Data: see docs/architecture.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 from microturn import storage
 from microturn.config import BuildConfig
@@ -206,6 +207,53 @@ def worker_env_vars(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
     return env
 
 
+# Ray's processes wait this long between attempts to connect to a local socket (raylet, object store),
+# and make this many attempts (Ray's defaults: 1000 ms x 10). The raylet connects to its own object
+# store while that store's thread is still starting; losing that race cost a whole second in 3 of 8
+# starts on 2 cores (the node started in 1.0 s, 2.0 s with the wait). Polled every 50 ms, the loss is
+# 50 ms, and the whole wait a process allows stays 10 s.
+EMBEDDED_RAY_ENV = {"RAY_raylet_client_connect_timeout_milliseconds": "50",
+                    "RAY_raylet_client_num_connect_attempts": "200"}
+
+
+def embedded_ray_env_vars(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """``EMBEDDED_RAY_ENV`` for the Ray a build starts, less what the environment already sets: a user's
+    own Ray settings win."""
+    environ = dict(os.environ) if environ is None else environ
+    return {k: v for k, v in EMBEDDED_RAY_ENV.items() if k not in environ}
+
+
+# What ray.init starts on a head node that an embedded build never uses (methods of Ray's private
+# ``Node``; Ray itself runs without either: a head whose API server failed to start only warns):
+# - the API server (dashboard.py): started even with include_dashboard=False, then with only its usage
+#   statistics module, and ray.init waits for it before it starts the raylet: 0.5-0.8 s of every build
+#   (measured on 2 cores; 0.7 CPU-s);
+# - the autoscaler's monitor: a one-node cluster of fixed size has nothing to scale, and its 0.4 CPU-s
+#   of imports compete with the raylet's agents, which the node waits for (0.2 s).
+# A build that connects to a cluster (``ray job submit``) gets that cluster's dashboard and job API.
+_UNUSED_ON_AN_EMBEDDED_HEAD = ("start_api_server", "start_monitor")
+
+
+@contextlib.contextmanager
+def _without_unused_head_processes() -> Iterator[None]:
+    """While the block runs, a Ray head started in this process starts neither of
+    ``_UNUSED_ON_AN_EMBEDDED_HEAD``; a Ray without those methods is left as it is."""
+    from ray._private import node
+
+    saved = {name: node.Node.__dict__[name] for name in _UNUSED_ON_AN_EMBEDDED_HEAD if name in node.Node.__dict__}
+    for name in saved:
+        setattr(node.Node, name, _not_started)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(node.Node, name, method)
+
+
+def _not_started(self: Any, *args: Any, **kwargs: Any) -> None:
+    return None
+
+
 def _init_ray(cfg: BuildConfig, address: Optional[str]) -> Optional[Literal["connected", "embedded"]]:
     """Connect to a cluster (address, or RAY_ADDRESS inside `ray job submit`) or start an embedded one.
     Returns how: "connected", "embedded" (started here: ours to stop), None (the caller's Ray)."""
@@ -226,7 +274,7 @@ def _init_ray(cfg: BuildConfig, address: Optional[str]) -> Optional[Literal["con
     # idle (they have no runtime_env) and make the first task wait ~0.6 s for a worker of its own.
     # address="local": always a new embedded instance. Without it ray.init() joins the newest cluster
     # started on this machine (/tmp/ray/ray_current_cluster), someone else's cluster included.
-    with environment(worker_env_vars()):
+    with environment({**embedded_ray_env_vars(), **worker_env_vars()}), _without_unused_head_processes():
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -239,8 +287,9 @@ def _init_ray(cfg: BuildConfig, address: Optional[str]) -> Optional[Literal["con
 
 
 def _stop_embedded_ray() -> None:
-    """``ray.shutdown`` with the autoscaler's monitor stopped first: on SIGTERM it reports to the GCS,
-    which shutdown has already stopped, and so waits out its 1 s grace before the SIGKILL."""
+    """``ray.shutdown`` with the autoscaler's monitor stopped first, where one runs: on SIGTERM it
+    reports to the GCS, which shutdown has already stopped, and so waits out its 1 s grace before the
+    SIGKILL."""
     import ray
 
     node = getattr(ray._private.worker, "_global_node", None)

@@ -438,6 +438,10 @@ class AudioTokenizer:
                     embs = [self.encoder(x).float() for x in xs]
             else:
                 embs = [self.encoder(x) for x in xs]
+            if self.cfg.engine == "fast" and self.device == "cpu":  # EnCodec's codes, in cache-sized blocks
+                from microturn.tokenizers.fast_encodec import rvq_encode
+
+                return [rvq_encode(self.model.quantizer, e, self.model.frame_rate, self.model.bandwidth) for e in embs]
             return [self.model.quantizer.encode(e, self.model.frame_rate, self.model.bandwidth) for e in embs]  # [K, B, T]
 
     def tokenize(self, batch: Sequence[TokenizeInput]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:

@@ -1,5 +1,6 @@
 """The embedded Ray a build starts: its workers get the job's environment, the driver's stays as it was,
-and stopping it leaves none of its processes behind."""
+it starts no process a one-node build never uses (API server, autoscaler), and stopping it leaves none
+of its processes behind."""
 
 from __future__ import annotations
 
@@ -7,25 +8,42 @@ import os
 
 import ray
 
-from microturn.jobs.build import _init_ray, _stop_embedded_ray
+from microturn.jobs.build import EMBEDDED_RAY_ENV, _UNUSED_ON_AN_EMBEDDED_HEAD, _init_ray, _stop_embedded_ray, embedded_ray_env_vars
 
 
 @ray.remote
 def _worker_env() -> dict[str, str]:
-    return {k: os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    return {k: os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", *EMBEDDED_RAY_ENV)}
 
 
 def test_an_embedded_ray_gives_its_workers_the_job_environment_and_stops_completely(build_cfg, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    for key in EMBEDDED_RAY_ENV:
+        monkeypatch.delenv(key, raising=False)
     cfg = build_cfg.model_copy(update={"job": build_cfg.job.model_copy(update={"num_cpus": 1})})
+    node_methods = {name: getattr(ray._private.node.Node, name) for name in _UNUSED_ON_AN_EMBEDDED_HEAD}
     assert _init_ray(cfg, None) == "embedded"
     try:
-        processes = [info.process for infos in ray._private.worker._global_node.all_processes.values() for info in infos]
-        assert processes  # GCS, raylet, agents, monitor: started by this process
-        assert ray.get(_worker_env.remote(), timeout=120) == {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        assert "HF_HUB_OFFLINE" not in os.environ and "TOKENIZERS_PARALLELISM" not in os.environ
+        started = ray._private.worker._global_node.all_processes
+        assert {"gcs_server", "raylet", "log_monitor"} <= set(started)
+        assert not {"dashboard", "monitor"} & set(started)  # API server, autoscaler: nothing to serve or scale
+        # Ray's own methods are back: a head started later in this process (not ours) is left as Ray makes it
+        assert {name: getattr(ray._private.node.Node, name) for name in node_methods} == node_methods
+        processes = [info.process for infos in started.values() for info in infos]
+        assert ray.get(_worker_env.remote(), timeout=120) == {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                                             **EMBEDDED_RAY_ENV}
+        assert not {"HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", *EMBEDDED_RAY_ENV} & set(os.environ)
     finally:
         _stop_embedded_ray()
     assert not ray.is_initialized()
     assert all(p.poll() is not None for p in processes)
+
+
+def test_the_embedded_rays_socket_polling_keeps_its_ten_second_budget_and_yields_to_the_users_settings():
+    interval_ms = int(EMBEDDED_RAY_ENV["RAY_raylet_client_connect_timeout_milliseconds"])
+    attempts = int(EMBEDDED_RAY_ENV["RAY_raylet_client_num_connect_attempts"])
+    assert interval_ms <= 100 and interval_ms * attempts == 1000 * 10  # Ray's defaults: 1000 ms x 10
+    assert embedded_ray_env_vars({}) == EMBEDDED_RAY_ENV
+    assert embedded_ray_env_vars({"RAY_raylet_client_num_connect_attempts": "5"}) == {
+        "RAY_raylet_client_connect_timeout_milliseconds": "50"}
