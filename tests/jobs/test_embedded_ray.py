@@ -8,7 +8,13 @@ import os
 
 import ray
 
-from microturn.jobs.build import EMBEDDED_RAY_ENV, _UNUSED_ON_AN_EMBEDDED_HEAD, _init_ray, _stop_embedded_ray, embedded_ray_env_vars
+from microturn.jobs.build import (
+    EMBEDDED_RAY_ENV,
+    _UNUSED_ON_AN_EMBEDDED_HEAD,
+    _init_ray,
+    _stop_embedded_ray,
+    embedded_ray_env_vars,
+)
 
 
 @ray.remote
