@@ -133,7 +133,7 @@ def main() -> None:
 
     # -- stock usage (encodec README): model.encode per file, 6 kbps
     stock = EncodecModel._get_model([1.5, 3.0, 6.0, 12.0, 24.0], CODEC_RATE, 1, causal=True, model_norm="weight_norm")
-    stock.load_state_dict(_seeded_state(0, 8))
+    stock.load_state_dict(_seeded_state(0, 8).tensors)
     stock.eval()
     stock.set_target_bandwidth(6.0)
     x = torch.from_numpy(wave).view(1, 1, -1)

@@ -78,7 +78,7 @@ def naive_build(manifest: Path, out: Path) -> float:
     # The stock model with the same (seeded, untrained) weights our job uses: speed must not depend on
     # weight values (PyTorch's default init makes the LSTM run on denormals, several times slower).
     model = EncodecModel.encodec_model_24khz(pretrained=False)
-    model.load_state_dict(_seeded_state(0, 8))
+    model.load_state_dict(_seeded_state(0, 8).tensors)
     model.eval()
     model.set_target_bandwidth(6.0)
     out.mkdir(parents=True, exist_ok=True)

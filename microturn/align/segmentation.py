@@ -175,7 +175,7 @@ def load_segmenter(checkpoint: Optional[str] = None, device: str = "cpu") -> Seg
     key = {"checkpoint": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
            "recipe": recipe_digest(__file__)}
     try:
-        state = cached_state("segmentation", key, None, lambda: _tensors_from_checkpoint(path))
+        state = cached_state("segmentation", key, None, lambda: _tensors_from_checkpoint(path)).tensors
     except SegmentationUnavailable:
         raise
     except Exception as exc:  # version skew inside pyannote/lightning: the caller falls back, loudly

@@ -37,7 +37,7 @@ from microturn.devices import resolve_device
 from microturn.format import MEMBERS
 from microturn.media import spill
 from microturn.records import StageError, TokenizeInput
-from microturn.tokenizers.seeded import cached_state, one_torch_thread, recipe_digest, untrained_tag
+from microturn.tokenizers.seeded import SeededState, cached_state, one_torch_thread, recipe_digest, untrained_tag
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,9 @@ def _calibrated_state(seed: int, layers: int) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=4)
-def _seeded_state(seed: int, layers: int, cache_dir: Optional[Path] = None) -> dict[str, Any]:
-    """State dict of the untrained codec, kept per process and on disk in ``cache_dir`` (None: the
-    default, ``seeded.default_cache_dir``): building it costs seconds at every worker start."""
+def _seeded_state(seed: int, layers: int, cache_dir: Optional[Path] = None) -> SeededState:
+    """State dict of the untrained codec and its digest, kept per process and on disk in ``cache_dir``
+    (None: the default, ``seeded.default_cache_dir``): building it costs seconds at every worker start."""
     from importlib.metadata import version
 
     from microturn.tokenizers import calibration
@@ -158,7 +158,7 @@ def _seeded_state(seed: int, layers: int, cache_dir: Optional[Path] = None) -> d
 def seeded_encodec(seed: int, layers: int = 32, cache_dir: Optional[Path] = None) -> Any:
     """An untrained EnCodec 24 kHz model whose first ``layers`` codebooks are initialised."""
     model = _bare_model(seed)
-    model.load_state_dict(_seeded_state(seed, layers, cache_dir))
+    model.load_state_dict(_seeded_state(seed, layers, cache_dir).tensors)
     return model.eval()
 
 
@@ -249,8 +249,9 @@ def load_encodec(cfg: AudioCodecConfig, cache_dir: Optional[Path] = None) -> tup
         cfg.seed,
         STOCK_CHECKPOINT,
     )
-    model = seeded_encodec(cfg.seed, num_codebooks(cfg.bandwidth_kbps), cache_dir)
-    return model, untrained_tag(cfg.seed, model)
+    layers = num_codebooks(cfg.bandwidth_kbps)
+    model = seeded_encodec(cfg.seed, layers, cache_dir)  # strict load: the model's state is that state
+    return model, untrained_tag(cfg.seed, _seeded_state(cfg.seed, layers, cache_dir).digest)
 
 
 def fold_weight_norm(module: Any) -> Any:

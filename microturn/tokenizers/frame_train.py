@@ -108,7 +108,7 @@ def train_frame_codec(
         raise StageError("tokenize", "no_frames", "no video frames to train the frame codec on")
     data = torch.from_numpy(np.stack(pool)).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, S, S]
 
-    model = seeded_codec(cfg).to(dev).train()
+    model = seeded_codec(cfg)[0].to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -125,11 +125,12 @@ def _calibration_frames(cfg: FrameCodecConfig, n: int = 16) -> np.ndarray:
     return out
 
 
-def seeded_codec(cfg: FrameCodecConfig, cache_dir: Optional[Path] = None) -> Any:
-    """Seeded weights; the encoder's last conv is rescaled so that, on seeded calibration frames,
-    each FSQ channel has zero mean and unit spread. Without it a fresh network's outputs are so small
-    that every position rounds to the middle level (one or two tokens for every frame). The calibrated
-    state is cached on disk in ``cache_dir`` (None: ``seeded.default_cache_dir``)."""
+def seeded_codec(cfg: FrameCodecConfig, cache_dir: Optional[Path] = None) -> tuple[Any, str]:
+    """(module, digest of its state): seeded weights; the encoder's last conv is rescaled so that, on
+    seeded calibration frames, each FSQ channel has zero mean and unit spread. Without it a fresh
+    network's outputs are so small that every position rounds to the middle level (one or two tokens
+    for every frame). The calibrated state is cached on disk in ``cache_dir`` (None:
+    ``seeded.default_cache_dir``)."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
@@ -138,8 +139,9 @@ def seeded_codec(cfg: FrameCodecConfig, cache_dir: Optional[Path] = None) -> Any
     key = {"seed": cfg.seed, "architecture": [getattr(cfg, k) for k in checkpoint_config_keys()],
            "recipe": recipe_digest(__file__)}
     name = f"fsq-{cfg.image_size}px-seed{cfg.seed}"
-    model.load_state_dict(cached_state(name, key, cache_dir, lambda: _calibrated_state(model, cfg)))
-    return model
+    seeded = cached_state(name, key, cache_dir, lambda: _calibrated_state(model, cfg))
+    model.load_state_dict(seeded.tensors)  # strict: the module's state is that state, digest included
+    return model, seeded.digest
 
 
 def _calibrated_state(model: Any, cfg: FrameCodecConfig) -> dict[str, Any]:
@@ -173,8 +175,8 @@ def load_frame_codec(cfg: FrameCodecConfig, cache_dir: Optional[Path] = None) ->
             "tokenizers.frames.checkpoint.",
             cfg.seed,
         )
-        codec = seeded_codec(cfg, cache_dir)
-        return codec, untrained_tag(cfg.seed, codec)
+        codec, digest = seeded_codec(cfg, cache_dir)
+        return codec, untrained_tag(cfg.seed, digest)
     path = Path(cfg.checkpoint)
     if not path.is_file():
         raise StageError("tokenize", "frame_codec_missing", f"checkpoint not found: {path}", source=str(path))

@@ -18,7 +18,7 @@ import os
 import platform
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -41,22 +41,30 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+class SeededState(NamedTuple):
+    """A state dict and its ``state_digest``, computed once: a worker start hashes each state a single time."""
+
+    tensors: dict[str, Any]
+    digest: str
+
+
 def state_digest(state: Mapping[str, Any]) -> str:
     """sha256 (hex) of a state dict's names and tensor bytes, in name order."""
     h = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        # The array's own memory, as bytes: no copy of the tensor (the same bytes ``tobytes`` gives).
+        h.update(memoryview(tensor.detach().cpu().contiguous().numpy().reshape(-1)).cast("B"))
     return h.hexdigest()
 
 
-def untrained_tag(seed: int, module: Any) -> str:
-    """``untrained:<seed>@<8 hex>``: the seed, and a digest of the weights it produced.
+def untrained_tag(seed: int, digest: str) -> str:
+    """``untrained:<seed>@<8 hex>``: the seed, and the ``state_digest`` of the weights it produced.
 
     The seed alone does not pin the weights: a change in how seeded weights are built (or a CPU whose
     kernels round differently) would give other codes under the same name. The digest makes the
     fingerprint name the actual weights, so readers refuse to mix such corpora."""
-    return f"untrained:{seed}@{state_digest(module.state_dict())[:8]}"
+    return f"untrained:{seed}@{digest[:8]}"
 
 
 def recipe_digest(*source_files: str) -> str:
@@ -75,9 +83,10 @@ def default_cache_dir() -> Path:
 
 def cached_state(
     name: str, key: Mapping[str, Any], cache_dir: Optional[Path], build: Callable[[], dict[str, Any]]
-) -> dict[str, Any]:
-    """``build()``'s state dict, read from ``cache_dir`` (None: ``default_cache_dir()``) when a process
-    with the same ``key``, library versions and CPU kernels saved it there; else built and saved."""
+) -> SeededState:
+    """``build()``'s state dict and its digest, read from ``cache_dir`` (None: ``default_cache_dir()``)
+    when a process with the same ``key``, library versions and CPU kernels saved it there; else built
+    and saved."""
     import torch
 
     full_key = dict(key, torch=torch.__version__, numpy=np.__version__, machine=platform.machine(),
@@ -85,21 +94,23 @@ def cached_state(
     key_text = json.dumps(full_key, sort_keys=True)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = folder / f"{name}-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.pt"
-    state = _read_cached(path, key_text)
-    if state is None:
+    cached = _read_cached(path, key_text)
+    if cached is None:
         state = build()
-        _write_cached(path, key_text, state)
-    return state
+        cached = SeededState(state, state_digest(state))
+        _write_cached(path, key_text, cached)
+    return cached
 
 
-def _read_cached(path: Path, key_text: str) -> Optional[dict[str, Any]]:
+def _read_cached(path: Path, key_text: str) -> Optional[SeededState]:
     """The cached state, or None (with a warning when a file is there but cannot be trusted)."""
     import torch
 
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        # Mapped, not read: the pages come from the page cache (shared by the workers of a node), no copy.
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # truncated, corrupt, or a pickle holding code
         log.warning("seeded state cache %s is unreadable (%s): rebuilding it", path, exc)
         return None
@@ -107,7 +118,7 @@ def _read_cached(path: Path, key_text: str) -> Optional[dict[str, Any]]:
     if problem:
         log.warning("seeded state cache %s %s: ignoring it and rebuilding", path, problem)
         return None
-    return dict(blob["state"])
+    return SeededState(dict(blob["state"]), blob["digest"])
 
 
 def _cache_problem(blob: Any, key_text: str) -> Optional[str]:
@@ -120,12 +131,12 @@ def _cache_problem(blob: Any, key_text: str) -> Optional[str]:
     return None
 
 
-def _write_cached(path: Path, key_text: str, state: dict[str, Any]) -> None:
+def _write_cached(path: Path, key_text: str, cached: SeededState) -> None:
     """Atomic: readers see the old file or the whole new one (workers starting together may all write)."""
     import torch
 
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # unique on a shared folder too
-    blob = {"format": CACHE_FORMAT, "key": key_text, "digest": state_digest(state), "state": state}
+    blob = {"format": CACHE_FORMAT, "key": key_text, "digest": cached.digest, "state": cached.tensors}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(blob, tmp)

@@ -1,6 +1,6 @@
 """The embedded Ray a build starts: its workers get the job's environment, the driver's stays as it was,
-it starts no process a one-node build never uses (API server, autoscaler), and stopping it leaves none
-of its processes behind."""
+it starts no process a one-node build never uses (API server, autoscaler) and a minimal dashboard agent,
+and stopping it leaves none of its processes behind."""
 
 from __future__ import annotations
 
@@ -29,13 +29,18 @@ def test_an_embedded_ray_gives_its_workers_the_job_environment_and_stops_complet
         monkeypatch.delenv(key, raising=False)
     cfg = build_cfg.model_copy(update={"job": build_cfg.job.model_copy(update={"num_cpus": 1})})
     node_methods = {name: getattr(ray._private.node.Node, name) for name in _UNUSED_ON_AN_EMBEDDED_HEAD}
+    dependency_check = ray._private.utils.get_dashboard_dependency_error
     assert _init_ray(cfg, None) == "embedded"
     try:
         started = ray._private.worker._global_node.all_processes
         assert {"gcs_server", "raylet", "log_monitor"} <= set(started)
         assert not {"dashboard", "monitor"} & set(started)  # API server, autoscaler: nothing to serve or scale
-        # Ray's own methods are back: a head started later in this process (not ours) is left as Ray makes it
+        (raylet,) = started["raylet"]  # the raylet starts the agent with the command it was given
+        (agent,) = [arg for arg in raylet.process.args if arg.startswith("--dashboard_agent_command=")]
+        assert "--minimal" in agent.split()  # no job API, metrics servers or Prometheus export
+        # Ray's own code is back: a head started later in this process (not ours) is left as Ray makes it
         assert {name: getattr(ray._private.node.Node, name) for name in node_methods} == node_methods
+        assert ray._private.utils.get_dashboard_dependency_error is dependency_check
         processes = [info.process for infos in started.values() for info in infos]
         assert ray.get(_worker_env.remote(), timeout=120) == {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                                                              **EMBEDDED_RAY_ENV}
