@@ -312,3 +312,36 @@ def test_our_residual_quantizer_gives_encodecs_codes_bit_for_bit(audio_tok, monk
     assert ours.shape == stock.shape == (8, 2, 135) and ours.dtype == stock.dtype
     assert torch.equal(ours, stock)
     assert len(torch.unique(stock[0])) > 10  # real codes, not one entry everywhere
+
+
+def test_our_elu_is_the_correctly_rounded_elu_in_any_layout():
+    """The encoder's ELU equals ELU computed in float64 and rounded once to float32 (the correctly
+    rounded result), within one ulp of PyTorch's: in a channels-last tile, into a slice of a tile
+    buffer, with another alpha, and at the edges (zeros, infinities, NaN, large negatives)."""
+    import torch
+
+    from microturn.tokenizers.fast_encodec import elu
+
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(2, 32, 1, 3000, generator=g) * 4).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, :6] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), -200.0, 1e-30])
+    x[1, 0, 0, 0] = float("nan")
+
+    def correctly_rounded(t: torch.Tensor, alpha: float) -> torch.Tensor:
+        d = t.double()
+        return torch.where(d > 0, d, alpha * torch.expm1(d)).float()
+
+    for alpha in (1.0, 0.5):
+        ours = elu(x, alpha)
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(ours, correctly_rounded(x, alpha), rtol=0, atol=0, equal_nan=True)
+        theirs = torch.nn.functional.elu(x, alpha)
+        ulp = torch.finfo(torch.float32).eps * theirs.abs().clamp(min=torch.finfo(torch.float32).tiny)
+        finite = theirs.isfinite()
+        assert bool(((ours - theirs).abs()[finite] <= ulp[finite]).all())
+        assert torch.equal(ours.isnan(), theirs.isnan())
+
+    buf = torch.zeros(2, 32, 1, 3010).contiguous(memory_format=torch.channels_last)
+    elu(x, 1.0, out=buf[..., 10:])
+    assert torch.allclose(buf[..., 10:], correctly_rounded(x, 1.0), rtol=0, atol=0, equal_nan=True)
+    assert not bool(buf[..., :10].any())  # nothing written outside the slice
