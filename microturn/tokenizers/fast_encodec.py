@@ -17,9 +17,8 @@ What changes against ``encodec``'s modules (and why):
   recurrent weights once for all rows, 2.6x less LSTM time per row at 12 rows than at 2 on one
   thread, and each row's output is bit for bit the one it gets alone;
 - the first conv's output (one input channel, which oneDNN answers in [B, C, T] order) is made
-  channels-last, so the ELUs and adds after it take PyTorch's vectorized path, not a transposing
-  scalar loop (10x slower per ELU; the vectorized ELU rounds differently in the last bit, which
-  changed 0.15% of the seeded codec's codes against the previous version, none in codebook 0);
+  channels-last, so the adds after it (and PyTorch's ELU, where it still runs: a GPU, bf16) take
+  PyTorch's vectorized path, not a transposing scalar loop (10x slower per ELU);
 - the ELUs on a CPU (``elu``) go through NumPy's vectorized float64 ``expm1``, rounded once: PyTorch's
   float32 ELU calls a scalar ``expm1`` per element, 44% of the encoder's time on one thread here; now
   0.4 s less per 30 s stream, and the correctly rounded ELU, the same on every CPU (PyTorch's is one
